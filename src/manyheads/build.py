@@ -1,0 +1,157 @@
+"""From a validated `RunConfig` to data, model and trainer: the Python API behind `manyheads train`.
+
+```python
+from manyheads import load_config, build_trainer
+trainer = build_trainer(load_config("cfg.yaml", ["--max_steps", "20"]))
+trainer.train()
+trainer.save_model()
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RunConfig
+from .data.loading import TaskSplits, load_task_splits
+from .errors import ConfigError, ProblemCollector
+from .tasks import TASK_TYPES, Task
+
+
+@dataclass
+class PreparedData:
+    """Raw splits (checked, labels set up) and, after `tokenize`, the model-ready datasets."""
+
+    tasks: dict[str, Task]
+    raw: dict[str, TaskSplits]
+    tokenizer: Any = None
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
+
+
+def load_tokenizer(run: RunConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(run.model)
+    except Exception as err:  # missing folder, no network, no tokenizer files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model: cannot load a tokenizer from {run.model!r}: {first}. Give a local model "
+                          "folder or a Hub id reachable from here.") from None
+
+
+def _max_positions(run: RunConfig, tokenizer: Any) -> int | None:
+    from transformers import AutoConfig
+
+    try:
+        encoder = AutoConfig.from_pretrained(run.model)
+    except Exception:
+        return None
+    limits = [getattr(encoder, "max_position_embeddings", None)]
+    if tokenizer is not None and (tokenizer.model_max_length or 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    limits = [x for x in limits if isinstance(x, int) and x > 0]
+    return min(limits) if limits else None
+
+
+def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True) -> PreparedData:
+    """Load, check and (optionally) tokenize every task's data; every problem in one `ConfigError`."""
+    problems = ProblemCollector()
+    if tokenizer is None:
+        try:
+            tokenizer = load_tokenizer(run)
+        except ConfigError as err:
+            problems.extend(err)
+    limit = _max_positions(run, tokenizer)
+    tasks = {t.name: TASK_TYPES[t.type](t) for t in run.tasks}
+    raw: dict[str, TaskSplits] = {}
+    for name, task in tasks.items():
+        if limit is not None and task.config.max_length > limit:
+            problems.add(f"tasks.{name}.max_length: {task.config.max_length} is larger than the encoder allows "
+                         f"({limit}). Set max_length <= {limit}.")
+        before = len(problems.problems)
+        splits = raw[name] = load_task_splits(task.config, run, problems)
+        if "train" in splits.splits:
+            problems.problems.extend(task.check_data("train", splits.splits["train"], splits.sources["train"]))
+        elif task.config.data is not None and before == len(problems.problems):
+            problems.add(f"tasks.{name}: no training split. Give 'data.train' (a file) or 'data.hub'.")
+        if len(problems.problems) == before:
+            # Labels are inferred only from clean training data; eval is then checked against them.
+            task.setup_labels(splits.splits.get("train"))
+        for split in ("eval", "test"):
+            if split in splits.splits:
+                # A test split may come without labels: check its text only.
+                check = task.check_data if split == "eval" else partial_text_check(task)
+                problems.problems.extend(check(split, splits.splits[split], splits.sources[split]))
+    problems.raise_if_any()
+    prepared = PreparedData(tasks=tasks, raw=raw, tokenizer=tokenizer)
+    if tokenize:
+        for name, task in tasks.items():
+            for split, target in (("train", prepared.train), ("eval", prepared.eval)):
+                if split in raw[name].splits:
+                    target[name] = task.preprocess(raw[name].splits[split], tokenizer)
+    return prepared
+
+
+def partial_text_check(task: Task):
+    return lambda split, dataset, source: Task.check_data(task, split, dataset, source)
+
+
+def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> Any:
+    """The pretrained encoder with fresh heads (seeded), frozen as the config asks."""
+    from transformers import set_seed
+
+    from .modeling.model import MultiTaskModel
+
+    set_seed(seed)
+    model = MultiTaskModel.from_encoder(run.model, [task.config for task in tasks.values()])
+    model.freeze(run.freeze.encoder, run.freeze.embeddings, run.freeze.layers)
+    return model
+
+
+def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: Any = None,
+                  trainer_class: type | None = None, **trainer_kwargs: Any) -> Any:
+    """A ready `MultiTaskTrainer` (or `trainer_class`) for `run`: data loaded and tokenized, model built
+    unless given."""
+    from .trainer import MultiTaskTrainer
+
+    args = run.training_arguments()
+    prepared = prepared or prepare_data(run)
+    model = model if model is not None else build_model(run, prepared.tasks, seed=args.seed)
+    return (trainer_class or MultiTaskTrainer)(
+        model=model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval or None,
+        processing_class=prepared.tokenizer,
+        sampling=run.sampling,
+        pad_to_multiple_of=run.pad_to_multiple_of,
+        **trainer_kwargs,
+    )
+
+
+def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_size: int = 1) -> list[dict[str, Any]]:
+    """One row per task: type, label count, split sizes, sampling probability and steps per epoch."""
+    from .data.samplers import MultiTaskBatchSampler
+
+    sizes = {n: len(s.splits["train"]) for n, s in prepared.raw.items() if "train" in s.splits}
+    sampler = MultiTaskBatchSampler(sizes, batch_size, run.sampling.strategy, run.sampling.temperature,
+                                    world_size=world_size) if sizes else None
+    probabilities = dict(zip(sizes, sampler.probabilities)) if sampler else {}
+    steps = dict(zip(sizes, sampler.counts)) if sampler else {}
+    rows = []
+    for name, task in prepared.tasks.items():
+        splits = prepared.raw[name].splits
+        p = probabilities.get(name, 0.0)
+        rows.append({
+            "task": name, "type": task.type_name,
+            "labels": len(task.labels) if task.type_name != "regression" else "-",
+            "train": len(splits["train"]) if "train" in splits else 0,
+            "eval": len(splits["eval"]) if "eval" in splits else 0,
+            "test": len(splits["test"]) if "test" in splits else 0,
+            "probability": round(p, 4),
+            "steps/epoch": steps.get(name, 0),
+        })
+    return rows

@@ -1,0 +1,47 @@
+"""Helpers shared by CLI commands: quiet library logging and plain-text tables."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for progress bars and results, not library chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    # TrainingArguments pins memory by default; on a CPU-only machine torch warns on every loader.
+    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width table of dict rows (same keys in each)."""
+    if not rows:
+        return "(nothing)"
+    headers = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(h, "")) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def metrics_rows(metrics: dict[str, float], tasks: list[str], prefix: str = "eval") -> list[dict[str, Any]]:
+    """One row per task with its metrics, from flat `eval_<task>_<metric>` keys."""
+    rows = []
+    for task in tasks:
+        head = f"{prefix}_{task}_"
+        values = {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
+        rows.append({"task": task, **{k: v for k, v in values.items() if k not in ("runtime",)}})
+    return rows

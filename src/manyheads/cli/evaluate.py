@@ -1,0 +1,58 @@
+"""`manyheads evaluate MODEL_DIR CONFIG`: each task's metrics on its eval split, with a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+from .common import format_table, metrics_rows, quiet_libraries
+
+HELP = "Evaluate a saved multi-task model on the eval splits declared in a config."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", help="folder written by 'manyheads train'")
+    parser.add_argument("config", help="YAML config that declares the tasks' data")
+    parser.add_argument("--output", help="write the metrics to this JSON file")
+    parser.set_defaults(accepts_overrides=True)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from transformers import AutoTokenizer
+
+    from ..build import prepare_data
+    from ..config import load_config
+    from ..errors import ConfigError
+    from ..modeling.model import MultiTaskModel
+    from ..trainer import MultiTaskTrainer
+
+    quiet_libraries()
+    run_config = load_config(args.config, extra)
+    model = MultiTaskModel.from_pretrained(args.model_dir)
+    missing = [t.name for t in run_config.tasks if t.name not in model.tasks]
+    if missing:
+        raise ConfigError(f"tasks: {missing} are not in the model at {args.model_dir} (it has {list(model.tasks)}). "
+                          "Remove them from the config.")
+    # Labels come from the model, never re-inferred from data: the head's outputs are in that order.
+    for task in run_config.tasks:
+        task.labels = model.tasks[task.name].config.labels
+    run_config.model = args.model_dir
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    prepared = prepare_data(run_config, tokenizer)
+    if not prepared.eval:
+        raise ConfigError("tasks: no task has an eval split. Add 'data.eval' to the tasks to evaluate.")
+    with tempfile.TemporaryDirectory() as scratch:
+        training = {**run_config.training, "output_dir": scratch, "report_to": "none"}
+        run_config.training = training
+        trainer = MultiTaskTrainer(model=model, args=run_config.training_arguments(), eval_dataset=prepared.eval,
+                                   processing_class=tokenizer)
+        metrics = trainer.evaluate()
+    print(format_table(metrics_rows(metrics, list(prepared.eval))))
+    print(f"eval_average: {metrics['eval_average']:.4f}")
+    output = args.output or os.path.join(args.model_dir, "eval_results.json")
+    with open(output, "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2)
+    print(f"metrics written to {output}")
+    return 0

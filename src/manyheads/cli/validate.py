@@ -1,0 +1,40 @@
+"""`manyheads validate CONFIG`: build everything but the weights and report every problem at once."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import format_table, quiet_libraries
+
+HELP = "Check a config and its data without loading weights; print the task plan or every error."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    parser.set_defaults(accepts_overrides=True)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..build import plan_table, prepare_data
+    from ..config import collect_config, read_yaml
+    from ..errors import ConfigError, ProblemCollector
+
+    quiet_libraries()
+    problems = ProblemCollector()
+    raw, config_dir = read_yaml(args.config)
+    run_config = collect_config(raw, problems, config_dir, extra)
+    prepared = None
+    if run_config is not None and run_config.tasks:
+        # Check the data of the tasks whose config is valid, so data errors are reported too.
+        try:
+            prepared = prepare_data(run_config, tokenize=False)
+        except ConfigError as err:
+            problems.extend(err)
+    if problems.problems:
+        raise ConfigError(problems.problems)
+    args_ = run_config.training_arguments(output_dir=run_config.training.get("output_dir", "runs/validate"))
+    print(format_table(plan_table(run_config, prepared, args_.per_device_train_batch_size, args_.world_size)))
+    print(f"sampling: {run_config.sampling.strategy}"
+          + (f" (T={run_config.sampling.temperature})" if run_config.sampling.strategy == "temperature" else ""))
+    print(f"config OK: {len(run_config.tasks)} task(s), encoder {run_config.model}")
+    return 0

@@ -1,0 +1,163 @@
+"""Loading each task's splits with `datasets`: local CSV/TSV/JSON/JSONL/parquet files or a Hub dataset.
+
+Every problem (missing file, unreadable file, missing column, empty split, bad cell) is collected with the
+file and row it comes from, so `validate` can report all of them at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError, ProblemCollector
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..config import DataConfig, RunConfig, TaskConfig
+
+_QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE, "all": csv.QUOTE_ALL,
+            "nonnumeric": csv.QUOTE_NONNUMERIC}
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
+               ".txt": "tsv"}
+SPLITS = ("train", "eval", "test")
+
+
+@dataclass
+class TaskSplits:
+    """A task's raw splits and where each came from (for messages)."""
+
+    splits: dict[str, Dataset] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def uses_local_files(data: DataConfig, run: RunConfig) -> bool:
+    """Local files when a data folder is given or no Hub name exists; the Hub name otherwise."""
+    return data.train is not None and (run.data_dir is not None or data.hub is None)
+
+
+def resolve_path(path: str, run: RunConfig) -> Path:
+    base = Path(run.data_dir) if run.data_dir is not None else Path(run.config_dir)
+    candidate = Path(os.path.expanduser(path))
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _file_format(data: DataConfig, path: Path) -> str | None:
+    return data.format or _EXTENSIONS.get(path.suffix.lower())
+
+
+def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
+    from datasets import load_dataset
+
+    if fmt in ("csv", "tsv"):
+        kwargs = {
+            "delimiter": data.delimiter or ("\t" if fmt == "tsv" else ","),
+            "quoting": _QUOTING[data.quoting],
+            "encoding": data.encoding,
+        }
+        if data.column_names:
+            kwargs["column_names"] = list(data.column_names)
+        # pandas treats a header row as data once names are given, unless told the header's row number.
+        kwargs["header"] = 0 if data.header else None
+        # Keep text cells as text: pandas would turn "NA"/"null" sentences into NaN.
+        kwargs["keep_default_na"] = False
+        return load_dataset("csv", data_files=str(path), split="train", **kwargs)
+    if fmt in ("json", "jsonl"):
+        return load_dataset("json", data_files=str(path), split="train", encoding=data.encoding)
+    return load_dataset("parquet", data_files=str(path), split="train")
+
+
+def _load_local(task: TaskConfig, split: str, run: RunConfig, problems: ProblemCollector) -> tuple[Dataset, str] | None:
+    data = task.data
+    path = resolve_path(getattr(data, split), run)
+    where = f"tasks.{task.name}.data.{split}"
+    if not path.is_file():
+        problems.add(f"{where}: file not found: {path}. Check the path (relative paths start at data_dir "
+                     "or the config's folder).")
+        return None
+    if path.stat().st_size == 0:
+        problems.add(f"{path}: the {split} file of task '{task.name}' is empty. Point it at a file with rows.")
+        return None
+    fmt = _file_format(data, path)
+    if fmt is None:
+        problems.add(f"{where}: cannot tell the format of {path.name}; set 'format' to one of csv, tsv, json, "
+                     "jsonl, parquet.")
+        return None
+    try:
+        return _read_file(data, path, fmt), str(path)
+    except Exception as err:  # datasets wraps parser errors in many types; report the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        problems.add(f"{path}: cannot read as {fmt}: {first}. Check delimiter, quoting, encoding and header.")
+        return None
+
+
+def _load_hub(task: TaskConfig, split: str, problems: ProblemCollector) -> tuple[Dataset, str] | None:
+    from datasets import load_dataset
+
+    data = task.data
+    name = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}[split]
+    source = f"{data.hub}" + (f"/{data.hub_config}" if data.hub_config else "") + f"[{name}]"
+    try:
+        return load_dataset(data.hub, data.hub_config, split=name), source
+    except Exception as err:  # network, missing split, missing config: all reported the same way
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        problems.add(f"tasks.{task.name}.data.hub: cannot load {source}: {first}. Without network, give local "
+                     "files and --data_dir.")
+        return None
+
+
+def load_task_splits(task: TaskConfig, run: RunConfig, problems: ProblemCollector,
+                     splits: tuple[str, ...] = SPLITS) -> TaskSplits:
+    """Load and check the splits of one task; problems go to `problems`."""
+    out = TaskSplits()
+    data = task.data
+    if data is None:
+        problems.add(f"tasks.{task.name}: no 'data' section. Add 'data: {{train: FILE, eval: FILE}}' or a Hub name.")
+        return out
+    local = uses_local_files(data, run)
+    for split in splits:
+        wanted = getattr(data, split) if local else (split != "test" or data.test_split)
+        if not wanted:
+            continue
+        loaded = _load_local(task, split, run, problems) if local else _load_hub(task, split, problems)
+        if loaded is None:
+            continue
+        dataset, source = loaded
+        limit = {"train": data.max_train_samples, "eval": data.max_eval_samples}.get(split)
+        if limit is not None and len(dataset) > limit:
+            dataset = dataset.select(range(limit))
+        if len(dataset) == 0:
+            problems.add(f"{source}: the {split} split of task '{task.name}' is empty. Point it at a file with rows.")
+            continue
+        missing = [c for c in _required(task, split) if c not in dataset.column_names]
+        if missing:
+            problems.add(
+                f"{source}: column '{missing[0]}' (task '{task.name}') not found; columns are "
+                f"{dataset.column_names}. Fix 'text'/'label' or set 'column_names' (and 'header: false')."
+            )
+            continue
+        out.splits[split] = dataset
+        out.sources[split] = source
+    return out
+
+
+def _required(task: TaskConfig, split: str) -> list[str]:
+    from ..tasks import TASK_TYPES
+
+    columns = TASK_TYPES[task.type](task).required_columns()
+    # A test split may come without labels; only its text columns are needed.
+    return list(task.text) if split == "test" else columns
+
+
+def load_all(run: RunConfig) -> dict[str, TaskSplits]:
+    """Load every task's splits; raise one `ConfigError` with every problem found."""
+    problems = ProblemCollector()
+    loaded = {task.name: load_task_splits(task, run, problems) for task in run.tasks}
+    problems.raise_if_any()
+    return loaded
+
+
+__all__ = ["TaskSplits", "load_all", "load_task_splits", "resolve_path", "uses_local_files", "ConfigError"]

@@ -1,0 +1,153 @@
+"""Which task, and which examples, each micro-batch holds.
+
+`MultiTaskBatchSampler` is a pure function of (seed, epoch, rank, world size): no global RNG, no state
+but the epoch. At every step all ranks draw the same task (DDP then runs the same head everywhere) and
+rank r takes the r-th slice of that step's global batch. Each task reads its examples from an endless
+stream of seeded permutations, so a small task that runs out is simply reshuffled and restarted, and a
+large task under-sampled by temperature/uniform sampling continues where the previous epoch stopped.
+Because the schedule depends only on the epoch, Trainer's own skip-on-resume restores it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
+
+
+def task_probabilities(sizes: Sequence[int], strategy: str, temperature: float = 2.0) -> list[float]:
+    """Target share of micro-batches per task: size, size**(1/T), or equal."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"sampling strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if strategy == "proportional":
+        weights = [float(n) for n in sizes]
+    elif strategy == "temperature":
+        weights = [float(n) ** (1.0 / temperature) for n in sizes]
+    else:
+        weights = [1.0] * len(sizes)
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _largest_remainder(probabilities: Sequence[float], total: int) -> list[int]:
+    """Integer counts summing to `total` that are as close as possible to probabilities * total."""
+    exact = [p * total for p in probabilities]
+    counts = [math.floor(x) for x in exact]
+    order = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+class MultiTaskBatchSampler(Sampler[list[int]]):
+    """Batches of indices into the concatenation of the tasks' training sets, one task per batch.
+
+    Args:
+        task_sizes: number of training examples per task, in task order.
+        batch_size: examples per micro-batch on one rank.
+        strategy: `proportional`, `temperature`, `uniform` or `round_robin`.
+        temperature: T of temperature sampling (probability ~ size**(1/T)).
+        seed: base seed of task order and example permutations.
+        rank, world_size: this process and the number of processes.
+        lengths: optional token lengths per task; when given, batches group examples of similar length.
+        group_batches: how many global batches form one length-sorted group.
+    """
+
+    def __init__(
+        self,
+        task_sizes: dict[str, int],
+        batch_size: int,
+        strategy: str = "proportional",
+        temperature: float = 2.0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: dict[str, Sequence[int]] | None = None,
+        group_batches: int = 50,
+    ):
+        if not task_sizes or min(task_sizes.values()) < 1:
+            raise ValueError(f"every task needs at least one training example, got sizes {task_sizes}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.names = list(task_sizes)
+        self.sizes = [int(task_sizes[n]) for n in self.names]
+        self.offsets = np.cumsum([0] + self.sizes[:-1]).tolist()
+        self.batch_size = batch_size
+        self.strategy = strategy
+        self.probabilities = task_probabilities(self.sizes, strategy, temperature)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.lengths = lengths
+        self.group_batches = group_batches
+        self.epoch = 0
+        global_batch = batch_size * world_size
+        # An epoch has as many steps as one proportional pass over every task.
+        self.steps_per_epoch = sum(math.ceil(n / global_batch) for n in self.sizes)
+        if strategy == "proportional":
+            self.counts = [math.ceil(n / global_batch) for n in self.sizes]
+        else:
+            self.counts = _largest_remainder(self.probabilities, self.steps_per_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
+
+    def task_order(self, epoch: int) -> list[int]:
+        """Task index of every step of `epoch` (identical on every rank)."""
+        if self.strategy == "round_robin":
+            remaining = list(self.counts)
+            order = []
+            while len(order) < self.steps_per_epoch:
+                for i in range(len(remaining)):
+                    if remaining[i]:
+                        order.append(i)
+                        remaining[i] -= 1
+            return order
+        order = np.repeat(np.arange(len(self.sizes)), self.counts)
+        return self._rng(0, epoch).permutation(order).tolist()
+
+    def _stream(self, task: int, start: int, stop: int) -> np.ndarray:
+        """Examples [start, stop) of task's endless stream of seeded permutations (local indices)."""
+        size = self.sizes[task]
+        first, last = start // size, (stop - 1) // size
+        cycles = [self._rng(1, task, cycle).permutation(size) for cycle in range(first, last + 1)]
+        stream = np.concatenate(cycles)
+        return stream[start - first * size: stop - first * size]
+
+    def _task_batches(self, task: int, epoch: int) -> list[np.ndarray]:
+        """This epoch's global batches of one task, as indices into the concatenated dataset."""
+        global_batch = self.batch_size * self.world_size
+        per_epoch = self.counts[task] * global_batch
+        if per_epoch == 0:
+            return []
+        indices = self._stream(task, epoch * per_epoch, (epoch + 1) * per_epoch)
+        if self.lengths is not None:
+            lengths = np.asarray(self.lengths[self.names[task]])
+            group = global_batch * self.group_batches
+            # Sort within groups (not globally) so batches stay random across groups; longest first.
+            indices = np.concatenate([
+                chunk[np.argsort(-lengths[chunk], kind="stable")]
+                for chunk in np.split(indices, range(group, len(indices), group))
+            ])
+        batches = np.split(indices + self.offsets[task], range(global_batch, len(indices), global_batch))
+        if self.lengths is not None:
+            batches = [batches[i] for i in self._rng(2, epoch, task).permutation(len(batches))]
+        return batches
+
+    def schedule(self, epoch: int) -> list[tuple[str, list[int]]]:
+        """(task name, global batch indices for all ranks) for every step of `epoch`."""
+        batches = {t: iter(self._task_batches(t, epoch)) for t in range(len(self.sizes))}
+        return [(self.names[t], next(batches[t]).tolist()) for t in self.task_order(epoch)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for _, indices in self.schedule(self.epoch):
+            yield indices[lo:hi]

@@ -1,0 +1,63 @@
+"""Task heads. Each takes the encoder's token states and pooled state and returns logits.
+
+`SequenceHead` pools one vector per sequence, three ways:
+- `pooler`: the encoder's own pooler output, then dropout + linear (as `BertForSequenceClassification`);
+- `cls`: dense + tanh on the first token, then dropout + linear (as `RobertaClassificationHead`);
+- `mean`: masked mean of the token states (how sentence-transformers models such as all-MiniLM-L6-v2
+  were trained), then dropout + linear.
+`auto` picks `pooler` when the encoder has one, else `cls`, so a one-task model matches the stock
+`AutoModelForSequenceClassification` and can be exported as one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLING = ("auto", "pooler", "cls", "mean")
+
+
+def resolve_pooling(pooling: str, has_pooler: bool) -> str:
+    if pooling == "auto":
+        return "pooler" if has_pooler else "cls"
+    if pooling == "pooler" and not has_pooler:
+        raise ValueError("pooling 'pooler' needs an encoder with a pooler layer; use 'cls' or 'mean'")
+    return pooling
+
+
+class SequenceHead(nn.Module):
+    """One vector per sequence -> `num_outputs` logits."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float, pooling: str):
+        super().__init__()
+        self.pooling = pooling
+        if pooling == "cls":
+            self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor | None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "pooler":
+            features = pooled_output
+        elif self.pooling == "cls":
+            features = torch.tanh(self.dense(self.dropout(sequence_output[:, 0])))
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(sequence_output.shape[:2], device=sequence_output.device)
+            mask = attention_mask.unsqueeze(-1).to(sequence_output.dtype)
+            features = (sequence_output * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.classifier(self.dropout(features))
+
+
+class TokenHead(nn.Module):
+    """One vector per token -> `num_outputs` logits per token (as `BertForTokenClassification`)."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor | None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.dropout(sequence_output))

@@ -1,0 +1,161 @@
+"""`MultiTaskModel`: one shared encoder loadable by `AutoModel`, one head per task.
+
+The task of a micro-batch travels inside the batch (`task="sst2"`), so the trainer never has to mutate
+model state to route it; that keeps every DDP rank on the same head at the same step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from ..config import TaskConfig
+from ..tasks import TASK_TYPES, Task
+from .config import MultiTaskConfig
+
+
+@dataclass
+class MultiTaskOutput(ModelOutput):
+    """Output of `MultiTaskModel.forward`: the task's loss (when labels are given) and its logits."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def _dropout(config: Any) -> float:
+    for key in ("classifier_dropout", "hidden_dropout_prob", "hidden_dropout", "dropout"):
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.1
+
+
+class MultiTaskModel(PreTrainedModel):
+    """A shared encoder with one head per task.
+
+    Build it for training with `MultiTaskModel.from_encoder(name_or_path, task_configs)`; reload a trained one
+    with `MultiTaskModel.from_pretrained(folder)` (or `AutoModel.from_pretrained(folder)`).
+    """
+
+    config_class = MultiTaskConfig
+    base_model_prefix = "manyheads"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # The loss is a per-micro-batch mean; the trainer scales it for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: MultiTaskConfig, encoder: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
+        self.tasks: dict[str, Task] = {
+            spec["name"]: TASK_TYPES[spec["type"]](TaskConfig.from_spec(spec)) for spec in config.tasks
+        }
+        has_pooler = getattr(self.encoder, "pooler", None) is not None
+        dropout = _dropout(self.encoder.config)
+        self.heads = nn.ModuleDict(
+            {name: task.build_head(config.hidden_size, dropout, has_pooler) for name, task in self.tasks.items()}
+        )
+        self.post_init()
+
+    @classmethod
+    def from_encoder(cls, name_or_path: str, tasks: Iterable[TaskConfig], **kwargs: Any) -> MultiTaskModel:
+        """Pretrained encoder weights (any `AutoModel`), freshly initialised heads."""
+        encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
+        config = MultiTaskConfig(encoder=encoder.config.to_dict(), tasks=[t.spec() for t in tasks],
+                                 pad_token_id=getattr(encoder.config, "pad_token_id", None))
+        return cls(config, encoder=encoder)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only heads reach here with fresh weights; same scheme as BERT's heads.
+        std = getattr(self.encoder.config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        # The encoder arrives initialised (pretrained or by its own post_init); only heads need it.
+        self.heads.apply(self._init_weights)
+
+    # ----- routing -----
+    def _task_name(self, task: str | list[str] | None) -> str:
+        if isinstance(task, (list, tuple)):
+            # A collator that kept one name per row: all rows of a micro-batch share one task.
+            if len(set(task)) != 1:
+                raise ValueError(f"a micro-batch must hold one task, got {sorted(set(task))}")
+            task = task[0]
+        if task is None:
+            if len(self.tasks) == 1:
+                return next(iter(self.tasks))
+            raise ValueError(f"pass task=<name>; this model has tasks {list(self.tasks)}")
+        if task not in self.tasks:
+            raise ValueError(f"unknown task {task!r}; this model has tasks {list(self.tasks)}")
+        return task
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One encoder pass: (token states, pooled state or None)."""
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return outputs.last_hidden_state, getattr(outputs, "pooler_output", None)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> MultiTaskOutput:
+        """Run the encoder and the head of `task`; with `labels`, also that task's loss."""
+        name = self._task_name(task)
+        sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
+        logits = self.heads[name](sequence_output, pooled, attention_mask)
+        loss = self.tasks[name].loss(logits, labels) if labels is not None else None
+        return MultiTaskOutput(loss=loss, logits=logits)
+
+    def forward_all(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        tasks: Iterable[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Logits of every task in `tasks` (default: all) from ONE encoder pass."""
+        sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
+        names = list(tasks) if tasks is not None else list(self.tasks)
+        return {name: self.heads[self._task_name(name)](sequence_output, pooled, attention_mask) for name in names}
+
+    # ----- freezing -----
+    def encoder_layers(self) -> nn.ModuleList:
+        """The encoder's stack of transformer layers (the longest `ModuleList` of `num_hidden_layers` blocks)."""
+        count = getattr(self.encoder.config, "num_hidden_layers", None)
+        candidates = [m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == count]
+        if not candidates:
+            raise ValueError(f"cannot find the {count} layers of encoder {type(self.encoder).__name__} to freeze")
+        return candidates[0]
+
+    def freeze(self, encoder: bool = False, embeddings: bool = False, layers: int = 0) -> None:
+        """Stop gradients to the whole encoder, its embeddings and/or its first `layers` layers."""
+        frozen: list[nn.Module] = []
+        if encoder:
+            frozen.append(self.encoder)
+        if embeddings:
+            module = getattr(self.encoder, "embeddings", None) or self.encoder.get_input_embeddings()
+            frozen.append(module)
+        if layers:
+            stack = self.encoder_layers()
+            if layers > len(stack):
+                raise ValueError(f"freeze.layers is {layers} but the encoder has {len(stack)} layers")
+            frozen.extend(stack[:layers])
+        for module in frozen:
+            module.requires_grad_(False)

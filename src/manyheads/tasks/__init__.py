@@ -1,0 +1,14 @@
+"""Task types. Adding one is a new module with a `Task` subclass plus one line in `TASK_TYPES`."""
+
+from .base import Task
+from .classification import ClassificationTask
+from .multilabel import MultilabelTask
+from .regression import RegressionTask
+
+TASK_TYPES: dict[str, type[Task]] = {
+    "classification": ClassificationTask,
+    "multilabel": MultilabelTask,
+    "regression": RegressionTask,
+}
+
+__all__ = ["TASK_TYPES", "Task", "ClassificationTask", "MultilabelTask", "RegressionTask"]

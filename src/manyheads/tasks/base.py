@@ -1,0 +1,175 @@
+"""The task interface: everything specific to one kind of task lives behind it.
+
+A task type is one module with one `Task` subclass, registered by one line in `TASK_TYPES`. It owns
+its options, data checks, label inference, tokenization, head, loss, metrics and the post-processing
+of predictions. The rest of manyheads (sampler, collator, model, trainer, CLI) only calls this interface,
+so token classification and extractive QA plug in without changes elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..modeling.heads import POOLING, SequenceHead, resolve_pooling
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+    from ..config import TaskConfig
+
+TASK_COLUMN = "task"
+LABEL_COLUMN = "labels"
+
+
+@dataclass
+class NoOptions:
+    """A task type without options of its own."""
+
+
+@dataclass
+class SequenceOptions:
+    """Options shared by sequence-level task types (one prediction per text or pair)."""
+
+    # How one vector is pooled from the encoder: auto | pooler | cls | mean (see modeling/heads.py).
+    pooling: str = "auto"
+
+
+class Task:
+    """Base class of a task type. Subclasses set `type_name`, `Options` and override the hooks below."""
+
+    type_name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    # Metric names this type reports and whether higher is better, in the order they are printed.
+    METRICS: ClassVar[dict[str, bool]] = {}
+    DEFAULT_MAIN_METRIC: ClassVar[str] = ""
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+        self.name = config.name
+        self.options = config.options
+
+    # ----- config-time checks (no data, no weights) -----
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> list[str]:
+        """Problems in a task's keys, each one line; the base checks text columns and `main_metric`."""
+        problems = []
+        if not 1 <= len(config.text) <= 2:
+            problems.append(
+                f"text: got {config.text!r}; give one column (single text) or two (a pair), "
+                "e.g. 'text: [sentence1, sentence2]'."
+            )
+        metrics = cls.metric_names(config)
+        if config.main_metric is not None and config.main_metric not in metrics:
+            problems.append(
+                f"main_metric: {config.main_metric!r} is not a metric of type '{cls.type_name}'; "
+                f"valid: {', '.join(metrics)}."
+            )
+        pooling = getattr(config.options, "pooling", "auto")
+        if pooling not in POOLING:
+            problems.append(f"pooling: got {pooling!r}; valid choices: {', '.join(POOLING)}.")
+        if config.weight < 0 or not math.isfinite(config.weight):
+            problems.append(f"weight: got {config.weight}; a loss weight must be a finite number >= 0.")
+        return problems
+
+    @classmethod
+    def metric_names(cls, config: TaskConfig) -> list[str]:
+        return list(cls.METRICS)
+
+    @property
+    def main_metric(self) -> str:
+        return self.config.main_metric or self.DEFAULT_MAIN_METRIC
+
+    def greater_is_better(self, metric: str) -> bool:
+        return self.METRICS[metric]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config.labels or [])
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head's output layer."""
+        return len(self.labels)
+
+    # ----- data -----
+    def required_columns(self) -> list[str]:
+        return list(self.config.text) + ([self.config.label] if self.config.label else [])
+
+    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
+        """Problems in one split, each naming the file, row, column and value. Base: text cells."""
+        problems = []
+        for column in self.config.text:
+            for row, value in enumerate(dataset[column]):
+                if not isinstance(value, str):
+                    problems.append(
+                        f"{source}: data row {row + 1}, column '{column}': text cell is "
+                        f"{value!r}, not a string. Fill or drop that row."
+                    )
+                    break
+        return problems
+
+    def setup_labels(self, train: Dataset | None) -> None:
+        """Infer the label list from the training split when not declared, and resolve auto weights."""
+
+    def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list]:
+        """Tokenize a batch of raw rows (no padding: the collator pads per batch)."""
+        texts = [batch[c] for c in self.config.text]
+        return tokenizer(*texts, truncation=True, max_length=self.config.max_length)
+
+    def encode_labels(self, batch: dict[str, list], encoded: dict[str, list]) -> list:
+        """Labels in the form `collate_labels` expects, one per encoded row."""
+        raise NotImplementedError
+
+    def preprocess(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, with_labels: bool = True) -> Dataset:
+        """Tokenized dataset with model inputs, `labels` (when `with_labels`) and the task name per row."""
+
+        def _map(batch: dict[str, list]) -> dict[str, list]:
+            encoded = dict(self.encode(batch, tokenizer))
+            if with_labels:
+                encoded[LABEL_COLUMN] = self.encode_labels(batch, encoded)
+            encoded[TASK_COLUMN] = [self.name] * len(encoded["input_ids"])
+            return encoded
+
+        return dataset.map(_map, batched=True, remove_columns=dataset.column_names,
+                           desc=f"Tokenizing {self.name}")
+
+    def collate_labels(self, labels: list, sequence_length: int) -> torch.Tensor:
+        """Stack the labels of one micro-batch (`sequence_length` is the padded input length)."""
+        return torch.tensor(labels)
+
+    # ----- model -----
+    def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
+        """The head; the default pools one vector per sequence as `options.pooling` says."""
+        try:
+            pooling = resolve_pooling(self.options.pooling, has_pooler)
+        except ValueError as err:
+            raise ValueError(f"task '{self.name}': {err}") from None
+        return SequenceHead(hidden_size, self.num_outputs, dropout, pooling)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- evaluation and prediction -----
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+    def postprocess(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        """One JSON-serialisable prediction per row of `logits`."""
+        raise NotImplementedError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
