@@ -358,7 +358,7 @@ def append_results(path: Path, section: str) -> None:
         path.write_text(
             "# Benchmark results\n\n"
             "Appended by `bench/throughput.py`, one section per run; every number comes from running the "
-            "command shown in its section (see bench/README.md).\n\n",
+            "command shown in its section (see bench/README.md).\n",
             encoding="utf-8",
         )
     with path.open("a", encoding="utf-8") as out:

@@ -120,3 +120,27 @@ def test_auto_class_weights_and_pos_weight(tiny_model_dir, data_dir, tmp_path):
     colors = prepared.raw["colors"].splits["train"]["colors"]
     positives = [sum(c in row for row in colors) for c in ("red", "green", "blue", "yellow")]
     assert prepared.tasks["colors"].options.pos_weight == pytest.approx([(64 - p) / p for p in positives])
+
+
+def test_train_dataloader_follows_sampling_and_pads_dynamically(tiny_model_dir, data_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, sampling={"strategy": "round_robin"})
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == 4 * 8  # 64 rows per task, batch 8, one proportional pass
+    assert [b["task"] for b in batches[:8]] == ["sentiment", "match", "colors", "score"] * 2
+    for batch in batches:
+        lengths = batch["attention_mask"].sum(1)
+        assert batch["input_ids"].shape[1] == int(lengths.max()) < 32  # longest in batch, not max_length
+        assert batch["labels"].shape[0] == 8
+    pair = next(b for b in batches if b["task"] == "match")
+    assert int(pair["token_type_ids"].max()) == 1  # the pair task's second text gets segment id 1
+
+
+def test_group_by_length_reduces_padding(tiny_model_dir, data_dir, tmp_path):
+    def padded_share(trainer):
+        batches = list(trainer.get_train_dataloader())
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        return 1 - real / sum(b["attention_mask"].numel() for b in batches)
+
+    plain = make_trainer(tiny_model_dir, data_dir, tmp_path / "a")
+    grouped = make_trainer(tiny_model_dir, data_dir, tmp_path / "b", sampling={"group_by_length": True})
+    assert padded_share(grouped) < padded_share(plain)

@@ -20,7 +20,7 @@ from .errors import ConfigError, ProblemCollector
 from .tasks import TASK_TYPES
 
 SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
-FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll")
 QUOTING = ("minimal", "none", "all", "nonnumeric")
 # TrainingArguments fields that manyheads drives itself: setting them would be silently overridden.
 OWNED_TRAINING_KEYS = {
@@ -43,6 +43,7 @@ class DataConfig:
     encoding: str = "utf-8"
     header: bool = True
     column_names: list[str] | None = None
+    tag_column: int = -1  # conll: which whitespace-separated column holds the tag (words are column 0)
     hub: str | None = None
     hub_config: str | None = None
     train_split: str = "train"

@@ -30,10 +30,10 @@ tasks:
   - {name: rating, type: regression, pooling: mean, text: text, label: rating,
      data: {train: train.jsonl, eval: eval.jsonl}}
 training:
-  max_steps: 260
+  max_steps: 230
   per_device_train_batch_size: 16
   per_device_eval_batch_size: 64
-  learning_rate: 8.0e-5
+  learning_rate: 1.0e-4
   warmup_steps: 0.1
   weight_decay: 0.01
   logging_steps: 25
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default=os.path.join("runs", "demo"), help="where the model is saved")
     parser.add_argument("--model", default=None, help="encoder folder or Hub id (default: MiniLM from PyPI)")
     parser.add_argument("--train_rows", type=int, default=1600, help="generated training reviews")
-    parser.add_argument("--eval_rows", type=int, default=400, help="generated evaluation reviews")
+    parser.add_argument("--eval_rows", type=int, default=300, help="generated evaluation reviews")
     parser.set_defaults(accepts_overrides=True)
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE, "all": csv.QUOTE_ALL,
             "nonnumeric": csv.QUOTE_NONNUMERIC}
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
-               ".txt": "tsv"}
+               ".txt": "tsv", ".conll": "conll"}
 SPLITS = ("train", "eval", "test")
 
 
@@ -49,8 +49,43 @@ def _file_format(data: DataConfig, path: Path) -> str | None:
     return data.format or _EXTENSIONS.get(path.suffix.lower())
 
 
+def read_conll(path: Path, tag_column: int = -1, encoding: str = "utf-8") -> Dataset:
+    """CoNLL column file -> rows of `tokens` and `tags` (blank line between sentences, -DOCSTART- skipped).
+
+    Raises:
+        ValueError: naming the line whose column count differs from the file's first line.
+    """
+    from datasets import Dataset
+
+    sentences: dict[str, list] = {"tokens": [], "tags": []}
+    words: list[str] = []
+    tags: list[str] = []
+    width = None
+    with open(path, encoding=encoding) as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    sentences["tokens"].append(words)
+                    sentences["tags"].append(tags)
+                words, tags = [], []
+                continue
+            width = width or len(fields)
+            if len(fields) != width or len(fields) < 2:
+                raise ValueError(f"line {number} has {len(fields)} columns, expected {width} (>= 2): {line.strip()!r}")
+            words.append(fields[0])
+            tags.append(fields[tag_column])
+    if words:
+        sentences["tokens"].append(words)
+        sentences["tags"].append(tags)
+    return Dataset.from_dict(sentences)
+
+
 def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
     from datasets import load_dataset
+
+    if fmt == "conll":
+        return read_conll(path, data.tag_column, data.encoding)
 
     if fmt in ("csv", "tsv"):
         kwargs = {

@@ -4,11 +4,13 @@ from .base import Task
 from .classification import ClassificationTask
 from .multilabel import MultilabelTask
 from .regression import RegressionTask
+from .token_classification import TokenClassificationTask
 
 TASK_TYPES: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "multilabel": MultilabelTask,
     "regression": RegressionTask,
+    "token_classification": TokenClassificationTask,
 }
 
-__all__ = ["TASK_TYPES", "Task", "ClassificationTask", "MultilabelTask", "RegressionTask"]
+__all__ = ["TASK_TYPES", "Task", "ClassificationTask", "MultilabelTask", "RegressionTask", "TokenClassificationTask"]

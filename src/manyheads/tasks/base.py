@@ -118,22 +118,24 @@ class Task:
     def setup_labels(self, train: Dataset | None) -> None:
         """Infer the label list from the training split when not declared, and resolve auto weights."""
 
-    def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list]:
+    def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> Any:
         """Tokenize a batch of raw rows (no padding: the collator pads per batch)."""
         texts = [batch[c] for c in self.config.text]
         return tokenizer(*texts, truncation=True, max_length=self.config.max_length)
 
-    def encode_labels(self, batch: dict[str, list], encoded: dict[str, list]) -> list:
-        """Labels in the form `collate_labels` expects, one per encoded row."""
+    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
+        """Labels in the form `collate_labels` expects, one per encoded row (`encoded`: a BatchEncoding)."""
         raise NotImplementedError
 
     def preprocess(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, with_labels: bool = True) -> Dataset:
         """Tokenized dataset with model inputs, `labels` (when `with_labels`) and the task name per row."""
 
         def _map(batch: dict[str, list]) -> dict[str, list]:
-            encoded = dict(self.encode(batch, tokenizer))
+            encoding = self.encode(batch, tokenizer)
+            encoded = dict(encoding)
             if with_labels:
-                encoded[LABEL_COLUMN] = self.encode_labels(batch, encoded)
+                # The encoding itself, not a dict: token tasks need its word_ids() to align labels.
+                encoded[LABEL_COLUMN] = self.encode_labels(batch, encoding)
             encoded[TASK_COLUMN] = [self.name] * len(encoded["input_ids"])
             return encoded
 
@@ -160,8 +162,11 @@ class Task:
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
-    def postprocess(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        """One JSON-serialisable prediction per row of `logits`."""
+    # Whether `postprocess` needs each row's text and token-to-word map (token-level tasks).
+    needs_word_ids: ClassVar[bool] = False
+
+    def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """One JSON-serialisable prediction per row of `logits` (`inputs`: per-row text and word_ids)."""
         raise NotImplementedError
 
 

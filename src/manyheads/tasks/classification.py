@@ -94,7 +94,7 @@ class ClassificationTask(Task):
         elif isinstance(weights, dict):
             self.options.class_weights = [float(weights.get(label, 1.0)) for label in self.labels]
 
-    def encode_labels(self, batch: dict[str, list], encoded: dict[str, list]) -> list:
+    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
         index = {label: i for i, label in enumerate(self.labels)}
         return [index[label_key(v)] for v in batch[self.config.label]]
 
@@ -113,8 +113,8 @@ class ClassificationTask(Task):
             "mcc": float(matthews_corrcoef(labels, predicted)),
         }
 
-    def postprocess(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        probs = softmax(logits.astype(np.float64))
+    def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        probs = softmax(np.asarray(logits, dtype=np.float64))
         best = probs.argmax(-1)
         return [
             {"label": self.labels[i], "score": float(p[i]),

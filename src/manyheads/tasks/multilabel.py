@@ -108,7 +108,7 @@ class MultilabelTask(Task):
             rows.append(row)
         return rows
 
-    def encode_labels(self, batch: dict[str, list], encoded: dict[str, list]) -> list:
+    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
         return self._targets(batch)
 
 
@@ -129,8 +129,8 @@ class MultilabelTask(Task):
             "exact_match": float((predicted == labels).all(axis=1).mean()),
         }
 
-    def postprocess(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        probs = sigmoid(logits.astype(np.float64))
+    def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        probs = sigmoid(np.asarray(logits, dtype=np.float64))
         return [
             {"labels": [lab for lab, p in zip(self.labels, row) if p >= self.options.threshold],
              "scores": {lab: float(p) for lab, p in zip(self.labels, row)}}

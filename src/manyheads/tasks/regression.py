@@ -75,7 +75,7 @@ class RegressionTask(Task):
             self.options.mean = float(values.mean())
             self.options.std = float(values.std()) or 1.0
 
-    def encode_labels(self, batch: dict[str, list], encoded: dict[str, list]) -> list:
+    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
         return [(float(v) - self.options.mean) / self.options.std for v in batch[self.config.label]]
 
     def to_target_scale(self, outputs: np.ndarray) -> np.ndarray:
@@ -100,5 +100,5 @@ class RegressionTask(Task):
             "mse": float(np.mean((predicted - labels) ** 2)),
         }
 
-    def postprocess(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        return [{"score": float(v)} for v in self.to_target_scale(logits.reshape(-1))]
+    def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        return [{"score": float(v)} for v in self.to_target_scale(np.asarray(logits).reshape(-1))]

@@ -1,0 +1,181 @@
+"""`token_classification`: one tag per word (NER, POS); cross-entropy per token; seqeval entity F1.
+
+Input is a list of words and a list of tags per row (`text: tokens`, `label: tags`): CoNLL column files
+(`format: conll`) are read into exactly these two columns. Words are split into sub-word tokens; the first
+sub-token of a word carries its tag and the others are ignored by the loss (`label_all_subtokens: true`
+tags them too, with `B-` turned into `I-`). Predictions come back as one tag per ORIGINAL word plus the
+entity spans, with character offsets into the text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..modeling.heads import TokenHead
+from .base import Task, softmax
+from .classification import sorted_labels
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..config import TaskConfig
+
+IGNORE = -100
+SCHEMES = ("IOB2", "IOBES")
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class TokenClassificationOptions:
+    label_all_subtokens: bool = False
+    scheme: str = "IOB2"
+
+
+def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Whitespace words of raw text and their character spans."""
+    matches = list(_WORD.finditer(text))
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word + 1) of each entity in IOB2 or IOBES tags."""
+    entities, start, kind = [], None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        continues = prefix in ("I", "E") and kind == label and start is not None
+        if start is not None and not continues:
+            entities.append((kind, start, i))
+            start, kind = None, None
+        if prefix in ("B", "S") or (prefix in ("I", "E") and start is None):
+            start, kind = i, label
+        if prefix in ("E", "S") and start is not None:
+            entities.append((kind, start, i + 1))
+            start, kind = None, None
+    return entities
+
+
+class TokenClassificationTask(Task):
+    type_name = "token_classification"
+    Options = TokenClassificationOptions
+    METRICS = {"f1": True, "precision": True, "recall": True, "accuracy": True}
+    DEFAULT_MAIN_METRIC = "f1"
+    needs_word_ids = True
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> list[str]:
+        problems = super().check_config(config)
+        if len(config.text) != 1:
+            problems.append(f"text: got {config.text!r}; a token task reads one column holding a list of words.")
+        if config.options.scheme not in SCHEMES:
+            problems.append(f"scheme: got {config.options.scheme!r}; valid choices: {', '.join(SCHEMES)}.")
+        return problems
+
+    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
+        words_col, tags_col = self.config.text[0], self.config.label
+        declared = set(self.labels) if self.config.labels else None
+        for row, (words, tags) in enumerate(zip(dataset[words_col], dataset[tags_col])):
+            where = f"{source}: data row {row + 1}"
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                return [f"{where}, column '{words_col}': expected a list of words, got {words!r}."]
+            if not isinstance(tags, list) or len(tags) != len(words):
+                count = len(tags) if isinstance(tags, list) else tags
+                return [f"{where}: {len(words)} words but {count} tags in '{tags_col}'. Give one tag per word."]
+            unknown = [t for t in tags if declared is not None and t not in declared]
+            if unknown:
+                return [f"{where}, column '{tags_col}': tag {unknown[0]!r} is not in the declared labels "
+                        f"{sorted(declared)}. Add it to 'labels' or fix the row."]
+        return []
+
+    def setup_labels(self, train: Dataset | None) -> None:
+        if not self.config.labels and train is not None:
+            tags = sorted_labels([t for row in train[self.config.label] for t in row])
+            # "O" first, then entity tags grouped by type: stable, readable id2label.
+            self.config.labels = sorted(tags, key=lambda t: (t != "O", t.partition("-")[2], t))
+
+    def encode(self, batch: dict[str, list], tokenizer: Any) -> Any:
+        return tokenizer(batch[self.config.text[0]], is_split_into_words=True, truncation=True,
+                         max_length=self.config.max_length)
+
+    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
+        index = {tag: i for i, tag in enumerate(self.labels)}
+        out = []
+        for row, tags in enumerate(batch[self.config.label]):
+            labels, previous = [], None
+            for word in encoded.word_ids(row):
+                if word is None:
+                    labels.append(IGNORE)
+                elif word != previous:
+                    labels.append(index[tags[word]])
+                elif self.options.label_all_subtokens:
+                    tag = tags[word]
+                    inside = "I-" + tag[2:] if tag.startswith("B-") else tag
+                    labels.append(index.get(inside, index[tag]))
+                else:
+                    labels.append(IGNORE)
+                previous = word
+            out.append(labels)
+        return out
+
+    def collate_labels(self, labels: list, sequence_length: int) -> torch.Tensor:
+        return torch.tensor([row + [IGNORE] * (sequence_length - len(row)) for row in labels])
+
+    def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
+        return TokenHead(hidden_size, self.num_outputs, dropout)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+    def _tag_sequences(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+        predicted = predictions.argmax(-1)
+        true_rows, pred_rows = [], []
+        for p_row, l_row in zip(predicted, labels):
+            keep = l_row != IGNORE
+            true_rows.append([self.labels[i] for i in l_row[keep]])
+            pred_rows.append([self.labels[i] for i in p_row[keep]])
+        return true_rows, pred_rows
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        from seqeval.metrics import f1_score, precision_score, recall_score
+        from seqeval.scheme import IOB2, IOBES
+
+        true_rows, pred_rows = self._tag_sequences(predictions, labels)
+        scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.options.scheme]
+        kwargs = {"mode": "strict", "scheme": scheme, "zero_division": 0}
+        total = sum(len(r) for r in true_rows)
+        correct = sum(t == p for tr, pr in zip(true_rows, pred_rows) for t, p in zip(tr, pr))
+        return {
+            "f1": float(f1_score(true_rows, pred_rows, **kwargs)),
+            "precision": float(precision_score(true_rows, pred_rows, **kwargs)),
+            "recall": float(recall_score(true_rows, pred_rows, **kwargs)),
+            "accuracy": correct / total if total else 0.0,
+        }
+
+    def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Per row: one tag per original word and the entity spans (`inputs` give text and token offsets)."""
+        if inputs is None:
+            raise ValueError("token classification needs the text and token offsets of each row")
+        results = []
+        for row_logits, meta in zip(logits, inputs):
+            words, spans = words_with_spans(meta["text"])
+            probs = softmax(row_logits.astype(np.float64))
+            word_tags, word_scores = ["O"] * len(words), [0.0] * len(words)
+            seen = set()
+            for position, word in enumerate(meta["word_ids"]):
+                if word is None or word in seen or position >= len(probs):
+                    continue
+                seen.add(word)
+                best = int(probs[position].argmax())
+                word_tags[word], word_scores[word] = self.labels[best], float(probs[position, best])
+            entities = [
+                {"type": kind, "text": meta["text"][spans[a][0]:spans[b - 1][1]], "start": spans[a][0],
+                 "end": spans[b - 1][1], "score": float(np.mean(word_scores[a:b]))}
+                for kind, a, b in entity_spans(word_tags)
+            ]
+            results.append({"words": words, "tags": word_tags, "entities": entities})
+        return results

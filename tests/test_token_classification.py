@@ -1,0 +1,140 @@
+"""token_classification: CoNLL reading, word/sub-word alignment, entity decoding, metrics, end to end."""
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from transformers import BertTokenizerFast
+
+from manyheads import ConfigError, TaskConfig, build_config
+from manyheads.build import build_trainer, prepare_data
+from manyheads.data.loading import read_conll
+from manyheads.inference import MultiTaskPredictor
+from manyheads.tasks.token_classification import TokenClassificationOptions, TokenClassificationTask, entity_spans
+
+from .conftest import base_config
+
+CONLL = """-DOCSTART- -X- -X- O
+
+good NN B-NP B-POS
+red JJ I-NP B-COL
+box NN I-NP O
+
+awful JJ B-NP B-NEG
+blue JJ I-NP B-COL
+green JJ I-NP I-COL
+"""
+
+
+def task(labels=None, **options):
+    config = TaskConfig(name="ner", type="token_classification", text=["tokens"], label="tags", labels=labels,
+                        max_length=32, options=TokenClassificationOptions(**options))
+    return TokenClassificationTask(config)
+
+
+def piece_tokenizer():
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##believ", "##able", "##ly", "red", "box"]
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+
+
+def test_read_conll_skips_docstart_and_splits_sentences(tmp_path):
+    path = tmp_path / "train.conll"
+    path.write_text(CONLL, encoding="utf-8")
+    data = read_conll(path)
+    assert data["tokens"] == [["good", "red", "box"], ["awful", "blue", "green"]]
+    assert data["tags"] == [["B-POS", "B-COL", "O"], ["B-NEG", "B-COL", "I-COL"]]
+    assert read_conll(path, tag_column=2)["tags"][0] == ["B-NP", "I-NP", "I-NP"]
+
+
+def test_conll_wrong_column_count_is_reported(tmp_path, tiny_model_dir):
+    (tmp_path / "bad.conll").write_text("good NN B-NP O\nred JJ O\n", encoding="utf-8")
+    raw = {"model": tiny_model_dir, "data_dir": str(tmp_path), "tasks": [
+        {"name": "ner", "type": "token_classification", "text": "tokens", "label": "tags",
+         "data": {"train": "bad.conll"}}], "training": {"output_dir": str(tmp_path / "o")}}
+    with pytest.raises(ConfigError, match=r"bad.conll: cannot read as conll: line 2 has 3 columns, expected 4"):
+        prepare_data(build_config(raw), tokenize=False)
+
+
+def test_first_subtoken_carries_the_tag():
+    t = task(labels=["O", "B-X", "I-X"])
+    batch = {"tokens": [["unbelievablely", "red", "box"]], "tags": [["B-X", "I-X", "O"]]}
+    encoded = t.encode(batch, piece_tokenizer())
+    # One word split into four pieces: only the first carries the word's tag.
+    assert encoded.tokens(0) == ["[CLS]", "un", "##believ", "##able", "##ly", "red", "box", "[SEP]"]
+    assert t.encode_labels(batch, encoded)[0] == [-100, 1, -100, -100, -100, 2, 0, -100]
+
+
+def test_label_all_subtokens_turns_b_into_i():
+    t = task(labels=["O", "B-X", "I-X"], label_all_subtokens=True)
+    batch = {"tokens": [["unbelievablely", "red"]], "tags": [["B-X", "O"]]}
+    encoded = t.encode(batch, piece_tokenizer())
+    assert t.encode_labels(batch, encoded)[0] == [-100, 1, 2, 2, 2, 0, -100]
+
+
+def test_length_mismatch_and_unknown_tag_are_reported():
+    t = task(labels=["O", "B-X"])
+    bad = Dataset.from_dict({"tokens": [["a", "b"]], "tags": [["O"]]})
+    assert "2 words but 1 tags" in t.check_data("train", bad, "f.jsonl")[0]
+    unknown = Dataset.from_dict({"tokens": [["a"]], "tags": [["B-Y"]]})
+    assert "tag 'B-Y' is not in the declared labels" in t.check_data("train", unknown, "f.jsonl")[0]
+
+
+def test_entity_spans_iob2_and_iobes():
+    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-ORG"]) == [
+        ("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5), ("ORG", 5, 6)]
+    assert entity_spans(["S-PER", "B-LOC", "I-LOC", "E-LOC", "O"]) == [("PER", 0, 1), ("LOC", 1, 4)]
+
+
+def test_metrics_against_hand_computed_values():
+    t = task(labels=["O", "B-PER", "I-PER", "B-LOC"])
+    # Gold entities: PER(words 0-1), LOC(3) | LOC(0). Predicted: PER(0-1) right, LOC(3) missed | LOC(0)
+    # missed, a wrong PER at word 1. precision 1/2, recall 1/3, f1 0.4; token accuracy 3/6.
+    gold = np.array([[-100, 1, 2, 0, 3, -100], [-100, 3, 0, -100, -100, -100]])
+    pred_ids = np.array([[0, 1, 2, 0, 0, 0], [0, 0, 1, 0, 0, 0]])
+    logits = np.eye(4)[pred_ids]
+    metrics = t.compute_metrics(logits, gold)
+    assert metrics["precision"] == pytest.approx(0.5)
+    assert metrics["recall"] == pytest.approx(1 / 3)
+    assert metrics["f1"] == pytest.approx(0.4)
+    assert metrics["accuracy"] == pytest.approx(3 / 6)
+
+
+def write_conll(path, rows):
+    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(*r)) for r in rows) + "\n", encoding="utf-8")
+
+
+def colour_rows(n, seed):
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "the", "box", "item", "red", "green", "blue"]
+    rows = []
+    for _ in range(n):
+        tokens = list(rng.choice(words, size=rng.integers(3, 8)))
+        tags = ["B-COL" if w in ("red", "green", "blue") else "O" for w in tokens]
+        rows.append((tokens, tags))
+    return rows
+
+
+def test_token_task_trains_evaluates_and_predicts_per_word(tiny_model_dir, data_dir, tmp_path):
+    write_conll(data_dir / "ner_train.conll", colour_rows(64, 1))
+    write_conll(data_dir / "ner_eval.conll", colour_rows(16, 2))
+    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out", max_steps=40, learning_rate=5e-3)
+    raw["tasks"] = [raw["tasks"][0], {"name": "ner", "type": "token_classification", "text": "tokens",
+                                      "label": "tags", "data": {"train": "ner_train.conll",
+                                                                "eval": "ner_eval.conll", "tag_column": 1}}]
+    trainer = build_trainer(build_config(raw))
+    assert trainer.model.tasks["ner"].labels == ["O", "B-COL"]
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert {"eval_ner_f1", "eval_ner_precision", "eval_ner_recall", "eval_ner_accuracy"} <= set(metrics)
+    assert metrics["eval_ner_f1"] > 0.9  # colour words are trivially taggable
+
+    trainer.save_model(str(tmp_path / "model"))
+    text = "the  red box and blue"
+    for predictor in (MultiTaskPredictor(trainer.model, trainer.processing_class),
+                      MultiTaskPredictor(str(tmp_path / "model"))):
+        result = predictor.predict([{"text": text}])[0]
+        assert set(result) == {"sentiment", "ner"}
+        ner = result["ner"]
+        assert ner["words"] == ["the", "red", "box", "and", "blue"]
+        assert ner["tags"] == ["O", "B-COL", "O", "O", "B-COL"]
+        assert [(e["text"], e["start"], e["end"]) for e in ner["entities"]] == [("red", 5, 8), ("blue", 17, 21)]
+        assert all(text[e["start"]:e["end"]] == e["text"] for e in ner["entities"])
