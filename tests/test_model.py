@@ -10,7 +10,8 @@ from manyheads.tasks.regression import RegressionOptions
 
 
 def spec(name, pooling="auto", type_="classification"):
-    options = ClassificationOptions(pooling=pooling) if type_ == "classification" else RegressionOptions(pooling=pooling)
+    options_cls = ClassificationOptions if type_ == "classification" else RegressionOptions
+    options = options_cls(pooling=pooling)
     return TaskConfig(name=name, type=type_, labels=["a", "b", "c"] if type_ == "classification" else None,
                       options=options, max_length=16).spec()
 

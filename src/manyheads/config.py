@@ -20,7 +20,7 @@ from .errors import ConfigError, ProblemCollector
 from .tasks import TASK_TYPES
 
 SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
-FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll")
+FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll", "squad")
 QUOTING = ("minimal", "none", "all", "nonnumeric")
 # TrainingArguments fields that manyheads drives itself: setting them would be silently overridden.
 OWNED_TRAINING_KEYS = {
@@ -51,6 +51,10 @@ class DataConfig:
     test_split: str | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # Without an eval file: hold out the last `eval_fraction` of the train file's groups (rows sharing a
+    # `split_by` value, e.g. a SQuAD article title) so no group is in both splits.
+    split_by: str | None = None
+    eval_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FILE_FORMATS:
@@ -59,6 +63,10 @@ class DataConfig:
             raise ValueError(f"'quoting' is {self.quoting!r}; valid choices: {', '.join(QUOTING)}")
         if self.train is None and self.hub is None:
             raise ValueError("neither 'train' (a file) nor 'hub' (a dataset name) is given; add one")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"'eval_fraction' is {self.eval_fraction}; it must be between 0 and 1")
+        if self.eval_fraction is not None and self.eval is not None:
+            raise ValueError("give either 'eval' (a file) or 'eval_fraction' (held out from train), not both")
         for key in ("max_train_samples", "max_eval_samples"):
             if (getattr(self, key) or 1) < 1:
                 raise ValueError(f"'{key}' is {getattr(self, key)}; it must be >= 1")

@@ -6,7 +6,6 @@ all of them run on that pass. Batches are sorted by length and padded dynamicall
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections import defaultdict
 from typing import Any
@@ -75,62 +74,44 @@ class MultiTaskPredictor:
         for name in names:
             columns = self._columns(name, available)
             if columns is not None:
-                groups[(columns, self.model.tasks[name].config.max_length)].append(name)
-        for (columns, max_length), group in groups.items():
-            needs_words = any(self.model.tasks[name].needs_word_ids for name in group)
-            logits, inputs = self._run_group(records, columns, max_length, group, needs_words)
+                task = self.model.tasks[name]
+                groups[(columns, task.config.max_length, task.prediction_encoding())].append(name)
+        for (columns, _, _), group in groups.items():
+            logits, inputs = self._run_group(records, columns, group)
             for name in group:
                 for row, prediction in zip(results, self.model.tasks[name].postprocess(logits[name], inputs)):
                     row[name] = prediction
         return results
 
     @torch.inference_mode()
-    def _run_group(self, records: list[dict[str, Any]], columns: tuple[str, ...], max_length: int,
-                   tasks: list[str], needs_words: bool) -> tuple[dict[str, list[np.ndarray]], list[dict] | None]:
-        """Per-task logits, one array per record in input order (token-level rows trimmed to their length),
-        and, for token-level tasks, each record's text and token-to-word map."""
+    def _run_group(self, records: list[dict[str, Any]], columns: tuple[str, ...],
+                   tasks: list[str]) -> tuple[dict[str, list[np.ndarray]], list[dict]]:
+        """Per-task logits, one array per feature (token-level arrays trimmed to the feature's length), and
+        one meta dict per feature, both ordered by input row (a QA row may have several window features)."""
+        encoder_task = self.model.tasks[tasks[0]]  # same encoding key: any member encodes for all
+        with_words = any(self.model.tasks[name].needs_word_ids for name in tasks)
         texts = [[_as_text(r[c]) for c in columns] for r in records]
-        lengths = [sum(len(t) for t in row) for row in texts]
-        order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
-        outputs: dict[str, list[np.ndarray | None]] = {t: [None] * len(records) for t in tasks}
-        inputs: list[dict] | None = [{} for _ in records] if needs_words else None
+        order = np.argsort([sum(len(t) for t in row) for row in texts], kind="stable")  # less padding
+        logits: dict[str, list[np.ndarray]] = {name: [] for name in tasks}
+        metas: list[dict] = []
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             columns_of_chunk = [[texts[i][c] for i in rows] for c in range(len(columns))]
-            encoded = self.tokenizer(*columns_of_chunk, truncation=True, max_length=max_length, padding=True,
-                                     return_tensors="pt", return_offsets_mapping=needs_words)
-            offsets = encoded.pop("offset_mapping", None)
-            logits = self.model.forward_all(**encoded.to(self.device), tasks=tasks)
+            encoded, chunk_metas = encoder_task.encode_for_prediction(columns_of_chunk, self.tokenizer, with_words)
+            outputs = self.model.forward_all(**encoded.to(self.device), tasks=tasks)
             real = encoded["attention_mask"].sum(1).tolist()
-            for name, value in logits.items():
+            for name, value in outputs.items():
                 value = value.float().cpu().numpy()
-                for k, i in enumerate(rows):
-                    outputs[name][i] = value[k, : real[k]] if value.ndim == 3 else value[k]
-            if inputs is not None:
-                for k, i in enumerate(rows):
-                    inputs[i] = {"text": texts[i][0], "word_ids": _word_ids(texts[i][0], offsets[k].tolist())}
-        return outputs, inputs
+                logits[name].extend(v[:n] if v.ndim == 2 else v for v, n in zip(value, real))
+            for meta in chunk_metas:
+                metas.append({**meta, "row": int(rows[meta["row"]])})
+        by_row = sorted(range(len(metas)), key=lambda f: metas[f]["row"])  # stable: windows keep their order
+        return {name: [values[f] for f in by_row] for name, values in logits.items()}, [metas[f] for f in by_row]
 
 
 def _as_text(value: Any) -> str:
     """A cell as text: pre-split words (a list) are joined with spaces."""
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _word_ids(text: str, offsets: list[list[int]]) -> list[int | None]:
-    """Whitespace-word index of each token from its character offsets (None for special/padding tokens)."""
-    from .tasks.token_classification import words_with_spans
-
-    _, spans = words_with_spans(text)
-    starts = [s for s, _ in spans]
-    ids: list[int | None] = []
-    for begin, end in offsets:
-        if begin == end:
-            ids.append(None)
-            continue
-        word = bisect.bisect_right(starts, begin) - 1
-        ids.append(word if word >= 0 else None)
-    return ids
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:

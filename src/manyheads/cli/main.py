@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import demo, env, evaluate, predict, train, validate
+from . import demo, env, evaluate, export, predict, train, validate
 
 # Each command module has `add_arguments(parser)`, `run(args, extra) -> int` and a one-line `HELP`.
 COMMANDS = {
     "train": train,
     "evaluate": evaluate,
     "predict": predict,
+    "export": export,
     "validate": validate,
     "demo": demo,
     "env": env,

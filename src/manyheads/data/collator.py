@@ -30,6 +30,7 @@ class MultiTaskCollator:
                  pad_to_multiple_of: int | None = None):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.left = tokenizer.padding_side == "left"
+        self.input_names = list(tokenizer.model_input_names)
         self.tasks = tasks
         self.pad_to_multiple_of = pad_to_multiple_of
 
@@ -38,7 +39,8 @@ class MultiTaskCollator:
         if len(names) != 1:
             raise ValueError(f"a micro-batch must hold one task, got {sorted(names)}")
         task = names.pop()
-        keys = [k for k in features[0] if k not in (TASK_COLUMN, LABEL_COLUMN) and isinstance(features[0][k], list)]
+        # Only model inputs are padded; tasks may keep other per-row columns (QA offsets) for evaluation.
+        keys = [k for k in self.input_names if k in features[0]]
         length = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -23,6 +23,37 @@ _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE, "all": csv.QUO
             "nonnumeric": csv.QUOTE_NONNUMERIC}
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
                ".txt": "tsv", ".conll": "conll"}
+
+
+def read_squad(path: Path, encoding: str = "utf-8") -> Dataset:
+    """Official SQuAD v1.1 JSON -> one row per question: id, title, context, question, answers."""
+    import json
+
+    from datasets import Dataset
+
+    with open(path, encoding=encoding) as handle:
+        articles = json.load(handle)["data"]
+    rows: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                rows["id"].append(qa["id"])
+                rows["title"].append(article.get("title", ""))
+                rows["context"].append(paragraph["context"])
+                rows["question"].append(qa["question"])
+                rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
+                                        "answer_start": [int(a["answer_start"]) for a in qa["answers"]]})
+    return Dataset.from_dict(rows)
+
+
+def split_by_group(dataset: Dataset, column: str | None, fraction: float) -> tuple[Dataset, Dataset]:
+    """(train, eval): the last `fraction` of groups in file order go to eval (rows when no column)."""
+    keys = dataset[column] if column else list(range(len(dataset)))
+    groups = list(dict.fromkeys(keys))
+    held_out = set(groups[len(groups) - max(1, round(len(groups) * fraction)):])
+    train = [i for i, k in enumerate(keys) if k not in held_out]
+    evaluation = [i for i, k in enumerate(keys) if k in held_out]
+    return dataset.select(train), dataset.select(evaluation)
 SPLITS = ("train", "eval", "test")
 
 
@@ -86,6 +117,8 @@ def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
 
     if fmt == "conll":
         return read_conll(path, data.tag_column, data.encoding)
+    if fmt == "squad":
+        return read_squad(path, data.encoding)
 
     if fmt in ("csv", "tsv"):
         kwargs = {
@@ -161,9 +194,15 @@ def load_task_splits(task: TaskConfig, run: RunConfig, problems: ProblemCollecto
         if loaded is None:
             continue
         dataset, source = loaded
-        limit = {"train": data.max_train_samples, "eval": data.max_eval_samples}.get(split)
-        if limit is not None and len(dataset) > limit:
-            dataset = dataset.select(range(limit))
+        if split == "train" and data.eval_fraction:
+            if data.split_by and data.split_by not in dataset.column_names:
+                problems.add(f"{source}: split_by column '{data.split_by}' not found; columns are "
+                             f"{dataset.column_names}.")
+                continue
+            dataset, held_out = split_by_group(dataset, data.split_by, data.eval_fraction)
+            out.splits["eval"] = _first(held_out, data.max_eval_samples)
+            out.sources["eval"] = f"{source} (held out)"
+        dataset = _first(dataset, {"train": data.max_train_samples, "eval": data.max_eval_samples}.get(split))
         if len(dataset) == 0:
             problems.add(f"{source}: the {split} split of task '{task.name}' is empty. Point it at a file with rows.")
             continue
@@ -177,6 +216,10 @@ def load_task_splits(task: TaskConfig, run: RunConfig, problems: ProblemCollecto
         out.splits[split] = dataset
         out.sources[split] = source
     return out
+
+
+def _first(dataset: Dataset, limit: int | None) -> Dataset:
+    return dataset.select(range(limit)) if limit is not None and len(dataset) > limit else dataset
 
 
 def _required(task: TaskConfig, split: str) -> list[str]:

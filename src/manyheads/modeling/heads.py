@@ -61,3 +61,15 @@ class TokenHead(nn.Module):
     def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor | None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.dropout(sequence_output))
+
+
+class SpanHead(nn.Module):
+    """Start and end logits per token (as `BertForQuestionAnswering.qa_outputs`): output [..., 2]."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.qa_outputs = nn.Linear(hidden_size, 2)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor | None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.qa_outputs(sequence_output)

@@ -3,6 +3,7 @@
 from .base import Task
 from .classification import ClassificationTask
 from .multilabel import MultilabelTask
+from .question_answering import QuestionAnsweringTask
 from .regression import RegressionTask
 from .token_classification import TokenClassificationTask
 
@@ -11,6 +12,8 @@ TASK_TYPES: dict[str, type[Task]] = {
     "multilabel": MultilabelTask,
     "regression": RegressionTask,
     "token_classification": TokenClassificationTask,
+    "question_answering": QuestionAnsweringTask,
 }
 
-__all__ = ["TASK_TYPES", "Task", "ClassificationTask", "MultilabelTask", "RegressionTask", "TokenClassificationTask"]
+__all__ = ["TASK_TYPES", "Task", "ClassificationTask", "MultilabelTask", "RegressionTask", "TokenClassificationTask",
+           "QuestionAnsweringTask"]

@@ -8,7 +8,9 @@ so token classification and extractive QA plug in without changes elsewhere.
 
 from __future__ import annotations
 
+import bisect
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -159,15 +161,66 @@ class Task:
         raise NotImplementedError
 
     # ----- evaluation and prediction -----
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
+        """Metrics of one evaluation; `features` is the tokenized eval set (QA needs its offsets)."""
         raise NotImplementedError
+
+    # ----- export to a stock transformers model -----
+    stock_auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    stock_problem_type: ClassVar[str | None] = None
+
+    def export_head_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's weights as the stock model should hold them (regression folds its target scaling in)."""
+        return state
+
+    def stock_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """This head's logits in the stock model's units (to check an export)."""
+        return logits
 
     # Whether `postprocess` needs each row's text and token-to-word map (token-level tasks).
     needs_word_ids: ClassVar[bool] = False
 
+    def prediction_encoding(self) -> str:
+        """Tasks with equal keys (and input columns and max_length) share one encoder pass at prediction."""
+        return "plain"
+
+    def encode_for_prediction(self, columns: list[list[str]], tokenizer: Any,
+                              with_words: bool) -> tuple[Any, list[dict]]:
+        """Padded model inputs for raw rows (one text list per input column) and one meta dict per feature,
+        whose "row" is the index of the row the feature comes from."""
+        encoded = tokenizer(*columns, truncation=True, max_length=self.config.max_length, padding=True,
+                            return_tensors="pt", return_offsets_mapping=with_words)
+        offsets = encoded.pop("offset_mapping", None)
+        metas = []
+        for k, text in enumerate(columns[0]):
+            meta: dict[str, Any] = {"row": k}
+            if with_words:
+                meta.update(text=text, word_ids=word_ids_from_offsets(text, offsets[k].tolist()))
+            metas.append(meta)
+        return encoded, metas
+
     def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """One JSON-serialisable prediction per row of `logits` (`inputs`: per-row text and word_ids)."""
         raise NotImplementedError
+
+
+_WORD = re.compile(r"\S+")
+
+
+def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Whitespace words of raw text and their character spans."""
+    matches = list(_WORD.finditer(text))
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+def word_ids_from_offsets(text: str, offsets: list[list[int]]) -> list[int | None]:
+    """Whitespace-word index of each token from its character offsets (None for special/padding tokens)."""
+    starts = [s for s, _ in words_with_spans(text)[1]]
+    ids: list[int | None] = []
+    for begin, end in offsets:
+        word = bisect.bisect_right(starts, begin) - 1 if begin != end else -1
+        ids.append(word if word >= 0 else None)
+    return ids
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

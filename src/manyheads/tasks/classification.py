@@ -59,6 +59,7 @@ class ClassificationTask(Task):
     Options = ClassificationOptions
     METRICS = {"accuracy": True, "f1": True, "mcc": True}
     DEFAULT_MAIN_METRIC = "accuracy"
+    stock_problem_type = "single_label_classification"
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> list[str]:
@@ -104,7 +105,7 @@ class ClassificationTask(Task):
         weight = torch.tensor(weights, dtype=torch.float32, device=logits.device) if weights else None
         return nn.functional.cross_entropy(logits.float(), labels, weight=weight)
 
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = predictions.argmax(-1)
         return {
             "accuracy": float(accuracy_score(labels, predicted)),

@@ -36,6 +36,7 @@ class MultilabelTask(Task):
     Options = MultilabelOptions
     METRICS = {"micro_f1": True, "macro_f1": True, "exact_match": True}
     DEFAULT_MAIN_METRIC = "micro_f1"
+    stock_problem_type = "multi_label_classification"
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> list[str]:
@@ -120,7 +121,7 @@ class MultilabelTask(Task):
         weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device) if pos_weight else None
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
 
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = (sigmoid(predictions.astype(np.float64)) >= self.options.threshold).astype(int)
         labels = labels.astype(int)
         return {

@@ -42,6 +42,7 @@ class RegressionTask(Task):
     Options = RegressionOptions
     METRICS = {"pearson": True, "spearman": True, "mse": False}
     DEFAULT_MAIN_METRIC = "pearson"
+    stock_problem_type = "regression"
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> list[str]:
@@ -78,6 +79,16 @@ class RegressionTask(Task):
     def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
         return [(float(v) - self.options.mean) / self.options.std for v in batch[self.config.label]]
 
+    def export_head_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # A stock regressor has no target scaling: fold it into the output layer (y = std * (Wx + b) + mean).
+        state = dict(state)
+        state["classifier.weight"] = state["classifier.weight"] * self.options.std
+        state["classifier.bias"] = state["classifier.bias"] * self.options.std + self.options.mean
+        return state
+
+    def stock_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.options.std + self.options.mean
+
     def to_target_scale(self, outputs: np.ndarray) -> np.ndarray:
         """Head outputs (or encoded labels) back in the units of the target column."""
         return outputs.astype(np.float64) * self.options.std + self.options.mean
@@ -89,7 +100,7 @@ class RegressionTask(Task):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())
 
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = self.to_target_scale(predictions.reshape(-1))
         labels = self.to_target_scale(labels.reshape(-1))
         # A constant prediction has no correlation; report 0 rather than NaN so averages stay defined.

@@ -9,7 +9,6 @@ entity spans, with character offsets into the text.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from ..modeling.heads import TokenHead
-from .base import Task, softmax
+from .base import Task, softmax, words_with_spans
 from .classification import sorted_labels
 
 if TYPE_CHECKING:
@@ -28,19 +27,12 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 SCHEMES = ("IOB2", "IOBES")
-_WORD = re.compile(r"\S+")
 
 
 @dataclass
 class TokenClassificationOptions:
     label_all_subtokens: bool = False
     scheme: str = "IOB2"
-
-
-def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Whitespace words of raw text and their character spans."""
-    matches = list(_WORD.finditer(text))
-    return [m.group() for m in matches], [m.span() for m in matches]
 
 
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -66,6 +58,7 @@ class TokenClassificationTask(Task):
     METRICS = {"f1": True, "precision": True, "recall": True, "accuracy": True}
     DEFAULT_MAIN_METRIC = "f1"
     needs_word_ids = True
+    stock_auto_class = "AutoModelForTokenClassification"
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> list[str]:
@@ -140,7 +133,7 @@ class TokenClassificationTask(Task):
             pred_rows.append([self.labels[i] for i in p_row[keep]])
         return true_rows, pred_rows
 
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         from seqeval.metrics import f1_score, precision_score, recall_score
         from seqeval.scheme import IOB2, IOBES
 

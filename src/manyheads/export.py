@@ -1,0 +1,103 @@
+"""Export one task of a `MultiTaskModel` as a stock `AutoModelFor...` folder.
+
+The encoder's weights and the task's head are copied into the stock model of the task type
+(`Task.stock_auto_class`), with `id2label`, so `transformers.pipeline(...)` works on the folder. The copy is
+verified numerically: where an encoder family's stock head differs from the manyheads head (for example mean
+pooling, which no stock sequence classifier has), export fails with a clear error instead of writing a
+model that predicts something else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .modeling.model import MultiTaskModel
+
+# Our head's parameter names -> the stock head's, per head layout; the one whose keys match the stock
+# model's head exactly is used. Pooler heads are BERT's classifier; cls heads RoBERTa's classification head.
+_HEAD_LAYOUTS: list[dict[str, str]] = [
+    {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"},
+    {"dense.weight": "classifier.dense.weight", "dense.bias": "classifier.dense.bias",
+     "classifier.weight": "classifier.out_proj.weight", "classifier.bias": "classifier.out_proj.bias"},
+    {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},
+]
+
+
+class ExportError(ValueError):
+    """The task cannot be expressed as the stock model of its type."""
+
+
+def _stock_config(model: MultiTaskModel, task: Any) -> Any:
+    config = model.config.encoder_config()
+    if task.labels:
+        config.id2label = dict(enumerate(task.labels))
+        config.label2id = {label: i for i, label in enumerate(task.labels)}
+    config.num_labels = task.num_outputs
+    if task.stock_problem_type:
+        config.problem_type = task.stock_problem_type
+    return config
+
+
+def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
+    """The stock `AutoModelFor...` holding the encoder and `task_name`'s head, checked to give equal logits."""
+    import transformers
+
+    if task_name not in model.tasks:
+        raise ExportError(f"--task: unknown task {task_name!r}; this model has {list(model.tasks)}.")
+    task = model.tasks[task_name]
+    head = model.heads[task_name]
+    if getattr(head, "pooling", None) == "mean":
+        raise ExportError(f"task '{task_name}' uses mean pooling, which no stock AutoModelForSequenceClassification "
+                          "has; train it with 'pooling: pooler' (BERT family) or 'cls' (RoBERTa family) to export.")
+    auto_class = getattr(transformers, task.stock_auto_class)
+    stock = auto_class.from_config(_stock_config(model, task))
+    prefix = stock.base_model_prefix
+    stock_keys = set(stock.state_dict())
+    encoder_keys = {k for k in stock_keys if k.startswith(prefix + ".")}
+    state = {f"{prefix}.{k}": v for k, v in model.encoder.state_dict().items() if f"{prefix}.{k}" in encoder_keys}
+    head_state = task.export_head_state({k: v.detach().clone() for k, v in head.state_dict().items()})
+    wanted = stock_keys - encoder_keys
+    layout = next((m for m in _HEAD_LAYOUTS if set(m) == set(head_state) and set(m.values()) == wanted), None)
+    if layout is None or set(state) != encoder_keys:
+        raise ExportError(f"task '{task_name}' ({task.type_name}) on a '{model.config.encoder['model_type']}' "
+                          f"encoder cannot be expressed as a stock {auto_class.__name__}: its head has "
+                          f"{sorted(wanted)}, manyheads has {sorted(head_state)}.")
+    state.update({layout[k]: v for k, v in head_state.items()})
+    stock.load_state_dict(state, strict=True)
+    _check_equal(model, stock, task_name)
+    return stock
+
+
+def _check_equal(model: MultiTaskModel, stock: Any, task_name: str) -> None:
+    """Both models must give the same logits (in target units for regression) on a probe batch."""
+    task = model.tasks[task_name]
+    vocab = model.config.encoder_config().vocab_size
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (2, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    stock.eval()
+    with torch.no_grad():
+        ours = task.stock_logits(model(input_ids=ids, attention_mask=mask, task=task_name).logits)
+        theirs = stock(input_ids=ids, attention_mask=mask)
+        theirs = torch.stack([theirs.start_logits, theirs.end_logits], -1) if hasattr(theirs, "start_logits") \
+            else theirs.logits
+    model.train(was_training)
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, atol=1e-4):
+        raise ExportError(f"task '{task_name}': the stock {type(stock).__name__} does not reproduce the manyheads "
+                          "head's outputs for this encoder family; export is not supported for it.")
+
+
+def export_task(model_dir: str | os.PathLike, task_name: str, output_dir: str | os.PathLike) -> str:
+    """Write `task_name` of the model saved in `model_dir` as a stock folder (model + tokenizer)."""
+    from transformers import AutoTokenizer
+
+    model = MultiTaskModel.from_pretrained(model_dir)
+    stock = build_stock_model(model, task_name)
+    stock.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(output_dir)
+    return type(stock).__name__
