@@ -93,6 +93,15 @@ def test_cli_train_evaluate_predict(tiny_model_dir, data_dir, tmp_path, capsys):
     again = json.loads((tmp_path / "m.json").read_text())
     assert again["eval_average"] == pytest.approx(results["eval_average"], abs=1e-6)
 
+    # A labelled test split (here: the eval file again) gives the same scores under test_ keys.
+    raw["tasks"][0]["data"]["test"] = "eval.jsonl"
+    cfg.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["evaluate", str(tmp_path / "run"), str(cfg), "--split", "test", "--output",
+                 str(tmp_path / "t.json")]) == 0
+    test = json.loads((tmp_path / "t.json").read_text())
+    assert test["test_sentiment_accuracy"] == pytest.approx(results["eval_sentiment_accuracy"])
+    assert "test_match_accuracy" not in test  # only tasks with a test split
+
     rows = tmp_path / "in.csv"
     rows.write_text("text,other\ngood good red,the box bad\nbad awful,nice item\n", encoding="utf-8")
     assert main(["predict", str(tmp_path / "run"), "--input", str(rows), "--output", str(tmp_path / "p.jsonl")]) == 0

@@ -56,8 +56,12 @@ def _max_positions(run: RunConfig, tokenizer: Any) -> int | None:
     return min(limits) if limits else None
 
 
-def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True) -> PreparedData:
-    """Load, check and (optionally) tokenize every task's data; every problem in one `ConfigError`."""
+def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
+                 tokenized_splits: tuple[str, ...] = ("train", "eval")) -> PreparedData:
+    """Load, check and (optionally) tokenize every task's data; every problem in one `ConfigError`.
+
+    A test split is tokenized only when asked for and only when it has the task's label columns.
+    """
     problems = ProblemCollector()
     if tokenizer is None:
         try:
@@ -88,10 +92,12 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True) -
     problems.raise_if_any()
     prepared = PreparedData(tasks=tasks, raw=raw, tokenizer=tokenizer)
     if tokenize:
+        targets = {"train": prepared.train, "eval": prepared.eval, "test": prepared.test}
         for name, task in tasks.items():
-            for split, target in (("train", prepared.train), ("eval", prepared.eval)):
-                if split in raw[name].splits:
-                    target[name] = task.preprocess(raw[name].splits[split], tokenizer)
+            for split in tokenized_splits:
+                dataset = raw[name].splits.get(split)
+                if dataset is not None and set(task.required_columns()) <= set(dataset.column_names):
+                    targets[split][name] = task.preprocess(dataset, tokenizer)
     return prepared
 
 

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="folder written by 'manyheads train'")
     parser.add_argument("config", help="YAML config that declares the tasks' data")
     parser.add_argument("--output", help="write the metrics to this JSON file")
+    parser.add_argument("--split", choices=("eval", "test"), default="eval",
+                        help="evaluate on the eval splits (default) or on labelled test splits")
     parser.set_defaults(accepts_overrides=True)
 
 
@@ -40,18 +42,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         task.labels = model.tasks[task.name].config.labels
     run_config.model = args.model_dir
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    prepared = prepare_data(run_config, tokenizer)
-    if not prepared.eval:
-        raise ConfigError("tasks: no task has an eval split. Add 'data.eval' to the tasks to evaluate.")
+    prepared = prepare_data(run_config, tokenizer, tokenized_splits=(args.split,))
+    datasets = prepared.eval if args.split == "eval" else prepared.test
+    if not datasets:
+        raise ConfigError(f"tasks: no task has a labelled {args.split} split. Add 'data.{args.split}' to the "
+                          "tasks to evaluate.")
     with tempfile.TemporaryDirectory() as scratch:
         training = {**run_config.training, "output_dir": scratch, "report_to": "none"}
         run_config.training = training
-        trainer = MultiTaskTrainer(model=model, args=run_config.training_arguments(), eval_dataset=prepared.eval,
+        trainer = MultiTaskTrainer(model=model, args=run_config.training_arguments(), eval_dataset=datasets,
                                    processing_class=tokenizer)
-        metrics = trainer.evaluate()
-    print(format_table(metrics_rows(metrics, list(prepared.eval))))
-    print(f"eval_average: {metrics['eval_average']:.4f}")
-    output = args.output or os.path.join(args.model_dir, "eval_results.json")
+        metrics = trainer.evaluate(metric_key_prefix=args.split)
+    print(format_table(metrics_rows(metrics, list(datasets), prefix=args.split)))
+    print(f"{args.split}_average: {metrics[f'{args.split}_average']:.4f}")
+    output = args.output or os.path.join(args.model_dir, f"{args.split}_results.json")
     with open(output, "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2)
     print(f"metrics written to {output}")
