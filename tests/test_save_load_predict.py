@@ -77,6 +77,8 @@ def test_predict_subset_and_missing_columns(trained):
     assert set(rows[0]) == {"sentiment", "colors", "score"}
     with pytest.raises(ValueError, match="unknown task"):
         predictor.predict([{"text": "x"}], tasks=["nope"])
+    with pytest.raises(ValueError, match=r"task 'match' reads columns \['text', 'other'\]; the records have"):
+        predictor.predict([{"text": "x"}], tasks=["match"])
 
 
 def test_cli_train_evaluate_predict(tiny_model_dir, data_dir, tmp_path, capsys):

@@ -61,7 +61,11 @@ class MultiTaskPredictor:
         return None
 
     def predict(self, records: list[dict[str, Any]], tasks: list[str] | None = None) -> list[dict[str, Any]]:
-        """Predictions per record: `{task: {label/score...}}` for each task that accepts the record's fields."""
+        """Predictions per record: `{task: {label/score...}}`.
+
+        Without `tasks`, every task whose input columns the records have runs (the others are left out);
+        a task named in `tasks` that cannot read the records is an error.
+        """
         names = tasks or self.tasks
         unknown = [t for t in names if t not in self.model.tasks]
         if unknown:
@@ -73,6 +77,10 @@ class MultiTaskPredictor:
         groups: dict[tuple, list[str]] = defaultdict(list)
         for name in names:
             columns = self._columns(name, available)
+            if columns is None and tasks is not None:
+                # Asked for by name: say why it cannot run instead of leaving it out.
+                raise ValueError(f"task {name!r} reads columns {self.model.tasks[name].config.text}; the records "
+                                 f"have {sorted(available)}")
             if columns is not None:
                 task = self.model.tasks[name]
                 groups[(columns, task.config.max_length, task.prediction_encoding())].append(name)
