@@ -138,3 +138,16 @@ def test_token_task_trains_evaluates_and_predicts_per_word(tiny_model_dir, data_
         assert ner["tags"] == ["O", "B-COL", "O", "O", "B-COL"]
         assert [(e["text"], e["start"], e["end"]) for e in ner["entities"]] == [("red", 5, 8), ("blue", 17, 21)]
         assert all(text[e["start"]:e["end"]] == e["text"] for e in ner["entities"])
+
+
+def test_unlabelled_test_split_is_checked_for_words_only(tiny_model_dir, data_dir, tmp_path):
+    write_conll(data_dir / "ner_train.conll", colour_rows(8, 1))
+    (data_dir / "ner_test.jsonl").write_text('{"tokens": ["the", "red", "box"]}\n', encoding="utf-8")
+    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
+    raw["tasks"] = [{"name": "ner", "type": "token_classification", "text": "tokens", "label": "tags",
+                     "data": {"train": "ner_train.conll", "test": "ner_test.jsonl", "tag_column": 1}}]
+    prepared = prepare_data(build_config(raw), tokenize=False)
+    assert len(prepared.raw["ner"].splits["test"]) == 1
+    (data_dir / "ner_test.jsonl").write_text('{"tokens": "the red box"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="column 'tokens': expected a list of words, got 'the red box'"):
+        prepare_data(build_config(raw), tokenize=False)

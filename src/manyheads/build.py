@@ -85,10 +85,12 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
             # Labels are inferred only from clean training data; eval is then checked against them.
             task.setup_labels(splits.splits.get("train"))
         for split in ("eval", "test"):
-            if split in splits.splits:
-                # A test split may come without labels: check its text only.
-                check = task.check_data if split == "eval" else partial_text_check(task)
-                problems.problems.extend(check(split, splits.splits[split], splits.sources[split]))
+            dataset = splits.splits.get(split)
+            if dataset is not None:
+                # A test split may come without labels: then only its input columns are checked.
+                labelled = split == "eval" or set(task.required_columns()) <= set(dataset.column_names)
+                check = task.check_data if labelled else task.check_text
+                problems.problems.extend(check(split, dataset, splits.sources[split]))
     problems.raise_if_any()
     prepared = PreparedData(tasks=tasks, raw=raw, tokenizer=tokenizer)
     if tokenize:
@@ -99,10 +101,6 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
                 if dataset is not None and set(task.required_columns()) <= set(dataset.column_names):
                     targets[split][name] = task.preprocess(dataset, tokenizer)
     return prepared
-
-
-def partial_text_check(task: Task):
-    return lambda split, dataset, source: Task.check_data(task, split, dataset, source)
 
 
 def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> Any:
@@ -153,7 +151,7 @@ def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_si
         p = probabilities.get(name, 0.0)
         rows.append({
             "task": name, "type": task.type_name,
-            "labels": len(task.labels) if task.type_name != "regression" else "-",
+            "labels": len(task.labels) or "-",
             "train": len(splits["train"]) if "train" in splits else 0,
             "eval": len(splits["eval"]) if "eval" in splits else 0,
             "test": len(splits["test"]) if "test" in splits else 0,

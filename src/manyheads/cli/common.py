@@ -16,7 +16,6 @@ def quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_warning()
     datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
     # TrainingArguments pins memory by default; on a CPU-only machine torch warns on every loader.
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
 

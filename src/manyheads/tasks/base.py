@@ -105,7 +105,11 @@ class Task:
         return list(self.config.text) + ([self.config.label] if self.config.label else [])
 
     def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        """Problems in one split, each naming the file, row, column and value. Base: text cells."""
+        """Problems in one labelled split, each naming the file, row, column and value. Base: text cells."""
+        return self.check_text(split, dataset, source)
+
+    def check_text(self, split: str, dataset: Dataset, source: str) -> list[str]:
+        """Problems in the input columns only (for unlabelled test splits too)."""
         problems = []
         for column in self.config.text:
             for row, value in enumerate(dataset[column]):

@@ -175,9 +175,10 @@ class QuestionAnsweringTask(Task):
         """Windows of each example, keeping `example_index`, `context` and token offsets for evaluation."""
         indexed = dataset.map(lambda b, idx: {"example_index": idx}, with_indices=True, batched=True)
         features = super().preprocess(indexed, tokenizer, with_labels)
-        answers = [self._answers(indexed[:], r) for r in range(len(indexed))] if with_labels else None
-        if answers is not None:
-            features = features.add_column("gold", [answers[i][0] for i in features["example_index"]])
+        if with_labels:
+            rows = indexed[:]  # materialise once: indexing a Dataset per row is slow
+            gold = [self._answers(rows, r)[0] for r in range(len(indexed))]
+            features = features.add_column("gold", [gold[i] for i in features["example_index"]])
         return features.remove_columns(["row_in_batch"])
 
     def prediction_encoding(self) -> str:

@@ -69,13 +69,21 @@ class TokenClassificationTask(Task):
             problems.append(f"scheme: got {config.options.scheme!r}; valid choices: {', '.join(SCHEMES)}.")
         return problems
 
+    def check_text(self, split: str, dataset: Dataset, source: str) -> list[str]:
+        column = self.config.text[0]
+        for row, words in enumerate(dataset[column]):
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                return [f"{source}: data row {row + 1}, column '{column}': expected a list of words, got {words!r}."]
+        return []
+
     def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
+        problems = self.check_text(split, dataset, source)
+        if problems:
+            return problems
         words_col, tags_col = self.config.text[0], self.config.label
         declared = set(self.labels) if self.config.labels else None
         for row, (words, tags) in enumerate(zip(dataset[words_col], dataset[tags_col])):
             where = f"{source}: data row {row + 1}"
-            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                return [f"{where}, column '{words_col}': expected a list of words, got {words!r}."]
             if not isinstance(tags, list) or len(tags) != len(words):
                 count = len(tags) if isinstance(tags, list) else tags
                 return [f"{where}: {len(words)} words but {count} tags in '{tags_col}'. Give one tag per word."]
