@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 
-def _inputs(config_path: str, data_dir: str, task: str, n: int) -> list[dict[str, Any]]:
+def _inputs(config_path: str, data_dir: str, model_dir: str, task: str, n: int) -> list[dict[str, Any]]:
     from manyheads import load_config
     from manyheads.build import prepare_data
 
-    run = load_config(config_path, ["--data_dir", data_dir])
+    run = load_config(config_path, ["--data_dir", data_dir, "--model", model_dir])
     run.tasks = [t for t in run.tasks if t.name == task]
     raw = prepare_data(run, tokenize=False).raw[task].splits["eval"]
     columns = run.tasks[0].text
@@ -91,7 +91,7 @@ def main() -> None:
             except ExportError as err:
                 print(f"{name}: not exportable: {err}")
                 continue
-            records = _inputs(args.config, args.data_dir, name, args.n)
+            records = _inputs(args.config, args.data_dir, args.model_dir, name, args.n)
             ours = [p[name] for p in predictor.predict(records, tasks=[name])]
             agree = _compare(task, out, records, ours, predictor.tokenizer)
             print(f"{name} ({task.type_name}): stock route agrees with manyheads predict on {agree}/{len(records)}")
