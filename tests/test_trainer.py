@@ -144,3 +144,10 @@ def test_group_by_length_reduces_padding(tiny_model_dir, data_dir, tmp_path):
     plain = make_trainer(tiny_model_dir, data_dir, tmp_path / "a")
     grouped = make_trainer(tiny_model_dir, data_dir, tmp_path / "b", sampling={"group_by_length": True})
     assert padded_share(grouped) < padded_share(plain)
+
+
+def test_trainer_rejects_a_model_without_tasks(tiny_encoder, tmp_path):
+    from transformers import TrainingArguments
+
+    with pytest.raises(ValueError, match="MultiTaskTrainer needs a MultiTaskModel .with .tasks., got BertModel"):
+        MultiTaskTrainer(model=tiny_encoder, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))

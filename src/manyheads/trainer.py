@@ -78,6 +78,9 @@ class MultiTaskTrainer(Trainer):
         self._check_metric_for_best_model()
 
     def _prepare_task_state(self, model: Any) -> None:
+        if not hasattr(model, "tasks"):
+            raise ValueError(f"MultiTaskTrainer needs a MultiTaskModel (with .tasks), got {type(model).__name__}; "
+                             "build one with MultiTaskModel.from_encoder(...) or manyheads.build.build_model.")
         self.tasks = model.tasks
         self.task_weights = {name: float(task.config.weight) for name, task in self.tasks.items()}
         self._task_loss_sums: dict[str, torch.Tensor] = {}
