@@ -30,7 +30,7 @@ tasks:
   - {name: rating, type: regression, pooling: mean, text: text, label: rating,
      data: {train: train.jsonl, eval: eval.jsonl}}
 training:
-  max_steps: 230
+  max_steps: 200
   per_device_train_batch_size: 16
   per_device_eval_batch_size: 64
   learning_rate: 1.0e-4
