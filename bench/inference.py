@@ -72,15 +72,12 @@ from typing import Any
 
 # bench/throughput.py sits next to this file (a script's folder is first on sys.path); importing it runs only
 # standard-library code (and the same os.environ defaults as below).
-from throughput import default_model, load_text, machine_line
+from throughput import DEFAULT_DATA_DIR, DEFAULT_RESULTS, append_results, default_model, load_text, machine_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-DEFAULT_RESULTS = REPO / "bench" / "RESULTS.md"
 DATA_FILE = Path("sst2") / "dev.tsv"
 TEXT_COLUMN = "sentence"
 TARGET_FACTOR = 0.9  # target: manyheads/separate >= TARGET_FACTOR * N
@@ -527,19 +524,6 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
         "",
     ]
     return "\n".join(lines)
-
-
-def append_results(path: Path, section: str) -> None:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            "# Benchmark results\n\n"
-            "Appended by the scripts in `bench/`, one section per run; every number comes from running the "
-            "command shown in its section (see bench/README.md).\n",
-            encoding="utf-8",
-        )
-    with path.open("a", encoding="utf-8") as out:
-        out.write("\n" + section)
 
 
 def main(argv: list[str] | None = None) -> int:

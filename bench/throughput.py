@@ -357,7 +357,7 @@ def append_results(path: Path, section: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             "# Benchmark results\n\n"
-            "Appended by `bench/throughput.py`, one section per run; every number comes from running the "
+            "Appended by the scripts in `bench/`, one section per run; every number comes from running the "
             "command shown in its section (see bench/README.md).\n",
             encoding="utf-8",
         )

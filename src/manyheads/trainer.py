@@ -183,8 +183,7 @@ class MultiTaskTrainer(Trainer):
             loader = self.get_eval_dataloader(dataset if override else name)
             output = self.evaluation_loop(loader, description=f"Evaluation {name}", prediction_loss_only=False,
                                           ignore_keys=ignore_keys, metric_key_prefix=f"{metric_key_prefix}_{name}")
-            features = dataset if override else self.eval_dataset[name]
-            scores = task.compute_metrics(output.predictions, output.label_ids, features)
+            scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
             metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in scores.items()})
             loss_key = f"{metric_key_prefix}_{name}_loss"
             if loss_key in output.metrics:
