@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from manyheads import build_config
+from manyheads.balancing.static import StaticWeighting
 from manyheads.build import build_trainer, prepare_data
 from manyheads.trainer import MultiTaskTrainer
 
@@ -52,7 +53,7 @@ def test_all_task_types_train_log_and_evaluate(tiny_model_dir, data_dir, tmp_pat
 
 def test_per_task_losses_are_unweighted_means_and_weights_scale_the_step(tiny_model_dir, data_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, max_steps=1, logging_steps=1)
-    trainer.task_weights = {name: 0.0 for name in trainer.task_weights}
+    trainer.weighting = StaticWeighting(list(trainer.tasks), {name: 0.0 for name in trainer.tasks})
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)

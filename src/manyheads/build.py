@@ -131,6 +131,8 @@ def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: A
         eval_dataset=prepared.eval or None,
         processing_class=prepared.tokenizer,
         sampling=run.sampling,
+        balancing=run.balancing,
+        max_nonfinite_steps=run.max_nonfinite_steps,
         pad_to_multiple_of=run.pad_to_multiple_of,
         **trainer_kwargs,
     )

@@ -138,6 +138,70 @@ class FreezeConfig:
 
 
 @dataclass
+class BalancingConfig:
+    """How tasks share the encoder's updates: a loss `weighting` or a gradient `aggregator` (not both).
+
+    `weighting` acts on each one-task micro-batch's loss (equal, static, uncertainty, dwa, rlw, gradnorm);
+    `aggregator` switches to task-group steps (one micro-batch of each of `group_size` tasks per step) and
+    combines the tasks' gradients on the shared encoder (upgrad, mgda, pcgrad, cagrad, imtl_g, nash_mtl, mean).
+    `*_kwargs` are the method's constructor arguments, checked against its signature.
+    """
+
+    weighting: str | None = None  # None: 'static' when a task sets `weight`, else 'equal'
+    weighting_kwargs: dict[str, Any] = field(default_factory=dict)
+    aggregator: str | None = None
+    aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
+    group_size: int | None = None  # tasks per task-group step; None = all tasks
+
+    def __post_init__(self) -> None:
+        from .balancing import AGGREGATORS, WEIGHTINGS
+
+        if self.weighting is not None and self.weighting not in WEIGHTINGS:
+            raise ValueError(f"'weighting' is {self.weighting!r}; valid choices: {', '.join(WEIGHTINGS)}")
+        if self.aggregator is not None and self.aggregator not in AGGREGATORS:
+            raise ValueError(f"'aggregator' is {self.aggregator!r}; valid choices: {', '.join(AGGREGATORS)}")
+        if self.aggregator is not None and self.weighting not in (None, "equal"):
+            raise ValueError(f"'weighting: {self.weighting}' and 'aggregator: {self.aggregator}' both rewrite the "
+                             "update; choose one (remove 'weighting' to use the aggregator)")
+        if self.group_size is not None and self.group_size < 2:
+            raise ValueError(f"'group_size' is {self.group_size}; a task group needs >= 2 tasks")
+        if self.group_size is not None and self.aggregator is None:
+            raise ValueError("'group_size' applies to task-group steps; set 'aggregator' too, or remove it")
+
+
+@dataclass
+class DiagnosticsConfig:
+    """What the run measures besides losses and metrics (see `manyheads.callbacks`).
+
+    `update_monitor`: per parameter group, ||update||, ||update||/||param|| and ||grad|| every
+    `monitor_every` optimizer steps (default: logging_steps); warns when a group's relative update stays
+    outside `relative_update_band` for `band_patience` measurements in a row.
+    `conflict_every`: every N optimizer steps, each task's gradient norm on the shared encoder and the
+    pairwise cosine similarities, on a fixed probe batch of `probe_batch_size` examples per task (0 = off).
+    """
+
+    update_monitor: bool = False
+    monitor_every: int | None = None
+    monitor_per_tensor: bool = False
+    relative_update_band: list[float] = field(default_factory=lambda: [1e-6, 1e-2])
+    band_patience: int = 3
+    conflict_every: int = 0
+    probe_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        low, high = (list(self.relative_update_band) + [None, None])[:2]
+        if len(self.relative_update_band) != 2 or not 0 <= low < high:
+            raise ValueError(f"'relative_update_band' is {self.relative_update_band}; give [low, high] with "
+                             "0 <= low < high, e.g. [1.0e-6, 1.0e-2]")
+        for key in ("monitor_every", "band_patience", "probe_batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"'{key}' is {value}; it must be >= 1")
+        if self.conflict_every < 0:
+            raise ValueError(f"'conflict_every' is {self.conflict_every}; it must be >= 0 (0 = off)")
+
+
+@dataclass
 class RunConfig:
     """A whole run: encoder, tasks, sampling, freezing and `TrainingArguments` fields."""
 
@@ -145,10 +209,14 @@ class RunConfig:
     tasks: list[TaskConfig]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    balancing: BalancingConfig = field(default_factory=BalancingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     training: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     max_length: int = 128
     pad_to_multiple_of: int | None = None
+    # Consecutive optimizer steps with a NaN/inf loss that are skipped before the run stops (exit code 3).
+    max_nonfinite_steps: int = 3
     config_dir: str = "."
 
     def task(self, name: str) -> TaskConfig:
@@ -160,6 +228,10 @@ class RunConfig:
 
         kwargs = {"output_dir": os.path.join("runs", "manyheads"), **self.training, **extra}
         return TrainingArguments(**kwargs)
+
+
+SECTIONS = {"sampling": SamplingConfig, "freeze": FreezeConfig, "balancing": BalancingConfig,
+            "diagnostics": DiagnosticsConfig}
 
 
 def _training_hints() -> dict[str, Any]:
@@ -262,7 +334,7 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     training = _check_training(raw_training, problems)
     # Sections are built on their own so that a bad one still leaves a usable run for the data checks.
     sections = {}
-    for key, section_cls in (("sampling", SamplingConfig), ("freeze", FreezeConfig)):
+    for key, section_cls in SECTIONS.items():
         built = build_dataclass(section_cls, raw.pop(key, None), f"config.{key}", problems)
         sections[key] = built if built is not None else section_cls()
     run = build_dataclass(RunConfig, {**raw, "tasks": []}, "config", problems, hidden=("config_dir",),
@@ -275,7 +347,16 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
         if task.max_length is None:
             task.max_length = run.max_length
     _check_best_metric(run, problems)
+    _check_balancing(run, problems)
     return run
+
+
+def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:
+    """Method kwargs against the constructor; combinations a method cannot serve, with the fix."""
+    from .balancing import check_balancing
+
+    for message in check_balancing(run):
+        problems.add(f"balancing: {message}")
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str], problems: ProblemCollector) -> None:
@@ -289,7 +370,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str], problems: Proble
         key = flag.lstrip("-").replace("-", "_")
         value = parse_scalar(text)
         section, _, sub = key.partition(".")
-        if sub and section in ("sampling", "freeze", "training"):
+        if sub and (section in SECTIONS or section == "training"):
             raw.setdefault(section, {})
             raw[section] = {**(raw[section] or {}), sub: value}
         elif key in top_keys:

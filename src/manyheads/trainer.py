@@ -2,16 +2,25 @@
 
 - `get_train_dataloader`: one-task micro-batches from `MultiTaskBatchSampler`, through `accelerator.prepare`
   so Trainer's own skip-on-resume and epoch handling apply.
-- `compute_loss`: routes the batch to its task's head (the name travels in the batch) and applies the
-  task's static loss weight; records the unweighted per-task loss.
-- `log`: merges per-task training losses (`loss_<task>`), gathered across ranks.
+- `compute_loss`: routes the batch to its task's head (the name travels in the batch) and applies the loss
+  weighting (`manyheads.balancing`); records the unweighted per-task loss.
+- `training_step`: around `super()` for one-task micro-batches (weighting state, non-finite losses); task-group
+  micro-batches of gradient aggregation go to `TaskGroupStep`, which writes the aggregated `.grad`.
+- `create_optimizer`: adds a learnable weighting's parameters as their own group.
+- `log`: merges per-task training losses (`loss_<task>`), weights (`weight_<task>`) and gradient statistics,
+  gathered across ranks.
+- `_save_checkpoint` / `_load_from_checkpoint`: the balancing state travels with each checkpoint, and a
+  checkpoint is marked complete only once everything is written (`manyheads.checkpoints`).
 - `evaluate`: runs Trainer's `evaluation_loop` per task and adds each task's metrics and `eval_average`.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -20,13 +29,23 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from transformers import Trainer
-from transformers.trainer_utils import seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
+from transformers.utils import logging
 
-from .config import SamplingConfig, valid_metric_names
+from .balancing import build_aggregator, build_weighting
+from .balancing.group_step import TaskGroupStep
+from .checkpoints import BALANCING_STATE, mark_complete
+from .config import BalancingConfig, SamplingConfig, valid_metric_names
 from .data.collator import MultiTaskCollator
-from .data.samplers import MultiTaskBatchSampler
+from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .metrics import aggregate_score
-from .tasks.base import TASK_COLUMN
+from .tasks.base import GROUP_COLUMN, TASK_COLUMN
+
+logger = logging.get_logger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimizer steps had a NaN/inf loss; the last checkpoint is left as it was."""
 
 
 class MultiTaskDataset(TorchDataset):
@@ -59,6 +78,8 @@ class MultiTaskTrainer(Trainer):
         train_dataset: tokenized training set per task (`{name: Dataset}`), each row carrying its task name.
         eval_dataset: tokenized evaluation set per task.
         sampling: which task each micro-batch comes from (`SamplingConfig`).
+        balancing: loss weighting or gradient aggregation (`BalancingConfig`); default equal weighting.
+        max_nonfinite_steps: consecutive optimizer steps with a NaN/inf loss skipped before the run stops.
         pad_to_multiple_of: passed to the default collator.
         All other arguments are those of `transformers.Trainer`.
     """
@@ -68,23 +89,40 @@ class MultiTaskTrainer(Trainer):
 
     def __init__(self, model: Any = None, args: Any = None, train_dataset: dict[str, Any] | None = None,
                  eval_dataset: dict[str, Any] | None = None, sampling: SamplingConfig | None = None,
+                 balancing: BalancingConfig | None = None, max_nonfinite_steps: int = 3,
                  pad_to_multiple_of: int | None = None, **kwargs: Any):
         self.sampling = sampling or SamplingConfig()
+        self.balancing = balancing or BalancingConfig()
+        self.max_nonfinite_steps = max_nonfinite_steps
         self._prepare_task_state(model)
         if kwargs.get("data_collator") is None and kwargs.get("processing_class") is not None:
             kwargs["data_collator"] = MultiTaskCollator(kwargs["processing_class"], self.tasks, pad_to_multiple_of)
         train = MultiTaskDataset(train_dataset) if train_dataset else None
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, **kwargs)
         self._check_metric_for_best_model()
+        self._prepare_balancing(model)
 
     def _prepare_task_state(self, model: Any) -> None:
         if not hasattr(model, "tasks"):
             raise ValueError(f"MultiTaskTrainer needs a MultiTaskModel (with .tasks), got {type(model).__name__}; "
                              "build one with MultiTaskModel.from_encoder(...) or manyheads.build.build_model.")
         self.tasks = model.tasks
-        self.task_weights = {name: float(task.config.weight) for name, task in self.tasks.items()}
         self._task_loss_sums: dict[str, torch.Tensor] = {}
         self._task_loss_counts: dict[str, int] = {}
+        self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
+        self._nonfinite_streak = 0
+
+    def _prepare_balancing(self, model: Any) -> None:
+        configs = [task.config for task in self.tasks.values()]
+        self.weighting = build_weighting(self.balancing, configs, seed=self.args.seed).to(self.args.device)
+        if hasattr(self.weighting, "bind"):
+            self.weighting.bind(model)
+        self._last_weights = self.weighting.weights()
+        self._weighting_grads_stale = False
+        self.group_step = None
+        if self.balancing.aggregator is not None:
+            aggregator = build_aggregator(self.balancing.aggregator, len(self.tasks), self.balancing.aggregator_kwargs)
+            self.group_step = TaskGroupStep(model, aggregator)
 
     def _check_metric_for_best_model(self) -> None:
         metric = self.args.metric_for_best_model
@@ -101,16 +139,18 @@ class MultiTaskTrainer(Trainer):
     # ----- data -----
     def _batch_sampler(self) -> MultiTaskBatchSampler:
         data = self.train_dataset
-        return MultiTaskBatchSampler(
-            data.sizes,
-            batch_size=self._train_batch_size,
-            strategy=self.sampling.strategy,
-            temperature=self.sampling.temperature,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            rank=self.args.process_index,
-            world_size=self.args.world_size,
-            lengths=data.lengths() if self.sampling.group_by_length else None,
-        )
+        common = {
+            "batch_size": self._train_batch_size,
+            "strategy": self.sampling.strategy,
+            "temperature": self.sampling.temperature,
+            "seed": self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            "rank": self.args.process_index,
+            "world_size": self.args.world_size,
+        }
+        if self.group_step is not None:
+            return TaskGroupBatchSampler(data.sizes, group_size=self.balancing.group_size, **common)
+        return MultiTaskBatchSampler(data.sizes, lengths=data.lengths() if self.sampling.group_by_length else None,
+                                     **common)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
@@ -142,14 +182,120 @@ class MultiTaskTrainer(Trainer):
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
-            self._task_loss_sums[task] = self._task_loss_sums.get(task, 0.0) + loss.detach().float()
-            self._task_loss_counts[task] = self._task_loss_counts.get(task, 0) + 1
-            loss = loss * self.task_weights[task]
+            self._record_task_loss(task, loss)
+            loss = self.weighting(task, loss)
         return (loss, outputs) if return_outputs else loss
 
+    def _record_task_loss(self, task: str, loss: torch.Tensor) -> None:
+        value = loss.detach().float()
+        if not torch.isfinite(value):
+            # Kept out of the logged means and the weighting's history; the step is skipped (see _end_step).
+            self._nonfinite.add(task)
+            return
+        self._task_loss_sums[task] = self._task_loss_sums.get(task, 0.0) + value
+        self._task_loss_counts[task] = self._task_loss_counts.get(task, 0) + 1
+        self.weighting.observe(task, value)
+
+    # ----- gradients -----
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        if self._weighting_grads_stale:
+            # Trainer zeroes the model's gradients after each step; the weighting's parameters are not in it.
+            self.weighting.zero_grad(set_to_none=True)
+            self._weighting_grads_stale = False
+        if GROUP_COLUMN in inputs:
+            loss = self._task_group_step(model, inputs)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            self._end_step()
+        return loss
+
+    def _task_group_step(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """Forward/backward of every task's sub-batch; the rows are aggregated at the step's last micro-batch."""
+        model.train()
+        module = self.accelerator.unwrap_model(model)
+        groups = self._prepare_inputs(inputs)[GROUP_COLUMN]
+        scale = 1.0 / self.current_gradient_accumulation_steps
+
+        @contextlib.contextmanager
+        def context() -> Iterator[None]:
+            with self.compute_loss_context_manager(), self.accelerator.autocast():
+                yield
+
+        losses = self.group_step.backward(module, groups, scale, context)
+        for task, loss in losses.items():
+            self._record_task_loss(task, loss)
+        # Trainer logs the mean over micro-batches; a task group counts as one micro-batch of the mean loss.
+        return torch.stack(list(losses.values())).float().mean() * scale
+
+    def _end_step(self) -> None:
+        """Last micro-batch of an optimizer step: skip it on a non-finite loss, else finish balancing."""
+        if self._any_rank(bool(self._nonfinite)):
+            self._skip_step()
+            return
+        self._nonfinite_streak = 0
+        world = self.args.world_size
+        if self.group_step is not None:
+            stats = self.group_step.step(self._reduce_mean if world > 1 else None)
+            self._last_weights = {k[len("weight_"):]: v for k, v in stats.items() if k.startswith("weight_")}
+        else:
+            if world > 1:
+                for p in self.weighting.parameters():
+                    if p.grad is not None:
+                        p.grad = self._reduce_mean(p.grad)
+            self._last_weights = self.weighting.weights()
+        self.weighting.step_end(self._reduce_sum)
+        self._weighting_grads_stale = True
+
+    def _skip_step(self) -> None:
+        tasks = sorted(self._nonfinite) or ["(another rank)"]
+        self._nonfinite.clear()
+        self._nonfinite_streak += 1
+        step = self.state.global_step + 1
+        logger.warning("manyheads: non-finite loss for task(s) %s at step %d; this update is skipped (%d in a row, "
+                       "limit %d).", ", ".join(tasks), step, self._nonfinite_streak, self.max_nonfinite_steps)
+        if self._nonfinite_streak >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_streak} consecutive optimizer steps had a non-finite loss (last: task(s) "
+                f"{', '.join(tasks)} at step {step}); stopping. The last saved checkpoint is intact: lower the "
+                "learning rate or check the data, then resume from it."
+            )
+        self.model.zero_grad(set_to_none=True)
+        self._weighting_grads_stale = True
+        if self.group_step is not None:
+            self.group_step.discard()
+        # With sync off, accelerate's optimizer and scheduler wrappers make this step a no-op.
+        self.accelerator.gradient_state._set_sync_gradients(False)
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.args.world_size == 1:
+            return flag
+        return bool(self._reduce_sum(torch.tensor([float(flag)], device=self.args.device)).item() > 0)
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.args.world_size == 1:
+            return tensor
+        return self.accelerator.reduce(tensor, reduction="sum")
+
+    def _reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="mean")
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        params = [p for p in self.weighting.parameters() if p.requires_grad]
+        if params:
+            # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
+            optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
+        return optimizer
+
+    # ----- logging -----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._task_loss_counts:
-            logs.update(self._pop_task_losses())
+        if "loss" in logs:
+            if self._task_loss_counts:
+                logs.update(self._pop_task_losses())
+            logs.update({f"weight_{k}": round(v, 6) for k, v in self._last_weights.items()})
+            if self.group_step is not None:
+                logs.update({k: v for k, v in self.group_step.pop_statistics().items() if not k.startswith("weight_")})
         super().log(logs, start_time)
 
     def _pop_task_losses(self) -> dict[str, float]:
@@ -164,6 +310,24 @@ class MultiTaskTrainer(Trainer):
             counts = self.accelerator.reduce(counts, reduction="sum")
         self._task_loss_sums, self._task_loss_counts = {}, {}
         return {f"loss_{n}": round(float(s / c), 4) for n, s, c in zip(names, sums.tolist(), counts.tolist()) if c}
+
+    # ----- checkpoints -----
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            torch.save(self.weighting.state_dict(), os.path.join(folder, BALANCING_STATE))
+        # Every rank has written its part (RNG states) before the folder is declared complete.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_complete(folder)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, BALANCING_STATE)
+        if os.path.isfile(path):
+            self.weighting.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+            self._last_weights = self.weighting.weights()
 
     # ----- evaluation -----
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,

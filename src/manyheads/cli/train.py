@@ -26,14 +26,14 @@ def default_output_dir(config_path: str) -> str:
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """`latest` -> newest checkpoint in output_dir; a folder as given; None when not resuming."""
+    """`latest` -> newest complete checkpoint in output_dir; a folder as given; None when not resuming."""
     if resume is None:
         return None
     if resume != "latest":
         return resume
-    from transformers.trainer_utils import get_last_checkpoint
+    from ..checkpoints import latest_complete_checkpoint
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    return latest_complete_checkpoint(output_dir)
 
 
 def train_and_report(run: Any, resume: str | None = None) -> tuple[Any, dict[str, float]]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..tasks.base import LABEL_COLUMN, TASK_COLUMN
+from ..tasks.base import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,10 +35,13 @@ class MultiTaskCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        names = {f[TASK_COLUMN] for f in features}
-        if len(names) != 1:
-            raise ValueError(f"a micro-batch must hold one task, got {sorted(names)}")
-        task = names.pop()
+        names = list(dict.fromkeys(f[TASK_COLUMN] for f in features))
+        if len(names) > 1:
+            # A task-group step (gradient aggregation): one padded sub-batch per task.
+            return {GROUP_COLUMN: {n: self._collate([f for f in features if f[TASK_COLUMN] == n], n) for n in names}}
+        return self._collate(features, names[0])
+
+    def _collate(self, features: list[dict[str, Any]], task: str) -> dict[str, Any]:
         # Only model inputs are padded; tasks may keep other per-row columns (QA offsets) for evaluation.
         keys = [k for k in self.input_names if k in features[0]]
         length = max(len(f["input_ids"]) for f in features)

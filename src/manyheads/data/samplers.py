@@ -151,3 +151,61 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         for _, indices in self.schedule(self.epoch):
             yield indices[lo:hi]
+
+
+class TaskGroupBatchSampler(MultiTaskBatchSampler):
+    """Batches for task-group steps (gradient aggregation): each step holds one batch of each of `group_size`
+    tasks, concatenated (the collator splits them by task again).
+
+    With all tasks in every group (the default), every task advances one batch per step; with smaller groups,
+    the tasks of each step are drawn without replacement by the strategy's probabilities (`round_robin`
+    cycles). An epoch holds as many examples as one proportional one-task pass. Same purity as the base
+    class: the schedule is a function of (seed, epoch, rank, world size).
+    """
+
+    def __init__(self, task_sizes: dict[str, int], batch_size: int, group_size: int | None = None,
+                 **kwargs: object):
+        if kwargs.get("lengths") is not None:
+            raise ValueError("length grouping cannot serve task-group steps")
+        super().__init__(task_sizes, batch_size, **kwargs)
+        k = len(self.sizes)
+        self.group_size = group_size or k
+        if not 1 <= self.group_size <= k:
+            raise ValueError(f"group_size {self.group_size} must be between 1 and the number of tasks ({k})")
+        global_batch = batch_size * self.world_size
+        batches = sum(math.ceil(n / global_batch) for n in self.sizes)
+        self.steps_per_epoch = max(1, math.ceil(batches / self.group_size))
+
+    def groups(self, epoch: int) -> list[list[int]]:
+        """The task indices of every step of `epoch`."""
+        k, g, steps = len(self.sizes), self.group_size, self.steps_per_epoch
+        if g == k:
+            return [list(range(k))] * steps
+        if self.strategy == "round_robin":
+            first = epoch * steps
+            return [[((first + s) * g + j) % k for j in range(g)] for s in range(steps)]
+        rng = self._rng(3, epoch)
+        return [sorted(rng.choice(k, size=g, replace=False, p=self.probabilities).tolist()) for _ in range(steps)]
+
+    def schedule(self, epoch: int) -> list[list[tuple[str, list[int]]]]:
+        """For every step: (task name, global batch indices for all ranks) of each task in the group."""
+        global_batch = self.batch_size * self.world_size
+        used = np.zeros(len(self.sizes), dtype=np.int64)
+        for previous in range(epoch):
+            for group in self.groups(previous):
+                used[group] += 1
+        position = used * global_batch
+        steps = []
+        for group in self.groups(epoch):
+            step = []
+            for t in group:
+                indices = self._stream(t, int(position[t]), int(position[t]) + global_batch) + self.offsets[t]
+                position[t] += global_batch
+                step.append((self.names[t], indices.tolist()))
+            steps.append(step)
+        return steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for step in self.schedule(self.epoch):
+            yield [i for _, indices in step for i in indices[lo:hi]]

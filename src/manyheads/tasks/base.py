@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ..config import TaskConfig
 
 TASK_COLUMN = "task"
+# Key of a task-group micro-batch (gradient aggregation): {task name: that task's sub-batch}.
+GROUP_COLUMN = "task_groups"
 LABEL_COLUMN = "labels"
 
 
