@@ -7,6 +7,7 @@ import torch
 
 from manyheads import build_config
 from manyheads.build import build_trainer
+from manyheads.checkpoints import mark_complete
 from manyheads.trainer import MultiTaskTrainer
 
 from .conftest import base_config, make_encoder, make_tokenizer
@@ -20,6 +21,12 @@ class RecordingTrainer(MultiTaskTrainer):
             self.seen = getattr(self, "seen", [])
             self.seen.append((inputs["task"], inputs["input_ids"][:, 1:4].tolist()))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "task_groups" in inputs:  # gradient aggregation: one sub-batch per task
+            self.seen = getattr(self, "seen", [])
+            self.seen.append([(t, b["input_ids"][:, 1:4].tolist()) for t, b in inputs["task_groups"].items()])
+        return super().training_step(model, inputs, num_items_in_batch)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +47,9 @@ def run_config(model_dir, data_dir, out, train_file, **training):
     raw["training"].pop("strategy", None)
     if strategy:
         raw["sampling"] = {"strategy": strategy}
+    for section in ("balancing", "freeze"):
+        if section in training:
+            raw[section] = raw["training"].pop(section)
     return build_config(raw)
 
 
@@ -57,6 +67,17 @@ CASES = {
                                                          "strategy": "temperature"}, 6),
     "uniform": ("small.jsonl", {"max_steps": 9, "save_steps": 5, "strategy": "uniform"}, 5),
     "round_robin": ("small.jsonl", {"max_steps": 9, "save_steps": 3, "strategy": "round_robin"}, 3),
+    "frozen_layers": ("train.jsonl", {"max_steps": 8, "save_steps": 3, "freeze": {"embeddings": True, "layers": 1}},
+                      3),
+    # Learnable and history-based weightings: their state travels in the checkpoint (balancing.pt).
+    "uncertainty": ("small.jsonl", {"max_steps": 10, "save_steps": 6, "gradient_accumulation_steps": 2,
+                                    "balancing": {"weighting": "uncertainty"}}, 6),
+    "dwa": ("small.jsonl", {"max_steps": 12, "save_steps": 5, "balancing": {"weighting": "dwa",
+                                                                          "weighting_kwargs": {"period": 2}}}, 5),
+    "gradnorm": ("small.jsonl", {"max_steps": 9, "save_steps": 4, "balancing": {"weighting": "gradnorm"}}, 4),
+    "rlw": ("small.jsonl", {"max_steps": 8, "save_steps": 3, "balancing": {"weighting": "rlw"}}, 3),
+    "upgrad": ("small.jsonl", {"max_steps": 8, "save_steps": 3, "gradient_accumulation_steps": 2,
+                               "balancing": {"aggregator": "upgrad"}}, 3),
 }
 
 
@@ -76,6 +97,18 @@ def test_resume_is_exact(case, dropout_model_dir, data_dir, tmp_path):
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     for name, value in full_state.items():
         assert torch.equal(value, resumed_state[name]), name
+    # Same balancing state (learnable log-variances, loss histories) and optimizer state.
+    for name, value in full.weighting.state_dict().items():
+        other = resumed.weighting.state_dict()[name]
+        if isinstance(value, torch.Tensor):  # NaN marks "not seen yet" in histories: compare it as a value
+            assert torch.allclose(value, other, rtol=0, atol=0, equal_nan=True), name
+        else:
+            assert value == other, name
+    full_opt, resumed_opt = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert full_opt.keys() == resumed_opt.keys()
+    for key in full_opt:
+        for name, value in full_opt[key].items():
+            assert torch.equal(value, resumed_opt[key][name]), (key, name)
     # Same logged per-task losses for the steps after the resume.
     def task_losses(trainer):
         return [{k: v for k, v in e.items() if k.startswith("loss_")} for e in trainer.state.log_history
@@ -88,7 +121,12 @@ def test_cli_resume_latest(tiny_model_dir, data_dir, tmp_path):
 
     out = tmp_path / "run"
     assert resolve_resume("latest", str(out)) is None
-    os.makedirs(out / "checkpoint-4")
-    os.makedirs(out / "checkpoint-12")
+    for step in (4, 12):
+        os.makedirs(out / f"checkpoint-{step}")
+        mark_complete(str(out / f"checkpoint-{step}"))
     assert resolve_resume("latest", str(out)).endswith("checkpoint-12")
+    # A newer checkpoint without the completeness marker (interrupted save) is skipped with a warning.
+    os.makedirs(out / "checkpoint-16")
+    with pytest.warns(UserWarning, match="checkpoint-16 is incomplete"):
+        assert resolve_resume("latest", str(out)).endswith("checkpoint-12")
     assert resolve_resume(None, str(out)) is None
