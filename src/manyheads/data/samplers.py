@@ -175,6 +175,10 @@ class TaskGroupBatchSampler(MultiTaskBatchSampler):
         global_batch = batch_size * self.world_size
         batches = sum(math.ceil(n / global_batch) for n in self.sizes)
         self.steps_per_epoch = max(1, math.ceil(batches / self.group_size))
+        # `batch_size` is what one yielded list holds: accelerate's shard wrapper treats a shorter list as the
+        # epoch's last, incomplete batch.
+        self.task_batch_size = batch_size
+        self.batch_size = batch_size * self.group_size
 
     def groups(self, epoch: int) -> list[list[int]]:
         """The task indices of every step of `epoch`."""
@@ -189,7 +193,7 @@ class TaskGroupBatchSampler(MultiTaskBatchSampler):
 
     def schedule(self, epoch: int) -> list[list[tuple[str, list[int]]]]:
         """For every step: (task name, global batch indices for all ranks) of each task in the group."""
-        global_batch = self.batch_size * self.world_size
+        global_batch = self.task_batch_size * self.world_size
         used = np.zeros(len(self.sizes), dtype=np.int64)
         for previous in range(epoch):
             for group in self.groups(previous):
@@ -206,6 +210,6 @@ class TaskGroupBatchSampler(MultiTaskBatchSampler):
         return steps
 
     def __iter__(self) -> Iterator[list[int]]:
-        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        lo, hi = self.rank * self.task_batch_size, (self.rank + 1) * self.task_batch_size
         for step in self.schedule(self.epoch):
             yield [i for _, indices in step for i in indices[lo:hi]]

@@ -1,0 +1,123 @@
+"""Two real processes (torchrun, gloo on CPU) against one process with the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from manyheads import build_config
+from manyheads.build import build_trainer
+
+from .conftest import base_config
+
+STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
+TASKS = ("sentiment", "match", "score")  # sequence-level losses: a mean over 2x4 rows == mean of two means of 4
+
+
+def raw_config(model_dir, data_dir, out, balancing=None, strategy="proportional", batch=4, **training):
+    raw = base_config(model_dir, data_dir, out, per_device_train_batch_size=batch, **training)
+    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in TASKS]
+    # Unequal sizes, so that the strategies draw different task sequences.
+    for task, size in zip(raw["tasks"], (64, 32, 16)):
+        task["data"]["max_train_samples"] = size
+    raw["sampling"] = {"strategy": strategy}
+    if balancing:
+        raw["balancing"] = balancing
+    return raw
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tiny_model_dir, tmp_path_factory):
+    """All two-process jobs in one torchrun launch (starting processes is the slow part)."""
+    from .conftest import review_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = root / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", review_rows(64, 1))
+    write_jsonl(data / "eval.jsonl", review_rows(23, 2))  # odd size: DDP eval must not count padding rows
+    jobs = {f"strategy_{s}": raw_config(tiny_model_dir, data, root / f"strategy_{s}", strategy=s, max_steps=6)
+            for s in STRATEGIES}
+    jobs["upgrad"] = raw_config(tiny_model_dir, data, root / "upgrad", {"aggregator": "upgrad"}, max_steps=4)
+    jobs["equal_best"] = raw_config(tiny_model_dir, data, root / "equal_best", max_steps=8, eval_strategy="steps",
+                                    eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
+                                    metric_for_best_model="eval_average")
+    spec = []
+    for name, raw in jobs.items():
+        (root / name).mkdir()
+        spec.append({"name": name, "config": raw, "out": str(root / name)})
+    (root / "jobs.json").write_text(json.dumps(spec), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), str(worker), str(root / "jobs.json")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    (root / "torchrun.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = {}
+    for name in jobs:
+        ranks = [json.loads((root / name / f"rank{r}.json").read_text()) for r in (0, 1)]
+        records[name] = (ranks, torch.load(root / name / "weights.pt"))
+    return data, root, records
+
+
+def single_process(model_dir, data, out, **kwargs):
+    # Same global batch as 2 ranks x 4 rows.
+    trainer = build_trainer(build_config(raw_config(model_dir, data, out, batch=8, **kwargs)))
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_trains_with_the_same_head_on_all_ranks(strategy, ddp_runs):
+    _, _, records = ddp_runs
+    ranks, _ = records[f"strategy_{strategy}"]
+    assert ranks[0]["world_size"] == 2
+    assert len(ranks[0]["seen"]) == 6
+    assert ranks[0]["seen"] == ranks[1]["seen"]
+    assert set(ranks[0]["seen"]) <= set(TASKS)
+
+
+def test_strategies_differ(ddp_runs):
+    sequences = {tuple(ddp_runs[2][f"strategy_{s}"][0][0]["seen"]) for s in STRATEGIES}
+    assert len(sequences) >= 3
+
+
+def test_upgrad_two_processes_match_one_process(ddp_runs, tiny_model_dir, tmp_path):
+    data, _, records = ddp_runs
+    ranks, weights = records["upgrad"]
+    assert ranks[0]["seen"] == ranks[1]["seen"] == [sorted(TASKS)] * 4
+    reference = single_process(tiny_model_dir, data, tmp_path / "single", balancing={"aggregator": "upgrad"},
+                               max_steps=4)
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_equal_weighting_ddp_matches_one_process_and_evaluates_each_example_once(ddp_runs, tiny_model_dir,
+                                                                                  tmp_path):
+    data, root, records = ddp_runs
+    ranks, weights = records["equal_best"]
+    for rank in ranks:
+        assert rank["eval_sizes"] == {t: 23 for t in TASKS}
+    assert ranks[0]["metrics"]["eval_average"] == ranks[1]["metrics"]["eval_average"]
+    # Best-model selection: both ranks agree and the checkpoint exists.
+    assert ranks[0]["best"] == ranks[1]["best"] and ranks[0]["best"].startswith(str(root / "equal_best"))
+    assert os.path.isdir(ranks[0]["best"])
+    reference = single_process(tiny_model_dir, data, tmp_path / "single", max_steps=8, eval_strategy="steps",
+                               eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
+                               metric_for_best_model="eval_average")
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    single_metrics = reference.evaluate()
+    assert ranks[0]["metrics"]["eval_average"] == pytest.approx(single_metrics["eval_average"], abs=1e-4)
