@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .common import format_table, quiet_libraries
 
@@ -36,5 +37,19 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     print(format_table(plan_table(run_config, prepared, args_.per_device_train_batch_size, args_.world_size)))
     print(f"sampling: {run_config.sampling.strategy}"
           + (f" (T={run_config.sampling.temperature})" if run_config.sampling.strategy == "temperature" else ""))
+    print(_balancing_line(run_config))
     print(f"config OK: {len(run_config.tasks)} task(s), encoder {run_config.model}")
     return 0
+
+
+def _balancing_line(run_config: Any) -> str:
+    from ..balancing import resolve_weighting
+
+    balancing = run_config.balancing
+    if balancing.aggregator is not None:
+        size = balancing.group_size or len(run_config.tasks)
+        kwargs = f" {balancing.aggregator_kwargs}" if balancing.aggregator_kwargs else ""
+        return (f"balancing: aggregator {balancing.aggregator}{kwargs}, task-group steps of {size} tasks "
+                "(one batch of each per step)")
+    name, kwargs = resolve_weighting(balancing, run_config.tasks)
+    return f"balancing: weighting {name}" + (f" {kwargs}" if kwargs else "")
