@@ -68,6 +68,9 @@ def test_weightings_train_and_log_weights(balancing, tiny_model_dir, data_dir, t
     assert len(logs) == 4
     for entry in logs:
         assert {f"weight_{t}" for t in SEQUENCE_TASKS} <= set(entry)
+        # Shares of the window's micro-batches: 2 per window here, so each is 0, 0.5 or 1 and they sum to 1.
+        shares = [entry[f"share_{t}"] for t in SEQUENCE_TASKS]
+        assert sum(shares) == pytest.approx(1.0) and set(shares) <= {0.0, 0.5, 1.0}
     if balancing["weighting"] == "static":
         assert logs[-1]["weight_sentiment"] == 2.0 and logs[-1]["weight_match"] == 1.0
     if balancing["weighting"] == "uncertainty":
@@ -104,6 +107,7 @@ def test_aggregators_train_with_task_group_steps(aggregator, tiny_model_dir, dat
         assert entry[f"weight_{task}"] == entry[f"weight_{task}"]  # logged and not NaN
         assert entry[f"grad_norm_{task}"] > 0 and entry[f"loss_{task}"] > 0
     assert -1.0 <= entry["grad_cos_sentiment_match"] <= 1.0
+    assert entry["share_sentiment"] == pytest.approx(1 / 3, abs=1e-4)  # one sub-batch of each task per step
     if aggregator == "mean":
         assert entry["weight_sentiment"] == pytest.approx(1 / 3)
 

@@ -299,7 +299,8 @@ class MultiTaskTrainer(Trainer):
         super().log(logs, start_time)
 
     def _pop_task_losses(self) -> dict[str, float]:
-        """Mean unweighted loss per task since the last log, summed over ranks before dividing."""
+        """Mean unweighted loss per task since the last log (summed over ranks before dividing) and each task's
+        share of the window's micro-batches."""
         names = list(self.tasks)
         device = self.args.device
         sums = torch.stack([torch.as_tensor(self._task_loss_sums.get(n, 0.0), device=device).float()
@@ -309,7 +310,11 @@ class MultiTaskTrainer(Trainer):
             sums = self.accelerator.reduce(sums, reduction="sum")
             counts = self.accelerator.reduce(counts, reduction="sum")
         self._task_loss_sums, self._task_loss_counts = {}, {}
-        return {f"loss_{n}": round(float(s / c), 4) for n, s, c in zip(names, sums.tolist(), counts.tolist()) if c}
+        out = {f"loss_{n}": round(float(s / c), 4) for n, s, c in zip(names, sums.tolist(), counts.tolist()) if c}
+        # Share of the window's micro-batches per task: what the sampler actually served.
+        total = float(counts.sum())
+        out.update({f"share_{n}": round(float(c) / total, 4) for n, c in zip(names, counts.tolist())})
+        return out
 
     # ----- checkpoints -----
     def _save_checkpoint(self, model: Any, trial: Any) -> None:

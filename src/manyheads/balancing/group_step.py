@@ -81,7 +81,8 @@ class TaskGroupStep:
             seen = reduce_mean(seen.float().to(rows.device)).cpu() > 0
             self._reduce_heads(reduce_mean)
         names = [n for n, s in zip(self.tasks, seen.tolist()) if s]
-        matrix = rows[seen.to(rows.device)]
+        # Boolean indexing copies the K x n matrix; skip it in the usual case where every task was seen.
+        matrix = rows if bool(seen.all()) else rows[seen.to(rows.device)]
         weights = self.aggregator.weighting(matrix).to(matrix.dtype)
         combined = weights @ matrix
         for p, chunk in zip(self.shared, torch.split(combined, self.numels)):
