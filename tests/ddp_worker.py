@@ -1,9 +1,9 @@
 """Run by tests/test_ddp.py under `torchrun --nproc_per_node 2` (gloo on CPU); not a test module itself.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py JOBS.json
-JOBS.json: a list of {"name", "config" (raw config dict), "out"}. For every job each rank writes
-`<out>/rank<r>.json` (tasks of every micro-batch, eval sizes, metrics, best checkpoint); rank 0 also writes
-`<out>/weights.pt` (final state dict).
+JOBS.json: a list of {"name", "config" (raw config dict), "out", optional "resume" (checkpoint folder)}.
+For every job each rank writes `<out>/rank<r>.json` (tasks of every micro-batch, eval sizes, metrics,
+best checkpoint); rank 0 also writes `<out>/weights.pt` (final state dict).
 """
 
 import json
@@ -37,7 +37,7 @@ def run(job: dict) -> None:
             return _original(predictions, labels, dataset)
 
         task.compute_metrics = spy
-    trainer.train()
+    trainer.train(resume_from_checkpoint=job.get("resume"))
     metrics = trainer.evaluate() if trainer.eval_dataset else {}
     rank = trainer.args.process_index
     record = {"seen": trainer.seen, "eval_sizes": eval_sizes, "metrics": metrics,

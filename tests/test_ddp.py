@@ -53,10 +53,18 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
     jobs["equal_best"] = raw_config(tiny_model_dir, data, root / "equal_best", max_steps=8, eval_strategy="steps",
                                     eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
                                     metric_for_best_model="eval_average")
+    # Resume in epoch 3 (10 rows per task: 2 steps per task per epoch), mid-epoch, with accumulation.
+    for name in ("resume_full", "resume_from_7"):
+        jobs[name] = raw_config(tiny_model_dir, data, root / name, strategy="temperature", max_steps=12,
+                                save_strategy="steps", save_steps=7)
+        for task in jobs[name]["tasks"]:
+            task["data"] = {"train": "small.jsonl"}
+    write_jsonl(data / "small.jsonl", review_rows(10, 3))
     spec = []
     for name, raw in jobs.items():
         (root / name).mkdir()
         spec.append({"name": name, "config": raw, "out": str(root / name)})
+    spec[-1]["resume"] = str(root / "resume_full" / "checkpoint-7")
     (root / "jobs.json").write_text(json.dumps(spec), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     worker = Path(__file__).with_name("ddp_worker.py")
@@ -70,6 +78,14 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
         ranks = [json.loads((root / name / f"rank{r}.json").read_text()) for r in (0, 1)]
         records[name] = (ranks, torch.load(root / name / "weights.pt"))
     return data, root, records
+
+
+def test_mid_epoch_resume_under_ddp_is_exact(ddp_runs):
+    _, _, records = ddp_runs
+    (full, full_weights), (resumed, resumed_weights) = records["resume_full"], records["resume_from_7"]
+    assert full[0]["seen"][7:] == resumed[0]["seen"] == resumed[1]["seen"]
+    for key, value in full_weights.items():
+        assert torch.equal(value, resumed_weights[key]), key
 
 
 def single_process(model_dir, data, out, **kwargs):

@@ -173,6 +173,9 @@ class MultiTaskTrainer(Trainer):
         shard = getattr(loader, "batch_sampler", None)
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes, shard.process_index = 1, 0
+            # Trainer forwards set_epoch one level down from a resumed loader's SkipBatchSampler, which is this
+            # wrapper; without this the epoch would not reach the sampler on a mid-epoch DDP resume.
+            shard.set_epoch = sampler.set_epoch
         return loader
 
     # ----- loss -----
