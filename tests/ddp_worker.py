@@ -40,8 +40,11 @@ def run(job: dict) -> None:
     trainer.train(resume_from_checkpoint=job.get("resume"))
     metrics = trainer.evaluate() if trainer.eval_dataset else {}
     rank = trainer.args.process_index
-    record = {"seen": trainer.seen, "eval_sizes": eval_sizes, "metrics": metrics,
-              "world_size": trainer.args.world_size, "best": trainer.state.best_model_checkpoint}
+    weighting = {k: v.tolist() for k, v in trainer.weighting.state_dict().items() if isinstance(v, torch.Tensor)}
+    checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
+    record = {"seen": trainer.seen, "eval_sizes": eval_sizes, "metrics": metrics, "weighting": weighting,
+              "checksum": checksum, "world_size": trainer.args.world_size, "best": trainer.state.best_model_checkpoint,
+              "logs": [e for e in trainer.state.log_history if "loss" in e]}
     with open(os.path.join(job["out"], f"rank{rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle)
     if trainer.is_world_process_zero():

@@ -53,6 +53,10 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
     jobs["equal_best"] = raw_config(tiny_model_dir, data, root / "equal_best", max_steps=8, eval_strategy="steps",
                                     eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
                                     metric_for_best_model="eval_average")
+    for method in ("uncertainty", "gradnorm", "dwa"):
+        jobs[method] = raw_config(tiny_model_dir, data, root / method, {"weighting": method,
+                                  "weighting_kwargs": {"period": 2} if method == "dwa" else {}}, max_steps=6,
+                                  logging_steps=2)
     # Resume in epoch 3 (10 rows per task: 2 steps per task per epoch), mid-epoch, with accumulation.
     for name in ("resume_full", "resume_from_7"):
         jobs[name] = raw_config(tiny_model_dir, data, root / name, strategy="temperature", max_steps=12,
@@ -78,6 +82,16 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
         ranks = [json.loads((root / name / f"rank{r}.json").read_text()) for r in (0, 1)]
         records[name] = (ranks, torch.load(root / name / "weights.pt"))
     return data, root, records
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "dwa"])
+def test_weighting_state_is_identical_on_all_ranks(method, ddp_runs):
+    ranks, _ = ddp_runs[2][method]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert ranks[0]["weighting"] == ranks[1]["weighting"]
+    weights = [[e[f"weight_{t}"] for t in TASKS] for e in ranks[0]["logs"]]
+    assert weights == [[e[f"weight_{t}"] for t in TASKS] for e in ranks[1]["logs"]]
+    assert len({tuple(w) for w in weights}) > 1  # the weights moved during the run
 
 
 def test_mid_epoch_resume_under_ddp_is_exact(ddp_runs):
