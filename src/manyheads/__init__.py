@@ -2,7 +2,17 @@
 
 from transformers import AutoConfig, AutoModel
 
-from .config import DataConfig, FreezeConfig, RunConfig, SamplingConfig, TaskConfig, build_config, load_config
+from .config import (
+    BalancingConfig,
+    DataConfig,
+    DiagnosticsConfig,
+    FreezeConfig,
+    RunConfig,
+    SamplingConfig,
+    TaskConfig,
+    build_config,
+    load_config,
+)
 from .errors import ConfigError
 from .modeling.config import MultiTaskConfig
 from .modeling.model import MultiTaskModel, MultiTaskOutput
@@ -14,8 +24,10 @@ AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalancingConfig",
     "ConfigError",
     "DataConfig",
+    "DiagnosticsConfig",
     "FreezeConfig",
     "MultiTaskConfig",
     "MultiTaskModel",
