@@ -1,0 +1,53 @@
+"""`manyheads report RUN_DIR`: an offline HTML page with PNG figures of a training run.
+
+```python
+from manyheads.report import build_report
+index = build_report("runs/glue")   # runs/glue/report/index.html
+```
+
+Figures: per-task training loss, per-task evaluation metrics over time, task weights and sampling shares,
+a heatmap of the relative update per parameter group, the gradient-conflict matrix; tables of the last, best
+and final metrics; the run's configuration. See `report.data` for the files it reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import RunData, load_run
+from .figures import (
+    DRAWERS,
+    Figure,
+    draw_conflict,
+    draw_eval_metrics,
+    draw_relative_update,
+    draw_train_loss,
+    draw_weights_and_sampling,
+)
+from .html import render
+
+__all__ = ["Figure", "RunData", "build_report", "load_run"]
+
+SECTIONS = {
+    draw_train_loss: "Training loss",
+    draw_eval_metrics: "Evaluation metrics",
+    draw_weights_and_sampling: "Task weights and sampling",
+    draw_relative_update: "Relative update per parameter group",
+    draw_conflict: "Task-gradient conflict",
+}
+
+
+def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Write `index.html` and its PNGs to `output_dir` (default `RUN_DIR/report`); return the page's path.
+
+    Raises:
+        ConfigError: `run_dir` is not a run folder (no trainer_state.json there or in a checkpoint).
+        ImportError: matplotlib is missing (install `manyheads[report]`).
+    """
+    data = load_run(run_dir)
+    folder = Path(output_dir) if output_dir is not None else Path(run_dir) / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = [(SECTIONS[draw], draw(data, folder)) for draw in DRAWERS]
+    index = folder / "index.html"
+    index.write_text(render(data, figures, str(folder)), encoding="utf-8")
+    return index
