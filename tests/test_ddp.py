@@ -53,6 +53,9 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
     jobs["equal_best"] = raw_config(tiny_model_dir, data, root / "equal_best", max_steps=8, eval_strategy="steps",
                                     eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
                                     metric_for_best_model="eval_average")
+    # PCGrad draws a random task order: ranks must agree on it.
+    jobs["pcgrad"] = raw_config(tiny_model_dir, data, root / "pcgrad", {"aggregator": "pcgrad"}, max_steps=4,
+                                logging_steps=1)
     for method in ("uncertainty", "gradnorm", "dwa"):
         jobs[method] = raw_config(tiny_model_dir, data, root / method, {"weighting": method,
                                   "weighting_kwargs": {"period": 2} if method == "dwa" else {}}, max_steps=6,
@@ -82,6 +85,12 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
         ranks = [json.loads((root / name / f"rank{r}.json").read_text()) for r in (0, 1)]
         records[name] = (ranks, torch.load(root / name / "weights.pt"))
     return data, root, records
+
+
+def test_pcgrad_weights_agree_across_ranks(ddp_runs):
+    ranks, _ = ddp_runs[2]["pcgrad"]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert [e["weight_sentiment"] for e in ranks[0]["logs"]] == [e["weight_sentiment"] for e in ranks[1]["logs"]]
 
 
 @pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "dwa"])

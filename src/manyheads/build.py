@@ -10,6 +10,7 @@ trainer.save_model()
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,49 @@ class PreparedData:
     test: dict[str, Any] = field(default_factory=dict)
 
 
+# A local encoder folder needs all three: transformers would otherwise build an EMPTY tokenizer (5 special
+# tokens, every word [UNK]) from a folder without tokenizer files, and fail only at build time without weights.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def _looks_local(model: str) -> bool:
+    """A path rather than a Hub id ('org/name'): absolute, relative with ./ ../ ~, or more than one '/'."""
+    return (os.path.exists(model) or os.path.isabs(model) or model.startswith((".", "~"))
+            or model.count("/") > 1 or "\\" in model)
+
+
+def check_model_folder(model: str) -> list[str]:
+    """Problems of a local encoder folder (missing folder, config, weights or tokenizer); [] for a Hub id."""
+    if not _looks_local(model):
+        return []
+    folder = os.path.expanduser(model)
+    if not os.path.isdir(folder):
+        return [f"model: folder not found: {model}. Check the path, or give a Hub id such as "
+                "'sentence-transformers/all-MiniLM-L6-v2'."]
+    names = set(os.listdir(folder))
+    problems = []
+    if "config.json" not in names:
+        problems.append(f"model: {model} has no config.json. Point 'model' at a folder written by "
+                        "save_pretrained (config.json, weights and tokenizer files).")
+    elif not names & set(WEIGHT_FILES):
+        problems.append(f"model: {model} has no weights (none of {', '.join(WEIGHT_FILES)}). Save the encoder "
+                        "there with model.save_pretrained(...) or point 'model' at a complete folder.")
+    if not names & set(TOKENIZER_FILES):
+        problems.append(f"model: {model} has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...). "
+                        "Save the tokenizer there with tokenizer.save_pretrained(...) or point 'model' at a folder "
+                        "that has one.")
+    return problems
+
+
 def load_tokenizer(run: RunConfig) -> Any:
     from transformers import AutoTokenizer
 
+    problems = check_model_folder(run.model)
+    if problems:
+        raise ConfigError(problems)
     try:
         return AutoTokenizer.from_pretrained(run.model)
     except Exception as err:  # missing folder, no network, no tokenizer files
@@ -119,12 +160,13 @@ def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: A
                   trainer_class: type | None = None, **trainer_kwargs: Any) -> Any:
     """A ready `MultiTaskTrainer` (or `trainer_class`) for `run`: data loaded and tokenized, model built
     unless given."""
+    from .callbacks import attach_callbacks, build_callbacks
     from .trainer import MultiTaskTrainer
 
     args = run.training_arguments()
     prepared = prepared or prepare_data(run)
     model = model if model is not None else build_model(run, prepared.tasks, seed=args.seed)
-    return (trainer_class or MultiTaskTrainer)(
+    trainer = (trainer_class or MultiTaskTrainer)(
         model=model,
         args=args,
         train_dataset=prepared.train,
@@ -136,6 +178,9 @@ def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: A
         pad_to_multiple_of=run.pad_to_multiple_of,
         **trainer_kwargs,
     )
+    # Diagnostics from run.diagnostics, connected to the trackers of report_to (see manyheads.callbacks).
+    attach_callbacks(trainer, build_callbacks(run, prepared, args))
+    return trainer
 
 
 def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_size: int = 1) -> list[dict[str, Any]]:

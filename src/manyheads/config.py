@@ -330,8 +330,11 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
         tasks = [t for i, r in enumerate(raw_tasks) if (t := _build_task(r, i, problems)) is not None]
     names = [t.name for t in tasks]
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.add(f"tasks: the name '{dup}' is used by {names.count(dup)} tasks; task names must be unique.")
+        problems.add(f"tasks: the name '{dup}' is used by {names.count(dup)} tasks; task names must be unique. "
+                     "Rename all but one of them.")
+    before = len(problems.problems)
     training = _check_training(raw_training, problems)
+    training_ok = len(problems.problems) == before
     # Sections are built on their own so that a bad one still leaves a usable run for the data checks.
     sections = {}
     for key, section_cls in SECTIONS.items():
@@ -348,7 +351,21 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
             task.max_length = run.max_length
     _check_best_metric(run, problems)
     _check_balancing(run, problems)
+    if training_ok:
+        _check_training_arguments(run, problems)
     return run
+
+
+def _check_training_arguments(run: RunConfig, problems: ProblemCollector) -> None:
+    """TrainingArguments' own cross-field checks (e.g. load_best_model_at_end needs matching save and eval
+    strategies), run now so that they fail before data loading rather than as a traceback at build time.
+    Building the arguments writes nothing (the Trainer creates output_dir later)."""
+    try:
+        run.training_arguments()
+    except Exception as err:  # ValueError mostly; ImportError for a missing backend (deepspeed, ...)
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        problems.add(f"training: {text.rstrip('.')}. Fix these fields in the 'training' section "
+                     "(see transformers.TrainingArguments).")
 
 
 def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:

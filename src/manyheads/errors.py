@@ -1,7 +1,11 @@
-"""Errors raised before anything heavy runs.
+"""Errors raised before anything heavy runs, and the ways a run can stop early.
 
 `ConfigError` gathers every problem found in a config (and in the data it points at) so that
 `manyheads validate` can print all of them at once instead of stopping at the first one.
+`RunStopped` ends a run that has started (preemption, non-finite losses) with its own exit code.
+
+Exit codes of `manyheads`: 0 done; 2 bad input (`ConfigError`), nothing written; 3 too many consecutive
+non-finite losses; 143 preempted by SIGTERM, with a complete checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -33,3 +37,13 @@ class ProblemCollector:
     def raise_if_any(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)
+
+
+class RunStopped(Exception):
+    """A run that stopped before its end for a reason the user acts on; `manyheads` prints the one-line
+    message as `<prefix>: <message>` and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int, prefix: str = "error"):
+        self.exit_code = exit_code
+        self.prefix = prefix
+        super().__init__(message)

@@ -122,7 +122,7 @@ class MultiTaskTrainer(Trainer):
         self.group_step = None
         if self.balancing.aggregator is not None:
             aggregator = build_aggregator(self.balancing.aggregator, len(self.tasks), self.balancing.aggregator_kwargs)
-            self.group_step = TaskGroupStep(model, aggregator)
+            self.group_step = TaskGroupStep(model, aggregator, seed=self.args.seed)
 
     def _check_metric_for_best_model(self) -> None:
         metric = self.args.metric_for_best_model
@@ -239,7 +239,7 @@ class MultiTaskTrainer(Trainer):
         self._nonfinite_streak = 0
         world = self.args.world_size
         if self.group_step is not None:
-            stats = self.group_step.step(self._reduce_mean if world > 1 else None)
+            stats = self.group_step.step(self._reduce_mean if world > 1 else None, step=self.state.global_step)
             self._last_weights = {k[len("weight_"):]: v for k, v in stats.items() if k.startswith("weight_")}
         else:
             if world > 1:

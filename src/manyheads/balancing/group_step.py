@@ -28,10 +28,12 @@ class TaskGroupStep:
     Args:
         model: the (unwrapped) `MultiTaskModel`.
         aggregator: a torchjd `WeightedAggregator`.
+        seed: base seed of the aggregator's random draws (if it makes any).
     """
 
-    def __init__(self, model: nn.Module, aggregator: Any):
+    def __init__(self, model: nn.Module, aggregator: Any, seed: int = 0):
         self.tasks = list(model.tasks)
+        self.seed = int(seed)
         self.aggregator = aggregator
         self.shared = [p for p in model.encoder.parameters() if p.requires_grad]
         if not self.shared:
@@ -68,10 +70,11 @@ class TaskGroupStep:
             (g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, self.shared)
         ])
 
-    def step(self, reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    def step(self, reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             step: int = 0) -> dict[str, float]:
         """Aggregate the accumulated rows into the shared parameters' `.grad`; returns this step's statistics.
 
-        `reduce_mean` averages a tensor over ranks (None in a single process).
+        `reduce_mean` averages a tensor over ranks (None in a single process); `step` is the optimizer step.
         """
         if self.rows is None or not self.seen.any():
             return {}
@@ -83,11 +86,20 @@ class TaskGroupStep:
         names = [n for n, s in zip(self.tasks, seen.tolist()) if s]
         # Boolean indexing copies the K x n matrix; skip it in the usual case where every task was seen.
         matrix = rows if bool(seen.all()) else rows[seen.to(rows.device)]
-        weights = self.aggregator.weighting(matrix).to(matrix.dtype)
+        gram = matrix @ matrix.T  # computed once, for the aggregator and for the logged norms and cosines
+        # Some aggregators draw random numbers (PCGrad's task order): from a generator keyed on (seed, step), so
+        # every rank computes the same weights and a resumed run the same as an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            if hasattr(self.aggregator, "gramian_weighting"):
+                weights = self.aggregator.gramian_weighting(gram)
+            else:
+                weights = self.aggregator.weighting(matrix)
+        weights = weights.to(matrix.dtype)
         combined = weights @ matrix
         for p, chunk in zip(self.shared, torch.split(combined, self.numels)):
             p.grad = chunk.view_as(p).to(p.dtype)
-        stats = self._statistics(names, matrix, weights)
+        stats = self._statistics(names, gram, weights)
         self.rows.zero_()
         self.seen.zero_()
         return stats
@@ -101,12 +113,13 @@ class TaskGroupStep:
         for p, chunk in zip(params, torch.split(flat, [p.numel() for p in params])):
             p.grad = chunk.view_as(p).to(p.dtype)
 
-    def _statistics(self, names: list[str], matrix: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
-        norms = matrix.norm(dim=1)
+    def _statistics(self, names: list[str], gram: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
+        # Norms and cosines from the K x K Gram matrix: no normalised copy of the K x n matrix.
+        gram = gram.double()
+        norms = gram.diagonal().clamp(min=0).sqrt()
+        cosine = gram / (norms.unsqueeze(1) * norms.unsqueeze(0)).clamp(min=1e-24)
         stats = {f"weight_{n}": float(w) for n, w in zip(names, weights.tolist())}
         stats.update({f"grad_norm_{n}": float(v) for n, v in zip(names, norms.tolist())})
-        unit = matrix / norms.clamp(min=1e-12).unsqueeze(1)
-        cosine = unit @ unit.T
         for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
             stats[f"grad_cos_{a}_{b}"] = float(cosine[i, j])
         for key, value in stats.items():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ..errors import ConfigError
-from . import demo, env, evaluate, export, predict, train, validate
+from ..errors import ConfigError, RunStopped
+from . import demo, env, evaluate, export, predict, report, train, validate
 
 # Each command module has `add_arguments(parser)`, `run(args, extra) -> int` and a one-line `HELP`.
 COMMANDS = {
@@ -17,6 +18,7 @@ COMMANDS = {
     "validate": validate,
     "demo": demo,
     "env": env,
+    "report": report,
 }
 
 
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        # Every rank of a distributed run stops the same way: one line is enough.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{err.prefix}: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -1,22 +1,40 @@
-"""`manyheads train CONFIG [--key value ...]`: train, evaluate each task, save one model folder."""
+"""`manyheads train CONFIG [--key value ...]`: train, evaluate each task, save one model folder.
+
+Everything that can be checked is checked before anything is written: the config, the data, the encoder
+folder, and the output folder (which must not hold another run unless `--resume` or `--overwrite` says what
+to do with it). Exit codes: 0 done; 2 bad input, nothing written; 3 too many consecutive non-finite losses
+(the last checkpoint is intact); 143 preempted by SIGTERM, with a complete checkpoint to resume from
+(`manyheads.preemption`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
+import shutil
+import signal
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .common import format_table, metrics_rows, quiet_libraries
 
 HELP = "Train a multi-task model from a YAML config (flags override config fields)."
+# Files that only a run writes: an output folder holding one of them (or a checkpoint) holds another run.
+RUN_FILES = ("trainer_state.json", "config.json", "model.safetensors", "model.safetensors.index.json",
+             "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="resume from a checkpoint folder, or the latest one in output_dir")
+                        help="resume from a checkpoint folder, or (alone) the newest complete one in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into an output_dir that holds another run; its checkpoint-* folders are "
+                             "deleted once the config and data are checked")
     parser.set_defaults(accepts_overrides=True)
     parser.epilog = "Any TrainingArguments field or top-level key can follow: --max_steps 20 --data_dir data/"
 
@@ -26,7 +44,8 @@ def default_output_dir(config_path: str) -> str:
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """`latest` -> newest complete checkpoint in output_dir; a folder as given; None when not resuming."""
+    """`latest` -> newest complete checkpoint in output_dir (None when there is none); a folder as given;
+    None when not resuming."""
     if resume is None:
         return None
     if resume != "latest":
@@ -36,24 +55,112 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return latest_complete_checkpoint(output_dir)
 
 
-def train_and_report(run: Any, resume: str | None = None) -> tuple[Any, dict[str, float]]:
-    """Train `run`, save the model to its output_dir, evaluate and print per-task metrics."""
+def previous_run(output_dir: str) -> list[str]:
+    """What in `output_dir` was written by a run (checkpoint folders, trainer state, model files)."""
+    from ..checkpoints import checkpoints
+
+    if not os.path.isdir(output_dir):
+        return []
+    found = [os.path.basename(c) for c in checkpoints(output_dir)]
+    return found + [name for name in RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
+
+
+def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> str | None:
+    """The checkpoint to resume from (None: a fresh start), checked before anything is loaded or written.
+
+    Raises:
+        ConfigError: the folder holds another run and neither --resume nor --overwrite is given; --resume finds
+            no complete checkpoint; both flags are given.
+    """
+    from ..checkpoints import is_complete
+    from ..errors import ConfigError
+
+    if resume is not None and overwrite:
+        raise ConfigError("--resume and --overwrite: resuming continues the run in output_dir, overwriting "
+                          "replaces it. Give one of them.")
+    if resume is None:
+        found = previous_run(output_dir)
+        if found and not overwrite:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise ConfigError(f"output_dir: {output_dir} already holds a run ({shown}). Add --resume to continue "
+                              "it, --overwrite to replace it, or set --output_dir to a new folder.")
+        return None
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is None:
+        raise ConfigError(f"--resume: no complete checkpoint-* folder in {output_dir}. Run without --resume to "
+                          "start from scratch, or give --resume PATH of a checkpoint.")
+    if not os.path.isdir(checkpoint):
+        raise ConfigError(f"--resume: checkpoint folder not found: {checkpoint}. Check the path, or give --resume "
+                          "alone for the newest complete checkpoint in output_dir.")
+    if not is_complete(checkpoint):
+        raise ConfigError(f"--resume: {checkpoint} is incomplete (interrupted while saving: no completeness "
+                          "marker). Give an older checkpoint, or --resume alone for the newest complete one.")
+    return checkpoint
+
+
+def _remove_checkpoints(output_dir: str) -> None:
+    """--overwrite: the old run's checkpoints go, so that neither --resume nor save_total_limit's rotation can
+    mix them with the new run's. Other files are replaced as the new run writes them."""
+    from ..checkpoints import checkpoints
+
+    if os.environ.get("RANK", "0") != "0":
+        return  # one process deletes; the others would race it
+    for folder in checkpoints(output_dir):
+        shutil.rmtree(folder)
+    state = os.path.join(output_dir, "trainer_state.json")
+    if os.path.isfile(state):
+        os.remove(state)
+
+
+def train_and_report(run: Any, resume: str | None = None, overwrite: bool = False,
+                     command: str | None = None) -> tuple[Any, dict[str, float]]:
+    """Train `run`, save the model to its output_dir, evaluate and print per-task metrics.
+
+    A SIGTERM during training saves a checkpoint and raises `RunStopped` (exit code 143); too many
+    consecutive non-finite losses raise `RunStopped` (exit code 3). `command` is shown in the resume hint.
+    """
     from ..build import build_trainer, prepare_data
+    from ..checkpoints import latest_complete_checkpoint
+    from ..errors import RunStopped
+    from ..preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
+    from ..trainer import NonFiniteLossError
 
     prepared = prepare_data(run)
-    trainer = build_trainer(run, prepared)
-    output_dir = trainer.args.output_dir
-    trainer.train(resume_from_checkpoint=resolve_resume(resume, output_dir))
+    # Only now, with config and data checked: a failed check must leave the old run as it was.
+    output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
+    if overwrite:
+        _remove_checkpoints(output_dir)
+    resume_hint = f"{command} --resume" if command else "the same command with --resume"
+    with Preemption() as preemption:
+        trainer = build_trainer(run, prepared)
+        preempted = PreemptionCallback(preemption)
+        trainer.add_callback(preempted)
+        try:
+            trainer.train(resume_from_checkpoint=resolve_resume(resume, output_dir))
+        except NonFiniteLossError as err:
+            last = latest_complete_checkpoint(output_dir)
+            where = f"latest complete checkpoint: {last}" if last else "no checkpoint had been saved"
+            raise RunStopped(f"{err} ({where})", exit_code=3) from None
+    if preempted.preempted:
+        # A rank can stop because another one got the signal (the request is shared at each step).
+        received = signal.Signals(preemption.received).name if preemption.received else "a stop request"
+        raise RunStopped(f"{received} received; stopped at step {preempted.stopped_at} with a complete checkpoint "
+                         f"in {preempted.checkpoint}. Resume with: {resume_hint}",
+                         exit_code=PREEMPTED_EXIT_CODE, prefix="preempted")
     trainer.save_model(output_dir)
     metrics: dict[str, float] = {}
+    main_process = trainer.is_world_process_zero()  # under DDP, one copy of the report
     if prepared.eval:
         metrics = trainer.evaluate()
-        print(format_table(metrics_rows(metrics, list(prepared.eval))))
-        print(f"eval_average: {metrics['eval_average']:.4f}")
-        if trainer.is_world_process_zero():
+        if main_process:
+            print(format_table(metrics_rows(metrics, list(prepared.eval))))
+            print(f"eval_average: {metrics['eval_average']:.4f}")
             with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as handle:
                 json.dump(metrics, handle, indent=2)
-    print(f"model saved to {output_dir}")
+    # The whole log history (after the last checkpoint too, and with save_strategy: no) for `manyheads report`.
+    trainer.save_state()
+    if main_process:
+        print(f"model saved to {output_dir}")
     return trainer, metrics
 
 
@@ -62,6 +169,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     quiet_libraries()
     run_config = load_config(args.config, extra)
-    run_config.training.setdefault("output_dir", default_output_dir(args.config))
-    train_and_report(run_config, args.resume)
+    output_dir = run_config.training.setdefault("output_dir", default_output_dir(args.config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            checkpoint = check_output_dir(output_dir, args.resume, args.overwrite)
+        finally:  # skipped incomplete checkpoints: one line each (not a source excerpt), even before an error
+            for warning in caught:
+                print(f"warning: {warning.message}", file=sys.stderr)
+    command = shlex.join(["manyheads", "train", args.config, *extra])
+    train_and_report(run_config, checkpoint, overwrite=args.overwrite, command=command)
     return 0

@@ -80,11 +80,15 @@ def _file_format(data: DataConfig, path: Path) -> str | None:
     return data.format or _EXTENSIONS.get(path.suffix.lower())
 
 
+class ConllError(ValueError):
+    """A CoNLL line whose column count is wrong (the message names the line and its content)."""
+
+
 def read_conll(path: Path, tag_column: int = -1, encoding: str = "utf-8") -> Dataset:
     """CoNLL column file -> rows of `tokens` and `tags` (blank line between sentences, -DOCSTART- skipped).
 
     Raises:
-        ValueError: naming the line whose column count differs from the file's first line.
+        ConllError: naming the line whose column count differs from the file's first line.
     """
     from datasets import Dataset
 
@@ -103,7 +107,7 @@ def read_conll(path: Path, tag_column: int = -1, encoding: str = "utf-8") -> Dat
                 continue
             width = width or len(fields)
             if len(fields) != width or len(fields) < 2:
-                raise ValueError(f"line {number} has {len(fields)} columns, expected {width} (>= 2): {line.strip()!r}")
+                raise ConllError(f"line {number} has {len(fields)} columns, expected {width} (>= 2): {line.strip()!r}")
             words.append(fields[0])
             tags.append(fields[tag_column])
     if words:
@@ -154,12 +158,32 @@ def _load_local(task: TaskConfig, split: str, run: RunConfig, problems: ProblemC
         problems.add(f"{where}: cannot tell the format of {path.name}; set 'format' to one of csv, tsv, json, "
                      "jsonl, parquet.")
         return None
+    if fmt in ("csv", "tsv") and data.header and _count_lines(path, data.encoding, 2) < 2:
+        # datasets reports a header-only file as 'Instruction "train" corresponds to no data!'.
+        problems.add(f"{path}: the {split} file of task '{task.name}' has a header but no rows. Point it at a "
+                     "file with rows.")
+        return None
     try:
         return _read_file(data, path, fmt), str(path)
+    except ConllError as err:
+        problems.add(f"{path}: cannot read as conll: {err}. Give every token line the same whitespace-separated "
+                     "columns (word first, tag in 'tag_column'), with a blank line between sentences.")
+        return None
     except Exception as err:  # datasets wraps parser errors in many types; report the first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         problems.add(f"{path}: cannot read as {fmt}: {first}. Check delimiter, quoting, encoding and header.")
         return None
+
+
+def _count_lines(path: Path, encoding: str, limit: int) -> int:
+    """Non-blank lines of a text file, counting no further than `limit`."""
+    count = 0
+    with open(path, encoding=encoding, errors="replace") as handle:
+        for line in handle:
+            count += bool(line.strip())
+            if count >= limit:
+                break
+    return count
 
 
 def _load_hub(task: TaskConfig, split: str, problems: ProblemCollector) -> tuple[Dataset, str] | None:

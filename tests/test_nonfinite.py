@@ -1,0 +1,76 @@
+"""Non-finite losses: each skips its update with a warning naming the task and step; `max_nonfinite_steps`
+consecutive ones stop `manyheads train` with exit code 3 and one error line, the last checkpoint intact."""
+
+from __future__ import annotations
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from manyheads.checkpoints import is_complete
+from manyheads.cli.main import main
+from manyheads.tasks.regression import RegressionTask
+
+from .conftest import base_config
+
+
+def poison(monkeypatch, calls: set[int]) -> None:
+    """The regression loss becomes NaN on the given training calls (1-based; evaluation is left alone)."""
+    loss = RegressionTask.loss
+    seen = [0]
+
+    def poisoned(self, logits, labels):
+        value = loss(self, logits, labels)
+        if not torch.is_grad_enabled():
+            return value
+        seen[0] += 1
+        return value * float("nan") if seen[0] in calls else value
+
+    monkeypatch.setattr(RegressionTask, "loss", poisoned)
+
+
+def write_config(tmp_path, tiny_model_dir, data_dir):
+    raw = base_config(tiny_model_dir, data_dir, tmp_path / "run", max_steps=12, save_strategy="steps",
+                      save_steps=2)
+    raw["tasks"] = [t for t in raw["tasks"] if t["name"] == "score"]  # every step is the poisoned task's
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def skipped_steps(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]
+
+
+def test_consecutive_nonfinite_losses_stop_with_exit_code_3(tmp_path, tiny_model_dir, data_dir, monkeypatch,
+                                                            caplog, capsys):
+    poison(monkeypatch, calls=set(range(5, 100)))  # from step 5 on
+    config = write_config(tmp_path, tiny_model_dir, data_dir)
+    assert main(["train", str(config)]) == 3
+    warnings = skipped_steps(caplog)
+    assert [w.split(";")[0] for w in warnings] == [f"manyheads: non-finite loss for task(s) score at step {s}"
+                                                   for s in (5, 6, 7)]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    run = tmp_path / "run"
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "3 consecutive optimizer steps had a non-finite loss (last: task(s) score at step 7)" in lines[0]
+    assert f"latest complete checkpoint: {run / 'checkpoint-6'}" in lines[0]
+    # The skipped steps 5 and 6 left the weights as step 4 had them; the checkpoints are complete and finite.
+    assert is_complete(str(run / "checkpoint-4")) and is_complete(str(run / "checkpoint-6"))
+    four, six = load_file(run / "checkpoint-4" / "model.safetensors"), load_file(run / "checkpoint-6" /
+                                                                                  "model.safetensors")
+    for name, value in six.items():
+        assert torch.isfinite(value).all() and torch.equal(value, four[name]), name
+    assert not (run / "model.safetensors").exists()  # no final model from a stopped run
+
+
+def test_isolated_nonfinite_losses_are_skipped_and_training_finishes(tmp_path, tiny_model_dir, data_dir,
+                                                                     monkeypatch, caplog, capsys):
+    poison(monkeypatch, calls={3, 5, 6})  # never 3 in a row
+    config = write_config(tmp_path, tiny_model_dir, data_dir)
+    assert main(["train", str(config), "--max_nonfinite_steps", "3"]) == 0
+    assert [w.split(";")[0].rsplit(" ", 1)[-1] for w in skipped_steps(caplog)] == ["3", "5", "6"]
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    capsys.readouterr()
