@@ -56,6 +56,7 @@ from _common import (
     publish,
     quiet_libraries,
     require_files,
+    step_timer,
     training_fields,
     write_glue_subset,
 )
@@ -118,21 +119,6 @@ def clone_every_step() -> Any:
     return CloneEveryStep()
 
 
-def step_timer() -> Any:
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()  # a step ends when its kernels are done, not when they were queued
-            self.ends.append(time.perf_counter())
-
-    return StepTimer()
 
 
 def time_hooks(callback: Any) -> Any:
