@@ -52,7 +52,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -67,9 +66,7 @@ from _common import (
     OUT_DIR,
     add_common_arguments,
     command_line,
-    display_path,
     glue_task_config,
-    header_lines,
     now,
     parse_with_presets,
     publish,
@@ -78,20 +75,9 @@ from _common import (
     training_fields,
     write_glue_subset,
 )
+from _quality_report import CONFIGS, FINETUNE, SINGLE, report
 
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
-SINGLE, FINETUNE = "single", "mt_finetune"
-CONFIGS: dict[str, str] = {
-    SINGLE: "single-task fine-tuning (one model per task)",
-    "mt_proportional": "multi-task, proportional sampling",
-    "mt_temperature": "multi-task, temperature sampling T=2",
-    "mt_uniform": "multi-task, uniform sampling",
-    "mt_uncertainty": "multi-task, proportional + uncertainty weighting",
-    "mt_dwa": "multi-task, proportional + DWA weighting",
-    "mt_pcgrad": "multi-task, task-group steps + PCGrad",
-    "mt_upgrad": "multi-task, task-group steps + UPGrad",
-    FINETUNE: "multi-task (proportional), then per-task fine-tune (MT-DNN)",
-}
 # Sampling and balancing sections of the one-model multi-task configurations.
 MT_SECTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "mt_proportional": ({"strategy": "proportional"}, {}),
@@ -102,9 +88,7 @@ MT_SECTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "mt_pcgrad": ({"strategy": "proportional"}, {"aggregator": "pcgrad"}),
     "mt_upgrad": ({"strategy": "proportional"}, {"aggregator": "upgrad"}),
 }
-SMALL_BASELINE = 0.1  # a single-task mean below this (|S_t|) turns small differences into large relative gains
 DWA_PERIODS = 10  # DWA's period (an epoch in the paper) is a tenth of the run: the run is about one epoch
-METRIC_NAMES = {"accuracy": "acc", "f1": "macro-F1", "mcc": "MCC", "spearman": "Spearman", "pearson": "Pearson"}
 
 CPU_TRAIN = {"rte": 224, "mrpc": 320, "stsb": 432, "cola": 528, "sst2": 640}  # multiples of 16
 CPU_EVAL = {"rte": None, "mrpc": None, "stsb": 400, "cola": 400, "sst2": 400}  # None: the whole dev set
@@ -114,14 +98,24 @@ QUICK = {"train_sizes": ["rte=16", "mrpc=16", "stsb=16", "cola=16", "sst2=16"],
 FULL = {"train_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=10000"],
         "eval_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=all"],
         "epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
-# Planning only (the measured time is reported): fp32 forward+backward tokens/s of MiniLM on this 2-core CPU,
-# from ~35 samples/s at batch 32 on SST-2 (~40 padded tokens per row); evaluation ~3x faster (forward only).
-TOKENS_PER_SECOND = 1400.0
+# Planning only (the measured time is reported): fp32 forward+backward padded tokens/s of one MiniLM run with
+# one torch thread on this 2-core CPU (roughly 500-700 on pair tasks, less on short rows, where per-step
+# overheads weigh more); evaluation ~3x faster (forward only). --jobs runs share the cores.
+TOKENS_PER_SECOND = 600.0
 EVAL_SPEEDUP = 3.0
 RUN_OVERHEAD_S = 5.0  # model load, trainer set-up, evaluation set-up
 # Gradient rows, aggregation and statistics of one task-group step with 5 tasks: ~3 s measured on this CPU
 # under load (flattening 5 x 22.7M gradients, the aggregator, the cosine statistics); ~2 s assumed.
 GROUP_STEP_OVERHEAD_S = 2.0
+
+
+def default_jobs() -> int:
+    """Parallel runs by default. A MiniLM step uses two CPU threads poorly: on this 2-core machine two
+    single-thread runs side by side train about twice as many rows per second as one run with two threads
+    (measured while designing this study). A GPU runs one at a time."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 4))
 
 
 def sizes_arg(values: Sequence[str], tasks: Sequence[str], default: dict[str, int | None]) -> dict[str, int | None]:
@@ -150,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_sizes", nargs="*", default=[],
                         help=f"task=N|all dev rows per task (None = all); default {CPU_EVAL}")
     parser.add_argument("--epochs", type=int, default=1, help="passes over each task's subset (single-task)")
-    parser.add_argument("--batch_size", type=int, default=16, help="rows per micro-batch (one task)")
+    parser.add_argument("--batch_size", type=int, default=8, help="rows per micro-batch (one task)")
     parser.add_argument("--group_batch_size", type=int, default=None,
                         help="rows per task in a task-group step (pcgrad, upgrad); default --batch_size: one "
                              "micro-batch of every task per step, K times fewer steps (see README)")
@@ -168,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table_only", action="store_true", help="rebuild the table from cached rows; train nothing")
     parser.add_argument("--plan_only", action="store_true",
                         help="print the plan and its time estimate for the whole study; train nothing")
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help="(configuration, seed) pairs trained at once, each in its own process with "
+                             "cores/jobs torch threads; default: 1 on a GPU, else min(cores, 4)")
     parser.add_argument("--tokens_per_second", type=float, default=TOKENS_PER_SECOND,
                         help="training speed assumed by the printed time plan (padded tokens/s)")
     args = parse_with_presets(parser, argv, {"quick": QUICK, "full": FULL})
@@ -182,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_sizes = sizes_arg(args.eval_sizes, args.tasks, CPU_EVAL)
     except ValueError as err:
         parser.error(f"--train_sizes / --eval_sizes: {err}")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     if args.epochs < 1 or args.batch_size < 1 or not 0 < args.mtft_split < 1 or not 0 <= args.warmup < 1:
         parser.error("--epochs and --batch_size must be >= 1, 0 < --mtft_split < 1, 0 <= --warmup < 1")
     require_files(parser, args.data_dir, [Path(GLUE[t].folder) / f for t in args.tasks
@@ -354,6 +353,8 @@ def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any) -> tu
 
 def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
     """All runs of one configuration and seed; returns its row."""
+    import torch
+
     start = time.perf_counter()
     load_before = os.getloadavg()
     specs = plan(config, ctx.args, ctx.train)
@@ -375,7 +376,8 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
             multitask = trained
     return {"config": config, "seed": seed, "settings": ctx.settings, "tasks": tasks, "params": params,
             "optimizer_steps": sum(s.steps for s in specs), "wall_s": round(time.perf_counter() - start, 1),
-            "date": now(), "load_before": load_before, "load_after": os.getloadavg()}
+            "date": now(), "load_before": load_before, "load_after": os.getloadavg(),
+            "threads": torch.get_num_threads(), "jobs": ctx.args.jobs}
 
 
 def row_path(ctx: Context, config: str, seed: int) -> Path:
@@ -397,227 +399,6 @@ def save_row(path: Path, row: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
     tmp.replace(path)  # atomic: an interrupted write never leaves a half row to resume from
-
-
-# ----- statistics -----
-@dataclass
-class Stat:
-    values: list[float]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def sd(self) -> float:
-        return statistics.stdev(self.values) if self.n > 1 else float("nan")
-
-    def text(self, scale: float = 100.0) -> str:
-        if not self.values:
-            return "–"
-        return f"{scale * self.mean:.1f}" + (f" ± {scale * self.sd:.1f}" if self.n > 1 else "")
-
-
-def greater_is_better(task: str) -> bool:
-    from manyheads import TASK_TYPES
-
-    spec = GLUE_TASKS[task]
-    return bool(TASK_TYPES[spec["type"]].METRICS[spec["main_metric"]])
-
-
-def table_stats(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str, Stat]]:
-    """config -> {task: Stat, "average": Stat, "delta": Stat (ΔMTL, fraction)} over seeds."""
-    by_config: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_config.setdefault(row["config"], []).append(row)
-    out: dict[str, dict[str, Stat]] = {}
-    for config, runs in by_config.items():
-        stats = {t: Stat([r["tasks"][t]["main"] for r in runs if "main" in r["tasks"][t]]) for t in tasks}
-        complete = [r for r in runs if all("main" in r["tasks"][t] for t in tasks)]
-        signed = [[r["tasks"][t]["main"] * (1 if greater_is_better(t) else -1) for t in tasks] for r in complete]
-        stats["average"] = Stat([statistics.fmean(v) for v in signed])
-        out[config] = stats
-    baseline = out.get(SINGLE)
-    usable = delta_tasks(baseline, tasks)
-    for config, stats in out.items():
-        deltas = []
-        for r in by_config[config] if usable else []:
-            if all("main" in r["tasks"][t] for t in usable):
-                deltas.append(statistics.fmean(
-                    (1 if greater_is_better(t) else -1) * (r["tasks"][t]["main"] - baseline[t].mean)
-                    / abs(baseline[t].mean) for t in usable))
-        stats["delta"] = Stat(deltas)
-    return out
-
-
-def delta_tasks(baseline: dict[str, Stat] | None, tasks: list[str]) -> list[str]:
-    """Tasks ΔMTL can use: a single-task mean exists and is not 0 (a relative gain over 0 is undefined)."""
-    if baseline is None:
-        return []
-    return [t for t in tasks if baseline[t].n and abs(baseline[t].mean) > 1e-9]
-
-
-def delta_note(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:
-    """Which tasks ΔMTL covers, and which single-task means are so small that they dominate it."""
-    baseline = stats.get(SINGLE)
-    if baseline is None:
-        return ["- ΔMTL: not computed (no `single` rows)."]
-    usable = delta_tasks(baseline, tasks)
-    excluded = [t for t in tasks if t not in usable]
-    small = [f"{t} ({100 * baseline[t].mean:.1f})" for t in usable if abs(baseline[t].mean) < SMALL_BASELINE]
-    text = f"- ΔMTL over {', '.join(usable) or 'no task'}"
-    if excluded:
-        text += f"; left out (no or zero single-task mean): {', '.join(excluded)}"
-    if small:
-        text += (f"; single-task means below {100 * SMALL_BASELINE:.0f} make relative gains large, so these tasks "
-                 f"weigh most in ΔMTL: {', '.join(small)} (the average column does not have this problem)")
-    return [text + "."]
-
-
-def difference_text(a: Stat, b: Stat) -> str:
-    """'+1.2 points, clear' / 'within the seeds' spread': clear when |a - b| > 2 standard errors."""
-    diff = 100 * (a.mean - b.mean)
-    if a.n < 2 or b.n < 2:
-        return f"{diff:+.1f} points (one seed: spread unknown)"
-    se = 100 * math.sqrt(a.sd**2 / a.n + b.sd**2 / b.n)
-    verdict = "larger than the seeds' spread" if abs(diff) > 2 * se else "within the seeds' spread"
-    return f"{diff:+.1f} points ({verdict}: 2 standard errors = {2 * se:.1f})"
-
-
-def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:
-    """The plain-words conclusions, generated from the numbers."""
-    lines = []
-    configs = [c for c in CONFIGS if c in stats]
-    multitask = [c for c in configs if c != SINGLE]
-    base = stats.get(SINGLE)
-    for key in [*tasks, "average"]:
-        present = [c for c in configs if stats[c][key].n]
-        if not present:
-            continue
-        ranked = sorted(present, key=lambda c: stats[c][key].mean, reverse=True)
-        best = ranked[0]
-        name = f"**{key}** ({metric_label(key)})" if key != "average" else "**on average** (mean of main metrics)"
-        text = f"- {name}: best is `{best}` ({stats[best][key].text()})"
-        if base is not None and base[key].n and best != SINGLE:
-            text += f"; vs single-task ({base[key].text()}): {difference_text(stats[best][key], base[key])}"
-        elif best == SINGLE and len(ranked) > 1:
-            runner = ranked[1]
-            text += (f"; single-task wins; the best multi-task configuration, `{runner}` "
-                     f"({stats[runner][key].text()}), differs by {difference_text(stats[runner][key], base[key])}")
-        lines.append(text + ".")
-    if base is not None:
-        deltas = [c for c in multitask if stats[c]["delta"].n]
-        if deltas:
-            best = max(deltas, key=lambda c: stats[c]["delta"].mean)
-            negative = [c for c in deltas if stats[c]["delta"].mean < 0]
-            lines.append(f"- **ΔMTL**: best `{best}` ({stats[best]['delta'].text()} %); below 0 (worse than "
-                         f"single-task overall): {', '.join(f'`{c}`' for c in negative) or 'none'}.")
-        lines.append("- **Where multi-task did not help** (mean at or below the single-task mean):")
-        for task in tasks:
-            tried = [c for c in multitask if stats[c][task].n]
-            if not base[task].n or not tried:
-                continue
-            not_better = [c for c in tried if stats[c][task].mean <= base[task].mean]
-            if len(not_better) == len(tried):
-                lines.append(f"  - {task}: no multi-task configuration beat single-task ({base[task].text()}).")
-            elif not_better:
-                lines.append(f"  - {task}: {len(not_better)} of {len(tried)} multi-task configurations did not beat "
-                             f"single-task ({base[task].text()}): {', '.join(f'`{c}`' for c in not_better)}.")
-            else:
-                lines.append(f"  - {task}: every multi-task configuration scored above single-task "
-                             f"({base[task].text()}).")
-    return lines
-
-
-def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -> list[str]:
-    """Target: multi-task average >= single-task average with 1/N of the stored parameters."""
-    base = stats.get(SINGLE)
-    one_model = [c for c in CONFIGS if c in stats and c not in (SINGLE, FINETUNE) and stats[c]["average"].n]
-    if base is None or not base["average"].n or not one_model:
-        return ["- target (multi-task average >= single-task average with 1/N of the stored parameters): not "
-                "decidable from these rows (needs `single` and a one-model multi-task configuration)."]
-    params = {r["config"]: sum(r["params"]) for r in rows if r.get("params")}
-    met = [c for c in one_model if stats[c]["average"].mean >= base["average"].mean]
-    best = max(one_model, key=lambda c: stats[c]["average"].mean)
-    share = ""
-    if SINGLE in params and best in params:
-        share = (f"; stored parameters {params[best]:,} (one model, all heads) vs {params[SINGLE]:,} "
-                 f"({len(next(r for r in rows if r['config'] == SINGLE)['params'])} single-task models) = "
-                 f"1/{params[SINGLE] / params[best]:.2f}")
-    return [f"- target (a one-model multi-task average >= single-task average, with 1/N of the stored "
-            f"parameters): **{'met' if met else 'not met'}**; best one-model configuration `{best}` "
-            f"{stats[best]['average'].text()} vs single-task {base['average'].text()}; configurations meeting it: "
-            f"{', '.join(f'`{c}`' for c in met) or 'none'}{share}. (`mt_finetune` ends with N models, so it "
-            "saves no storage and is not counted here.)"]
-
-
-def metric_label(task: str) -> str:
-    return METRIC_NAMES.get(GLUE_TASKS[task]["main_metric"], GLUE_TASKS[task]["main_metric"])
-
-
-def report(ctx: Context, rows: list[dict[str, Any]], command: str, date: str, load_before: tuple[float, ...],
-           load_after: tuple[float, ...], planned_s: float) -> str:
-    args, tasks = ctx.args, ctx.args.tasks
-    stats = table_stats(rows, tasks)
-    configs = [c for c in CONFIGS if c in stats]
-    # The single-task ΔMTL is 0 by definition (its sd shows the seeds' noise): not a candidate for best.
-    best = {key: max((c for c in configs if stats[c][key].n and (key != "delta" or c != SINGLE)),
-                     key=lambda c: stats[c][key].mean, default=None)
-            for key in [*tasks, "average", "delta"]}
-
-    def cell(config: str, key: str) -> str:
-        text = stats[config][key].text()
-        return f"**{text}**" if best[key] == config else text
-
-    head = [f"{t} {metric_label(t)}" for t in tasks]
-    table = ["| configuration | " + " | ".join(head) + " | average | ΔMTL % | seeds |",
-             "|---|" + "---:|" * (len(tasks) + 2) + "---|"]
-    for c in configs:
-        seeds = sorted({r["seed"] for r in rows if r["config"] == c})
-        delta = cell(c, "delta") if c != SINGLE else f"{stats[c]['delta'].text()} (baseline)"
-        table.append(f"| `{c}` | " + " | ".join(cell(c, t) for t in tasks) + f" | {cell(c, 'average')} | "
-                     f"{delta} | {len(seeds)} ({', '.join(map(str, seeds))}) |")
-    seen_table = ["| configuration | " + " | ".join(tasks) + " | total | optimizer steps | minutes per seed |",
-                  "|---|" + "---:|" * (len(tasks) + 3)]
-    for c in configs:
-        first = next(r for r in rows if r["config"] == c)
-        wall = statistics.fmean(r["wall_s"] for r in rows if r["config"] == c) / 60
-        seen_table.append(f"| `{c}` | " + " | ".join(str(first["tasks"][t]["seen"]) for t in tasks)
-                          + f" | {sum(first['tasks'][t]['seen'] for t in tasks)} | {first['optimizer_steps']} | "
-                          f"{wall:.1f} |")
-    measured = sum(r["wall_s"] for r in rows) / 60
-    s = ctx.settings
-    settings = (f"model `{args.model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
-                f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
-                f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
-                f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
-                f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; mt_finetune split "
-                f"{s['mtft_split']}; rows in `{display_path(ctx.rows_dir)}`")
-    lines = [
-        *header_lines("quality (GLUE-mini): multi-task vs single-task at equal examples seen", command, date,
-                      load_before, load_after),
-        f"- settings: {settings}",
-        f"- time: {measured:.0f} min of runs in these rows (planned for this invocation: {planned_s / 60:.0f} min)",
-        "",
-        "Main metric ×100, mean ± sd over seeds (best of each column in bold). ΔMTL: mean over tasks of the "
-        "relative gain over the single-task mean, in %. Each run is scored once, at its end, on the dev subset.",
-        "",
-        *table,
-        "",
-        "Examples seen per task (one seed) and optimizer steps (all runs of the configuration):",
-        "",
-        *seen_table,
-        "",
-        *delta_note(stats, tasks),
-        *verdict_lines(stats, tasks),
-        *target_line(stats, rows),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # ----- main -----
@@ -661,9 +442,61 @@ def print_plan(ctx: Context, lengths: dict[str, dict[str, list[int]]], todo: lis
         total += est * runs
         print(f"  {config:16s} " + " ".join(f"{per_task[t]:6d}" for t in args.tasks)
               + f"  {sum(s.steps for s in specs):5d}  {est / 60:5.1f} (x{runs} to run)")
-    print(f"planned: {len(todo)} (configuration, seed) pairs to run, about {total / 60:.0f} min at "
-          f"{args.tokens_per_second:.0f} padded training tokens/s (see --tokens_per_second)", flush=True)
+    total /= max(1, min(args.jobs, len(todo)))
+    print(f"planned: {len(todo)} (configuration, seed) pairs to run, about {total / 60:.0f} min with {args.jobs} "
+          f"job(s) at once, at {args.tokens_per_second:.0f} padded training tokens/s per job (see "
+          "--tokens_per_second)", flush=True)
     return total
+
+
+_WORKER: dict[str, Context] = {}
+
+
+def _init_worker(args: argparse.Namespace, threads: int) -> None:
+    """Pool worker set-up: its share of the cores, quiet libraries, and its own tokenized copy of the data
+    (the parent wrote the subsets already; `write_glue_subset` leaves unchanged files alone)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    _WORKER["ctx"] = prepare(args)[0]
+
+
+def _run_in_worker(config: str, seed: int) -> dict[str, Any]:
+    ctx = _WORKER["ctx"]
+    row = run_config(ctx, config, seed)
+    save_row(row_path(ctx, config, seed), row)
+    return row
+
+
+def run_all(ctx: Context, todo: list[tuple[str, int]]) -> None:
+    """Train the missing (configuration, seed) pairs: in this process, or in --jobs worker processes (rows are
+    saved as each one finishes, so an interrupted study resumes either way)."""
+    import torch
+
+    def done(i: int, row: dict[str, Any]) -> None:
+        scores = ", ".join(f"{t} {100 * v['main']:.1f}" for t, v in row["tasks"].items() if "main" in v)
+        print(f"  [{i}/{len(todo)}] seed {row['seed']} {row['config']:16s}: {scores} ({row['wall_s']:.0f} s)",
+              flush=True)
+
+    jobs = min(ctx.args.jobs, len(todo))
+    if jobs <= 1:
+        for i, (config, seed) in enumerate(todo):
+            row = run_config(ctx, config, seed)
+            save_row(row_path(ctx, config, seed), row)
+            done(i + 1, row)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    print(f"running {jobs} jobs at once, {threads} torch thread(s) each", flush=True)
+    # spawn: a fresh interpreter per worker (fork would copy this process's torch thread pools).
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx.args, threads)) as pool:
+        futures = [pool.submit(_run_in_worker, config, seed) for config, seed in todo]
+        for i, future in enumerate(as_completed(futures)):
+            done(i + 1, future.result())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -682,17 +515,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if done:
         print(f"resuming: {len(done)} (configuration, seed) pairs already in {ctx.rows_dir}")
-    for i, (config, seed) in enumerate(todo):
-        row = run_config(ctx, config, seed)
-        save_row(row_path(ctx, config, seed), row)
-        scores = ", ".join(f"{t} {100 * v['main']:.1f}" for t, v in row["tasks"].items() if "main" in v)
-        print(f"  [{i + 1}/{len(todo)}] seed {seed} {config:16s}: {scores} ({row['wall_s']:.0f} s)", flush=True)
+    run_all(ctx, todo)
     rows = load_rows(ctx.rows_dir, args.configs, args.seeds)
     if not rows:
         print("no rows yet: nothing to report")
         return 1
     load_after = os.getloadavg()
-    publish(args, report(ctx, rows, command, date, load_before, load_after, planned))
+    publish(args, report(args, ctx.settings, ctx.rows_dir, rows, command, date, load_before, load_after, planned))
     return 0
 
 

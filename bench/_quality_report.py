@@ -1,0 +1,253 @@
+"""Quality study tables: statistics over seeds, ΔMTL and the plain-words conclusions (see quality.py)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import GLUE_TASKS, display_path, header_lines
+
+SINGLE, FINETUNE = "single", "mt_finetune"
+CONFIGS: dict[str, str] = {
+    SINGLE: "single-task fine-tuning (one model per task)",
+    "mt_proportional": "multi-task, proportional sampling",
+    "mt_temperature": "multi-task, temperature sampling T=2",
+    "mt_uniform": "multi-task, uniform sampling",
+    "mt_uncertainty": "multi-task, proportional + uncertainty weighting",
+    "mt_dwa": "multi-task, proportional + DWA weighting",
+    "mt_pcgrad": "multi-task, task-group steps + PCGrad",
+    "mt_upgrad": "multi-task, task-group steps + UPGrad",
+    FINETUNE: "multi-task (proportional), then per-task fine-tune (MT-DNN)",
+}
+SMALL_BASELINE = 0.1  # a single-task mean below this (|S_t|) turns small differences into large relative gains
+METRIC_NAMES = {"accuracy": "acc", "f1": "macro-F1", "mcc": "MCC", "spearman": "Spearman", "pearson": "Pearson"}
+
+
+# ----- statistics -----
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else float("nan")
+
+    def text(self, scale: float = 100.0) -> str:
+        if not self.values:
+            return "–"
+        return f"{scale * self.mean:.1f}" + (f" ± {scale * self.sd:.1f}" if self.n > 1 else "")
+
+
+def greater_is_better(task: str) -> bool:
+    from manyheads import TASK_TYPES
+
+    spec = GLUE_TASKS[task]
+    return bool(TASK_TYPES[spec["type"]].METRICS[spec["main_metric"]])
+
+
+def table_stats(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str, Stat]]:
+    """config -> {task: Stat, "average": Stat, "delta": Stat (ΔMTL, fraction)} over seeds."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_config.setdefault(row["config"], []).append(row)
+    out: dict[str, dict[str, Stat]] = {}
+    for config, runs in by_config.items():
+        stats = {t: Stat([r["tasks"][t]["main"] for r in runs if "main" in r["tasks"][t]]) for t in tasks}
+        complete = [r for r in runs if all("main" in r["tasks"][t] for t in tasks)]
+        signed = [[r["tasks"][t]["main"] * (1 if greater_is_better(t) else -1) for t in tasks] for r in complete]
+        stats["average"] = Stat([statistics.fmean(v) for v in signed])
+        out[config] = stats
+    baseline = out.get(SINGLE)
+    usable = delta_tasks(baseline, tasks)
+    for config, stats in out.items():
+        deltas = []
+        for r in by_config[config] if usable else []:
+            if all("main" in r["tasks"][t] for t in usable):
+                deltas.append(statistics.fmean(
+                    (1 if greater_is_better(t) else -1) * (r["tasks"][t]["main"] - baseline[t].mean)
+                    / abs(baseline[t].mean) for t in usable))
+        stats["delta"] = Stat(deltas)
+    return out
+
+
+def delta_tasks(baseline: dict[str, Stat] | None, tasks: list[str]) -> list[str]:
+    """Tasks ΔMTL can use: a single-task mean exists and is not 0 (a relative gain over 0 is undefined)."""
+    if baseline is None:
+        return []
+    return [t for t in tasks if baseline[t].n and abs(baseline[t].mean) > 1e-9]
+
+
+def delta_note(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:
+    """Which tasks ΔMTL covers, and which single-task means are so small that they dominate it."""
+    baseline = stats.get(SINGLE)
+    if baseline is None:
+        return ["- ΔMTL: not computed (no `single` rows)."]
+    usable = delta_tasks(baseline, tasks)
+    excluded = [t for t in tasks if t not in usable]
+    small = [f"{t} ({100 * baseline[t].mean:.1f})" for t in usable if abs(baseline[t].mean) < SMALL_BASELINE]
+    text = f"- ΔMTL over {', '.join(usable) or 'no task'}"
+    if excluded:
+        text += f"; left out (no or zero single-task mean): {', '.join(excluded)}"
+    if small:
+        text += (f"; single-task means below {100 * SMALL_BASELINE:.0f} make relative gains large, so these tasks "
+                 f"weigh most in ΔMTL: {', '.join(small)} (the average column does not have this problem)")
+    return [text + "."]
+
+
+def difference_text(a: Stat, b: Stat) -> str:
+    """'+1.2 points, clear' / 'within the seeds' spread': clear when |a - b| > 2 standard errors."""
+    diff = 100 * (a.mean - b.mean)
+    if a.n < 2 or b.n < 2:
+        return f"{diff:+.1f} points (one seed: spread unknown)"
+    se = 100 * math.sqrt(a.sd**2 / a.n + b.sd**2 / b.n)
+    verdict = "larger than the seeds' spread" if abs(diff) > 2 * se else "within the seeds' spread"
+    return f"{diff:+.1f} points ({verdict}: 2 standard errors = {2 * se:.1f})"
+
+
+def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:
+    """The plain-words conclusions, generated from the numbers."""
+    lines = []
+    configs = [c for c in CONFIGS if c in stats]
+    multitask = [c for c in configs if c != SINGLE]
+    base = stats.get(SINGLE)
+    for key in [*tasks, "average"]:
+        present = [c for c in configs if stats[c][key].n]
+        if not present:
+            continue
+        ranked = sorted(present, key=lambda c: stats[c][key].mean, reverse=True)
+        best = ranked[0]
+        name = f"**{key}** ({metric_label(key)})" if key != "average" else "**on average** (mean of main metrics)"
+        text = f"- {name}: best is `{best}` ({stats[best][key].text()})"
+        if base is not None and base[key].n and best != SINGLE:
+            text += f"; vs single-task ({base[key].text()}): {difference_text(stats[best][key], base[key])}"
+        elif best == SINGLE and len(ranked) > 1:
+            runner = ranked[1]
+            text += (f"; single-task wins; the best multi-task configuration, `{runner}` "
+                     f"({stats[runner][key].text()}), differs by {difference_text(stats[runner][key], base[key])}")
+        lines.append(text + ".")
+    if base is not None:
+        deltas = [c for c in multitask if stats[c]["delta"].n]
+        if deltas:
+            best = max(deltas, key=lambda c: stats[c]["delta"].mean)
+            negative = [c for c in deltas if stats[c]["delta"].mean < 0]
+            lines.append(f"- **ΔMTL**: best `{best}` ({stats[best]['delta'].text()} %); below 0 (worse than "
+                         f"single-task overall): {', '.join(f'`{c}`' for c in negative) or 'none'}.")
+        lines.append("- **Where multi-task did not help** (mean at or below the single-task mean):")
+        for task in tasks:
+            tried = [c for c in multitask if stats[c][task].n]
+            if not base[task].n or not tried:
+                continue
+            not_better = [c for c in tried if stats[c][task].mean <= base[task].mean]
+            if len(not_better) == len(tried):
+                lines.append(f"  - {task}: no multi-task configuration beat single-task ({base[task].text()}).")
+            elif not_better:
+                lines.append(f"  - {task}: {len(not_better)} of {len(tried)} multi-task configurations did not beat "
+                             f"single-task ({base[task].text()}): {', '.join(f'`{c}`' for c in not_better)}.")
+            else:
+                lines.append(f"  - {task}: every multi-task configuration scored above single-task "
+                             f"({base[task].text()}).")
+    return lines
+
+
+def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -> list[str]:
+    """Target: multi-task average >= single-task average with 1/N of the stored parameters."""
+    base = stats.get(SINGLE)
+    one_model = [c for c in CONFIGS if c in stats and c not in (SINGLE, FINETUNE) and stats[c]["average"].n]
+    if base is None or not base["average"].n or not one_model:
+        return ["- target (multi-task average >= single-task average with 1/N of the stored parameters): not "
+                "decidable from these rows (needs `single` and a one-model multi-task configuration)."]
+    params = {r["config"]: sum(r["params"]) for r in rows if r.get("params")}
+    met = [c for c in one_model if stats[c]["average"].mean >= base["average"].mean]
+    best = max(one_model, key=lambda c: stats[c]["average"].mean)
+    share = ""
+    if SINGLE in params and best in params:
+        share = (f"; stored parameters {params[best]:,} (one model, all heads) vs {params[SINGLE]:,} "
+                 f"({len(next(r for r in rows if r['config'] == SINGLE)['params'])} single-task models) = "
+                 f"1/{params[SINGLE] / params[best]:.2f}")
+    return [f"- target (a one-model multi-task average >= single-task average, with 1/N of the stored "
+            f"parameters): **{'met' if met else 'not met'}**; best one-model configuration `{best}` "
+            f"{stats[best]['average'].text()} vs single-task {base['average'].text()}; configurations meeting it: "
+            f"{', '.join(f'`{c}`' for c in met) or 'none'}{share}. (`mt_finetune` ends with N models, so it "
+            "saves no storage and is not counted here.)"]
+
+
+def metric_label(task: str) -> str:
+    return METRIC_NAMES.get(GLUE_TASKS[task]["main_metric"], GLUE_TASKS[task]["main_metric"])
+
+
+def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[str, Any]], command: str, date: str,
+           load_before: tuple[float, ...], load_after: tuple[float, ...], planned_s: float) -> str:
+    """The markdown section: settings, the table over seeds, examples seen, and the conclusions."""
+    tasks = args.tasks
+    stats = table_stats(rows, tasks)
+    configs = [c for c in CONFIGS if c in stats]
+    # The single-task ΔMTL is 0 by definition (its sd shows the seeds' noise): not a candidate for best.
+    best = {key: max((c for c in configs if stats[c][key].n and (key != "delta" or c != SINGLE)),
+                     key=lambda c: stats[c][key].mean, default=None)
+            for key in [*tasks, "average", "delta"]}
+
+    def cell(config: str, key: str) -> str:
+        text = stats[config][key].text()
+        return f"**{text}**" if best[key] == config else text
+
+    head = [f"{t} {metric_label(t)}" for t in tasks]
+    table = ["| configuration | " + " | ".join(head) + " | average | ΔMTL % | seeds |",
+             "|---|" + "---:|" * (len(tasks) + 2) + "---|"]
+    for c in configs:
+        seeds = sorted({r["seed"] for r in rows if r["config"] == c})
+        delta = cell(c, "delta") if c != SINGLE else f"{stats[c]['delta'].text()} (baseline)"
+        table.append(f"| `{c}` | " + " | ".join(cell(c, t) for t in tasks) + f" | {cell(c, 'average')} | "
+                     f"{delta} | {len(seeds)} ({', '.join(map(str, seeds))}) |")
+    seen_table = ["| configuration | " + " | ".join(tasks) + " | total | optimizer steps | minutes per seed |",
+                  "|---|" + "---:|" * (len(tasks) + 3)]
+    for c in configs:
+        first = next(r for r in rows if r["config"] == c)
+        wall = statistics.fmean(r["wall_s"] for r in rows if r["config"] == c) / 60
+        seen_table.append(f"| `{c}` | " + " | ".join(str(first["tasks"][t]["seen"]) for t in tasks)
+                          + f" | {sum(first['tasks'][t]['seen'] for t in tasks)} | {first['optimizer_steps']} | "
+                          f"{wall:.1f} |")
+    measured = sum(r["wall_s"] for r in rows) / 60
+    # Rows trained side by side (--jobs) each ran with a share of the cores: their minutes add up to more than
+    # the wall-clock time of the study.
+    parallel = sorted({(r.get("jobs", 1), r.get("threads")) for r in rows}, key=str)
+    how = "; ".join(f"{j} job(s) at once, {t} torch thread(s) each" for j, t in parallel)
+    s = settings
+    settings = (f"model `{args.model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
+                f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
+                f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
+                f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
+                f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; mt_finetune split "
+                f"{s['mtft_split']}; rows in `{display_path(rows_dir)}`")
+    lines = [
+        *header_lines("quality (GLUE-mini): multi-task vs single-task at equal examples seen", command, date,
+                      load_before, load_after),
+        f"- settings: {settings}",
+        f"- time: {measured:.0f} min of runs in these rows, summed over runs ({how}; planned wall-clock time for "
+        f"this invocation: {planned_s / 60:.0f} min)",
+        "",
+        "Main metric ×100, mean ± sd over seeds (best of each column in bold). ΔMTL: mean over tasks of the "
+        "relative gain over the single-task mean, in %. Each run is scored once, at its end, on the dev subset.",
+        "",
+        *table,
+        "",
+        "Examples seen per task (one seed) and optimizer steps (all runs of the configuration):",
+        "",
+        *seen_table,
+        "",
+        *delta_note(stats, tasks),
+        *verdict_lines(stats, tasks),
+        *target_line(stats, rows),
+        "",
+    ]
+    return "\n".join(lines)
