@@ -201,8 +201,9 @@ def append_results(path: Path, section: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             "# Benchmark results\n\n"
-            "Appended by the scripts in `bench/`, one section per run; every number comes from running the "
-            "command shown in its section (see bench/README.md).\n",
+            "Appended by the scripts in `bench/`, one section per run, in the order they ran; every number comes "
+            "from running the command shown in its section (see bench/README.md). Sections are never edited: "
+            "where a study ran more than once, read the latest section of it, and the load line of each.\n",
             encoding="utf-8",
         )
     with path.open("a", encoding="utf-8") as out:
