@@ -128,6 +128,12 @@ def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[s
         ranked = sorted(present, key=lambda c: stats[c][key].mean, reverse=True)
         best = ranked[0]
         name = f"**{key}** ({metric_label(key)})" if key != "average" else "**on average** (mean of main metrics)"
+        values = {v for c in present for v in stats[c][key].values}
+        if len(values) == 1:
+            # A "best" among identical scores would be an artefact of the table's order.
+            lines.append(f"- {name}: every run of every configuration scored exactly {100 * values.pop():.1f}: no "
+                         "configuration learned this task here, so there is no winner.")
+            continue
         text = f"- {name}: best is `{best}` ({stats[best][key].text()})"
         if base is not None and base[key].n and best != SINGLE:
             text += f"; vs single-task ({base[key].text()}): {difference_text(stats[best][key], base[key])}"
@@ -149,7 +155,10 @@ def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[s
             if not base[task].n or not tried:
                 continue
             not_better = [c for c in tried if stats[c][task].mean <= base[task].mean]
-            if len(not_better) == len(tried):
+            if all(stats[c][task].values == base[task].values for c in tried):
+                lines.append(f"  - {task}: every configuration scored the same as single-task "
+                             f"({base[task].text()}): no winner.")
+            elif len(not_better) == len(tried):
                 lines.append(f"  - {task}: no multi-task configuration beat single-task ({base[task].text()}).")
             elif not_better:
                 lines.append(f"  - {task}: {len(not_better)} of {len(tried)} multi-task configurations did not beat "
@@ -158,6 +167,42 @@ def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[s
                 lines.append(f"  - {task}: every multi-task configuration scored above single-task "
                              f"({base[task].text()}).")
     return lines
+
+
+def constant_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """Classification runs that predicted one class for the whole dev subset. scikit-learn's MCC is exactly 0
+    then (its denominator vanishes); a model that learned anything almost never lands on exactly 0."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        for task in tasks:
+            mcc = r["tasks"][task].get("metrics", {}).get("mcc")
+            if mcc is not None:
+                count = counts.setdefault(r["config"], {}).setdefault(task, [0, 0])
+                count[0] += mcc == 0.0
+                count[1] += 1
+    parts = []
+    for config in (c for c in CONFIGS if c in counts):
+        constant = [f"{t} {k}/{n}" for t, (k, n) in counts[config].items() if k]
+        parts.append(f"`{config}` {', '.join(constant) if constant else 'none'}")
+    if not parts:
+        return []
+    return ["- **Runs that predicted one class for every dev example** (MCC exactly 0; runs of the seeds): "
+            + "; ".join(parts) + "."]
+
+
+def steps_line(rows: list[dict[str, Any]]) -> list[str]:
+    """Configurations with fewer optimizer steps than single-task: their gap is not the method's alone."""
+    steps = {r["config"]: r["optimizer_steps"] for r in rows}
+    if SINGLE not in steps:
+        return []
+    fewer = [c for c in CONFIGS if c in steps and steps[c] < steps[SINGLE]]
+    if not fewer:
+        return []
+    listed = ", ".join(f"`{c}` ({steps[c]})" for c in fewer)
+    return [f"- **Fewer optimizer steps**: {listed} vs {steps[SINGLE]} for single-task, at the same examples seen "
+            "(a task-group step holds a micro-batch of every task): their scores mix the method with the smaller "
+            "number of updates at the same learning-rate schedule; `--group_batch_size` trades that against "
+            "smaller per-task batches (bench/README.md)."]
 
 
 def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -> list[str]:
@@ -222,6 +267,8 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
     # the wall-clock time of the study.
     parallel = sorted({(r.get("jobs", 1), r.get("threads")) for r in rows}, key=str)
     how = "; ".join(f"{j} job(s) at once, {t} torch thread(s) each" for j, t in parallel)
+    dates = sorted(r["date"] for r in rows)
+    loads = [value for r in rows for value in (r["load_before"][0], r["load_after"][0])]
     s = settings
     settings = (f"model `{args.model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
                 f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
@@ -234,7 +281,8 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
                       load_before, load_after),
         f"- settings: {settings}",
         f"- time: {measured:.0f} min of runs in these rows, summed over runs ({how}; planned wall-clock time for "
-        f"this invocation: {planned_s / 60:.0f} min)",
+        f"this invocation: {planned_s / 60:.0f} min); rows finished between {dates[0]} and {dates[-1]}, 1-minute "
+        f"load average at their starts and ends {min(loads):.2f} to {max(loads):.2f}",
         "",
         "Main metric ×100, mean ± sd over seeds (best of each column in bold). ΔMTL: mean over tasks of the "
         "relative gain over the single-task mean, in %. Each run is scored once, at its end, on the dev subset.",
@@ -247,6 +295,8 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
         "",
         *delta_note(stats, tasks),
         *verdict_lines(stats, tasks),
+        *constant_lines(rows, tasks),
+        *steps_line(rows),
         *target_line(stats, rows),
         "",
     ]

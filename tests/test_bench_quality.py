@@ -115,3 +115,23 @@ def test_conclusions_name_the_winner_and_where_multitask_did_not_help() -> None:
     # Averages: single 67.5, proportional 69.0, uniform 68.5 -> met, with 1/2 of the parameters.
     assert "**met**; best one-model configuration `mt_proportional` 69.0 ± 1.0 vs single-task 67.5 ± 1.0" in target
     assert "= 1/2.00" in target
+
+
+def test_identical_scores_have_no_winner_and_constant_runs_are_counted() -> None:
+    tasks = ["cola", "sst2"]
+    rows = []
+    for seed in (1, 2):
+        for config, sst2 in (("single", 0.70), ("mt_pcgrad", 0.75)):
+            r = row(config, seed, {"cola": 0.0, "sst2": sst2 + seed / 100})
+            r["tasks"]["cola"]["metrics"] = {"mcc": 0.0}
+            r["tasks"]["sst2"]["metrics"] = {"mcc": 0.0 if config == "single" and seed == 1 else 0.4}
+            r["optimizer_steps"] = 100 if config == "single" else 20
+            rows.append(r)
+    text = "\n".join(qr.verdict_lines(qr.table_stats(rows, tasks), tasks))
+    assert "**cola** (MCC): every run of every configuration scored exactly 0.0" in text
+    assert "cola: every configuration scored the same as single-task (0.0 ± 0.0): no winner." in text
+    assert "**sst2** (acc): best is `mt_pcgrad`" in text
+    (constant,) = qr.constant_lines(rows, tasks)
+    assert "`single` cola 2/2, sst2 1/2; `mt_pcgrad` cola 2/2." in constant
+    (steps,) = qr.steps_line(rows)
+    assert "`mt_pcgrad` (20) vs 100 for single-task" in steps
