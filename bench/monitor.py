@@ -119,8 +119,6 @@ def clone_every_step() -> Any:
     return CloneEveryStep()
 
 
-
-
 def time_hooks(callback: Any) -> Any:
     """Wrap the callback's per-step hooks to add their wall time to `callback.hook_seconds`."""
     callback.hook_seconds = 0.0

@@ -98,9 +98,9 @@ QUICK = {"train_sizes": ["rte=16", "mrpc=16", "stsb=16", "cola=16", "sst2=16"],
 FULL = {"train_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=10000"],
         "eval_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=all"],
         "epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
-# Planning only (the measured time is reported): fp32 forward+backward padded tokens/s of one MiniLM run with
-# one torch thread on this 2-core CPU (roughly 500-700 on pair tasks, less on short rows, where per-step
-# overheads weigh more); evaluation ~3x faster (forward only). --jobs runs share the cores.
+# Planning only (the measured time is reported): a rough fp32 forward+backward speed, in padded tokens/s, of
+# one MiniLM run with one torch thread on this 2-core CPU, from informal timings (lower on short rows, where
+# per-step overheads weigh more); evaluation ~3x faster (forward only). --jobs runs share the cores.
 TOKENS_PER_SECOND = 600.0
 EVAL_SPEEDUP = 3.0
 RUN_OVERHEAD_S = 5.0  # model load, trainer set-up, evaluation set-up
@@ -110,9 +110,9 @@ GROUP_STEP_OVERHEAD_S = 2.0
 
 
 def default_jobs() -> int:
-    """Parallel runs by default. A MiniLM step uses two CPU threads poorly: on this 2-core machine two
-    single-thread runs side by side train about twice as many rows per second as one run with two threads
-    (measured while designing this study). A GPU runs one at a time."""
+    """Parallel runs by default. A MiniLM step uses two CPU threads poorly: in an informal timing on this 2-core
+    machine (not a bench command), two single-thread runs side by side trained nearly twice the rows per second
+    of one run with two threads. A GPU runs one at a time."""
     import torch
 
     return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 4))
@@ -462,11 +462,15 @@ def _init_worker(args: argparse.Namespace, threads: int) -> None:
     _WORKER["ctx"] = prepare(args)[0]
 
 
-def _run_in_worker(config: str, seed: int) -> dict[str, Any]:
-    ctx = _WORKER["ctx"]
+def train_row(ctx: Context, config: str, seed: int) -> dict[str, Any]:
+    """Train one (configuration, seed) and save its row at once (a resumed study starts after it)."""
     row = run_config(ctx, config, seed)
     save_row(row_path(ctx, config, seed), row)
     return row
+
+
+def _run_in_worker(config: str, seed: int) -> dict[str, Any]:
+    return train_row(_WORKER["ctx"], config, seed)
 
 
 def run_all(ctx: Context, todo: list[tuple[str, int]]) -> None:
@@ -482,9 +486,7 @@ def run_all(ctx: Context, todo: list[tuple[str, int]]) -> None:
     jobs = min(ctx.args.jobs, len(todo))
     if jobs <= 1:
         for i, (config, seed) in enumerate(todo):
-            row = run_config(ctx, config, seed)
-            save_row(row_path(ctx, config, seed), row)
-            done(i + 1, row)
+            done(i + 1, train_row(ctx, config, seed))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
