@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from manyheads import build_config
-from manyheads.build import build_trainer
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.trainer import MultiTaskTrainer
 
 

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from manyheads import ConfigError, build_config, load_config
+from manyheads import ConfigError
+from manyheads.recipe import build_config, load_config
 from manyheads.cli.main import main
 
 from .conftest import base_config, task_section

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from manyheads import MultiTaskConfig, MultiTaskModel, TaskConfig, build_config
-from manyheads.build import build_trainer, prepare_data
+from manyheads import Classification, MultiTaskConfig, MultiTaskModel
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer, prepare_data
 from manyheads.callbacks import (
     CONFLICT_FILE,
     GradientConflictCallback,
@@ -15,7 +16,6 @@ from manyheads.callbacks import (
     measure_conflict,
 )
 from manyheads.data.collator import MultiTaskCollator
-from manyheads.tasks.classification import ClassificationOptions
 
 from .conftest import base_config, make_encoder
 
@@ -26,8 +26,7 @@ LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 
 def twin_model(encoder, head_std=None):
     """Two binary classification tasks 'a' and 'b' on one encoder, with identical heads."""
-    specs = [TaskConfig(name=n, type="classification", labels=["neg", "pos"], options=ClassificationOptions(),
-                        max_length=16).spec() for n in ("a", "b")]
+    specs = [Classification(name=n, labels=["neg", "pos"], max_length=16).spec() for n in ("a", "b")]
     model = MultiTaskModel(MultiTaskConfig(encoder=encoder.config.to_dict(), tasks=specs), encoder=encoder)
     with torch.no_grad():
         if head_std is not None:

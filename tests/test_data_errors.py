@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 
-from manyheads import ConfigError, build_config
-from manyheads.build import prepare_data
+from manyheads import ConfigError
+from manyheads.recipe import build_config
+from manyheads.recipe import prepare_data
 from manyheads.cli.main import main
 
 from .conftest import base_config, review_rows, write_jsonl
@@ -90,7 +91,7 @@ def test_cli_exit_code_two_and_nothing_written(raw, tmp_path, data_dir, capsys):
 
 def test_labels_inferred_and_stored_in_order(raw):
     prepared = prepare(raw)
-    assert prepared.tasks["sentiment"].labels == ["neg", "pos"]
-    assert prepared.tasks["match"].labels == ["0", "1"]
-    assert json.loads(json.dumps(prepared.tasks["colors"].config.spec()))["labels"] == ["red", "green", "blue",
+    assert prepared.tasks["sentiment"].label_list == ["neg", "pos"]
+    assert prepared.tasks["match"].label_list == ["0", "1"]
+    assert json.loads(json.dumps(prepared.tasks["colors"].spec()))["labels"] == ["red", "green", "blue",
                                                                                         "yellow"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from manyheads import load_config
+from manyheads.recipe import load_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, pipeline
 
-from manyheads import build_config
-from manyheads.build import build_trainer
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.cli.main import main
 from manyheads.export import ExportError, build_stock_model, export_task
 from manyheads.inference import MultiTaskPredictor
@@ -134,7 +134,7 @@ def test_stock_model_check_catches_a_wrong_head(saved_model):
     from manyheads import MultiTaskModel
 
     model = MultiTaskModel.from_pretrained(saved_model)
-    model.tasks["score"].options.std = 0.0  # corrupt the target scaling: the fold no longer matches
+    model.tasks["score"].fitted["std"] = 0.0  # corrupt the target scaling: the fold no longer matches
     model.tasks["score"].stock_logits = lambda logits: logits + 1.0
     with pytest.raises(ExportError, match="does not reproduce"):
         build_stock_model(model, "score")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from manyheads import build_config
-from manyheads.build import build_trainer, prepare_data
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer, prepare_data
 from manyheads.data.samplers import MultiTaskBatchSampler
 
 from .conftest import base_config

@@ -4,16 +4,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, RobertaConfig, RobertaModel
 
-from manyheads import MultiTaskConfig, MultiTaskModel, TaskConfig
-from manyheads.tasks.classification import ClassificationOptions
-from manyheads.tasks.regression import RegressionOptions
+from manyheads import Classification, MultiTaskConfig, MultiTaskModel, Regression
 
 
 def spec(name, pooling="auto", type_="classification"):
-    options_cls = ClassificationOptions if type_ == "classification" else RegressionOptions
-    options = options_cls(pooling=pooling)
-    return TaskConfig(name=name, type=type_, labels=["a", "b", "c"] if type_ == "classification" else None,
-                      options=options, max_length=16).spec()
+    if type_ == "classification":
+        return Classification(name=name, labels=["a", "b", "c"], pooling=pooling, max_length=16).spec()
+    return Regression(name=name, pooling=pooling, max_length=16).spec()
 
 
 def model_with(encoder, *specs):

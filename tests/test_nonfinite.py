@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from manyheads.checkpoints import is_complete
 from manyheads.cli.main import main
-from manyheads.tasks.regression import RegressionTask
+from manyheads.tasks.regression import Regression as RegressionTask
 
 from .conftest import base_config
 

@@ -27,7 +27,7 @@ from .run_helpers import assert_same_weights, count_optimizer_steps
 SCRIPT = """
 import os, sys, time
 from transformers import TrainerCallback
-import manyheads.build as build
+import manyheads.recipe.build as build
 from manyheads.cli.main import main
 from manyheads.preemption import PreemptionCallback
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from manyheads import ConfigError, TaskConfig, build_config
-from manyheads.build import build_trainer, prepare_data
+from manyheads import ConfigError
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer, prepare_data
 from manyheads.inference import MultiTaskPredictor
 from manyheads.tasks.question_answering import (
     NO_OFFSET,
-    QuestionAnsweringOptions,
-    QuestionAnsweringTask,
+    QuestionAnswering,
     exact_match,
     normalize_answer,
     token_f1,
@@ -22,9 +22,8 @@ from .conftest import FILLER, base_config, make_tokenizer
 
 
 def qa_task(max_length=16, doc_stride=4, **options):
-    config = TaskConfig(name="qa", type="question_answering", text=["question", "context"], label="answers",
-                        max_length=max_length, options=QuestionAnsweringOptions(doc_stride=doc_stride, **options))
-    return QuestionAnsweringTask(config)
+    return QuestionAnswering(name="qa", text=["question", "context"], label="answers", max_length=max_length,
+                             doc_stride=doc_stride, **options)
 
 
 def qa_rows(contexts_answers):

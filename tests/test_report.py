@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from manyheads import build_config
-from manyheads.build import build_trainer
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
 from manyheads.report import build_report, load_run

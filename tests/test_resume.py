@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from manyheads import build_config
-from manyheads.build import build_trainer
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.checkpoints import mark_complete
 from manyheads.trainer import MultiTaskTrainer
 

@@ -8,8 +8,9 @@ import torch
 import yaml
 from transformers import AutoModel
 
-from manyheads import MultiTaskModel, build_config
-from manyheads.build import build_trainer
+from manyheads import MultiTaskModel
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.cli.main import main
 from manyheads.inference import MultiTaskPredictor
 
@@ -31,8 +32,9 @@ def test_save_writes_one_folder_and_restores_exactly(trained):
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "manyheads"
     assert [t["name"] for t in config["tasks"]] == ["sentiment", "match", "colors", "score"]
-    assert config["tasks"][0]["labels"] == ["neg", "pos"]
-    assert config["tasks"][3]["options"]["normalize"] is True and config["tasks"][3]["options"]["std"] > 0
+    # Settings and fitted state are saved apart (labels inferred from data, target scaling learned in training).
+    assert config["tasks"][0]["fitted"]["labels"] == ["neg", "pos"]
+    assert config["tasks"][3]["normalize"] is True and config["tasks"][3]["fitted"]["std"] > 0
     loaded = AutoModel.from_pretrained(folder)
     assert isinstance(loaded, MultiTaskModel)
     original = trainer.model.state_dict()

@@ -5,11 +5,12 @@ import pytest
 from datasets import Dataset
 from transformers import BertTokenizerFast
 
-from manyheads import ConfigError, TaskConfig, build_config
-from manyheads.build import build_trainer, prepare_data
-from manyheads.data.loading import read_conll
+from manyheads import ConfigError
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer, prepare_data
+from manyheads.recipe.loading import read_conll
 from manyheads.inference import MultiTaskPredictor
-from manyheads.tasks.token_classification import TokenClassificationOptions, TokenClassificationTask, entity_spans
+from manyheads.tasks.token_classification import TokenClassification, entity_spans
 
 from .conftest import base_config
 
@@ -26,9 +27,7 @@ green JJ I-NP I-COL
 
 
 def task(labels=None, **options):
-    config = TaskConfig(name="ner", type="token_classification", text=["tokens"], label="tags", labels=labels,
-                        max_length=32, options=TokenClassificationOptions(**options))
-    return TokenClassificationTask(config)
+    return TokenClassification(name="ner", text=["tokens"], label="tags", labels=labels, max_length=32, **options)
 
 
 def piece_tokenizer():
@@ -121,7 +120,7 @@ def test_token_task_trains_evaluates_and_predicts_per_word(tiny_model_dir, data_
                                       "label": "tags", "data": {"train": "ner_train.conll",
                                                                 "eval": "ner_eval.conll", "tag_column": 1}}]
     trainer = build_trainer(build_config(raw))
-    assert trainer.model.tasks["ner"].labels == ["O", "B-COL"]
+    assert trainer.model.tasks["ner"].label_list == ["O", "B-COL"]
     trainer.train()
     metrics = trainer.evaluate()
     assert {"eval_ner_f1", "eval_ner_precision", "eval_ner_recall", "eval_ner_accuracy"} <= set(metrics)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from manyheads import build_config
-from manyheads.build import build_trainer
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.callbacks import GradientConflictCallback, UpdateMonitorCallback
 
 from .conftest import base_config

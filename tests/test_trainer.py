@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from manyheads import build_config
+from manyheads.recipe import build_config
 from manyheads.balancing.static import StaticWeighting
-from manyheads.build import build_trainer, prepare_data
+from manyheads.recipe import build_trainer, prepare_data
 from manyheads.trainer import MultiTaskTrainer
 
 from .conftest import base_config
@@ -117,10 +117,10 @@ def test_auto_class_weights_and_pos_weight(tiny_model_dir, data_dir, tmp_path):
     train = prepared.raw["sentiment"].splits["train"]
     counts = [train["sentiment"].count(label) for label in ("neg", "pos")]
     expected = [len(train) / (2 * c) for c in counts]
-    assert prepared.tasks["sentiment"].options.class_weights == pytest.approx(expected)
+    assert prepared.tasks["sentiment"].fitted["class_weights"] == pytest.approx(expected)
     colors = prepared.raw["colors"].splits["train"]["colors"]
     positives = [sum(c in row for row in colors) for c in ("red", "green", "blue", "yellow")]
-    assert prepared.tasks["colors"].options.pos_weight == pytest.approx([(64 - p) / p for p in positives])
+    assert prepared.tasks["colors"].fitted["pos_weight"] == pytest.approx([(64 - p) / p for p in positives])
 
 
 def test_train_dataloader_follows_sampling_and_pads_dynamically(tiny_model_dir, data_dir, tmp_path):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import Trainer
 
-from manyheads import build_config
+from manyheads.recipe import build_config
 from manyheads.balancing import build_aggregator
 from manyheads.balancing.group_step import TaskGroupStep
-from manyheads.build import build_trainer, prepare_data
+from manyheads.recipe import build_trainer, prepare_data
 from manyheads.errors import ConfigError
 from manyheads.trainer import MultiTaskTrainer
 

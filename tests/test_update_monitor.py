@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from manyheads import build_config
-from manyheads.build import build_trainer
+from manyheads.recipe import build_config
+from manyheads.recipe import build_trainer
 from manyheads.callbacks import MONITOR_FILE, UpdateMonitorCallback, diagnostics_dir, parameter_groups
 
 from .conftest import base_config

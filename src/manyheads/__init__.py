@@ -1,42 +1,58 @@
-"""manyheads: one shared encoder, a head per task, trained on the real `transformers.Trainer`."""
+"""manyheads: one shared encoder, a head per task, trained on the real `transformers.Trainer`.
+
+```python
+from manyheads import Classification, MultiTaskModel, MultiTaskTrainer, MultiTaskTrainingArguments, Regression
+```
+The YAML recipe and the command line live in `manyheads.recipe` and `manyheads.cli`, on top of this API.
+"""
 
 from transformers import AutoConfig, AutoModel
 
-from .config import (
-    BalancingConfig,
-    DataConfig,
-    DiagnosticsConfig,
-    FreezeConfig,
-    RunConfig,
-    SamplingConfig,
-    TaskConfig,
-    build_config,
-    load_config,
-)
+from .balancing import AGGREGATORS, WEIGHTINGS, LossWeighting
+from .data.collator import MultiTaskCollator
+from .data.strategies import SAMPLING_STRATEGIES, SamplingStrategy
 from .errors import ConfigError
+from .inference import MultiTaskPredictor
 from .modeling.config import MultiTaskConfig
 from .modeling.model import MultiTaskModel, MultiTaskOutput
-from .tasks import TASK_TYPES, Task
+from .tasks import (
+    TASK_TYPES,
+    Classification,
+    MultiLabel,
+    QuestionAnswering,
+    Regression,
+    SequenceTask,
+    Task,
+    TokenClassification,
+)
+from .trainer import MultiTaskTrainer
+from .training_args import MultiTaskTrainingArguments
 
 AutoConfig.register("manyheads", MultiTaskConfig, exist_ok=True)
 AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BalancingConfig",
+    "AGGREGATORS",
+    "Classification",
     "ConfigError",
-    "DataConfig",
-    "DiagnosticsConfig",
-    "FreezeConfig",
+    "LossWeighting",
+    "MultiLabel",
+    "MultiTaskCollator",
     "MultiTaskConfig",
     "MultiTaskModel",
     "MultiTaskOutput",
-    "RunConfig",
-    "SamplingConfig",
+    "MultiTaskPredictor",
+    "MultiTaskTrainer",
+    "MultiTaskTrainingArguments",
+    "QuestionAnswering",
+    "Regression",
+    "SAMPLING_STRATEGIES",
+    "SamplingStrategy",
+    "SequenceTask",
     "TASK_TYPES",
     "Task",
-    "TaskConfig",
-    "build_config",
-    "load_config",
+    "TokenClassification",
+    "WEIGHTINGS",
 ]

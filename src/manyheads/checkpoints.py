@@ -13,6 +13,8 @@ import warnings
 
 MARKER = "manyheads_complete"
 BALANCING_STATE = "balancing.pt"
+# The optimizer of a learnable weighting when the user supplied the main optimizer (see MultiTaskTrainer).
+BALANCING_OPTIMIZER_STATE = "balancing_optimizer.pt"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -17,8 +17,10 @@ class ConfigError(ValueError):
     Each message names the key (or file / row), the value received, the valid choices and the fix.
     """
 
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+    def __init__(self, problems: list[str] | str, where: str | None = None):
+        # `details`: the messages themselves; `problems`: each prefixed with `where` (what the user built).
+        self.details = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [f"{where}: {p}" for p in self.details] if where else list(self.details)
         super().__init__("\n".join(self.problems))
 
 

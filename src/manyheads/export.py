@@ -32,9 +32,9 @@ class ExportError(ValueError):
 
 def _stock_config(model: MultiTaskModel, task: Any) -> Any:
     config = model.config.encoder_config()
-    if task.labels:
-        config.id2label = dict(enumerate(task.labels))
-        config.label2id = {label: i for i, label in enumerate(task.labels)}
+    if task.label_list:
+        config.id2label = dict(enumerate(task.label_list))
+        config.label2id = {label: i for i, label in enumerate(task.label_list)}
     config.num_labels = task.num_outputs
     if task.stock_problem_type:
         config.problem_type = task.stock_problem_type

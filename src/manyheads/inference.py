@@ -52,7 +52,7 @@ class MultiTaskPredictor:
 
     def _columns(self, task: str, available: set[str]) -> tuple[str, ...] | None:
         """The input columns `task` reads from these records, or None when it cannot run on them."""
-        columns = tuple(self.model.tasks[task].config.text)
+        columns = tuple(self.model.tasks[task].text)
         if set(columns) <= available:
             return columns
         # A single-text task also accepts a plain "text" field.
@@ -79,11 +79,11 @@ class MultiTaskPredictor:
             columns = self._columns(name, available)
             if columns is None and tasks is not None:
                 # Asked for by name: say why it cannot run instead of leaving it out.
-                raise ValueError(f"task {name!r} reads columns {self.model.tasks[name].config.text}; the records "
+                raise ValueError(f"task {name!r} reads columns {self.model.tasks[name].text}; the records "
                                  f"have {sorted(available)}")
             if columns is not None:
                 task = self.model.tasks[name]
-                groups[(columns, task.config.max_length, task.prediction_encoding())].append(name)
+                groups[(columns, task.max_length, task.prediction_encoding())].append(name)
         for (columns, _, _), group in groups.items():
             logits, inputs = self._run_group(records, columns, group)
             for name in group:

@@ -1,22 +1,36 @@
 """`MultiTaskTrainer`: the real `transformers.Trainer` with thin overrides of its documented hooks.
 
+```python
+trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased", [Classification(name="sst2"),
+                                                                                  Regression(name="stsb")]),
+                           args=MultiTaskTrainingArguments(output_dir="out"),
+                           train_dataset={"sst2": sst2["train"], "stsb": stsb["train"]},   # raw datasets
+                           eval_dataset={"sst2": sst2["validation"], "stsb": stsb["validation"]},
+                           processing_class=tokenizer, compute_metrics=my_metrics)
+```
+
+- `__init__`: fits each task on its raw training split (labels, class weights, target scaling), builds the
+  heads that needed them, and preprocesses raw datasets through their task (see `data/datasets.py`).
+
 - `get_train_dataloader`: one-task micro-batches from `MultiTaskBatchSampler`, through `accelerator.prepare`
   so Trainer's own skip-on-resume and epoch handling apply.
 - `compute_loss`: routes the batch to its task's head (the name travels in the batch) and applies the loss
   weighting (`manyheads.balancing`); records the unweighted per-task loss.
 - `training_step`: around `super()` for one-task micro-batches (weighting state, non-finite losses); task-group
   micro-batches of gradient aggregation go to `TaskGroupStep`, which writes the aggregated `.grad`.
-- `create_optimizer`: adds a learnable weighting's parameters as their own group.
+- `create_optimizer`: adds a learnable weighting's parameters as their own group; with a user-supplied optimizer
+  (`optimizers=(...)`) they get an optimizer of their own instead, since the user's scheduler is already built.
+- `create_scheduler`: warns when the warm-up is as long as the run.
 - `log`: merges per-task training losses (`loss_<task>`), weights (`weight_<task>`) and gradient statistics,
   gathered across ranks.
 - `_save_checkpoint` / `_load_from_checkpoint`: the balancing state travels with each checkpoint, and a
   checkpoint is marked complete only once everything is written (`manyheads.checkpoints`).
-- `evaluate`: runs Trainer's `evaluation_loop` per task and adds each task's metrics and `eval_average`.
+- `evaluate`: runs Trainer's `evaluation_loop` per task and adds each task's metrics, the user's
+  `compute_metrics` results and `eval_average`.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import os
 import time
@@ -27,19 +41,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 from transformers.utils import logging
 
-from .balancing import build_aggregator, build_weighting
+from .balancing import build_aggregator, build_weighting, group_step_problems
 from .balancing.group_step import TaskGroupStep
-from .checkpoints import BALANCING_STATE, mark_complete
-from .config import BalancingConfig, SamplingConfig, valid_metric_names
+from .checkpoints import BALANCING_OPTIMIZER_STATE, BALANCING_STATE, mark_complete
 from .data.collator import MultiTaskCollator
+from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_split
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
-from .metrics import aggregate_score
-from .tasks.base import GROUP_COLUMN, TASK_COLUMN
+from .data.strategies import SamplingStrategy, resolve_strategy
+from .errors import ConfigError
+from .metrics import aggregate_score, best_metric_problem, check_metric_functions, metric_function_for, user_metrics
+from .tasks import GROUP_COLUMN, TASK_COLUMN
+from .training_args import as_multitask_arguments
 
 logger = logging.get_logger(__name__)
 
@@ -48,108 +64,120 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive optimizer steps had a NaN/inf loss; the last checkpoint is left as it was."""
 
 
-class MultiTaskDataset(TorchDataset):
-    """The tasks' tokenized training sets side by side; index i maps to (task, row) by offsets.
-
-    Kept as a view rather than `concatenate_datasets`, because task types have different label features.
-    """
-
-    def __init__(self, datasets: dict[str, Any]):
-        self.datasets = dict(datasets)
-        self.names = list(self.datasets)
-        self.sizes = {name: len(ds) for name, ds in self.datasets.items()}
-        self.offsets = np.cumsum([0] + [self.sizes[n] for n in self.names]).tolist()
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        task = bisect.bisect_right(self.offsets, index) - 1
-        return self.datasets[self.names[task]][index - self.offsets[task]]
-
-    def lengths(self) -> dict[str, list[int]]:
-        return {name: [len(ids) for ids in ds["input_ids"]] for name, ds in self.datasets.items()}
-
-
 class MultiTaskTrainer(Trainer):
     """`Trainer` for a `MultiTaskModel`.
 
     Args:
-        train_dataset: tokenized training set per task (`{name: Dataset}`), each row carrying its task name.
-        eval_dataset: tokenized evaluation set per task.
-        sampling: which task each micro-batch comes from (`SamplingConfig`).
-        balancing: loss weighting or gradient aggregation (`BalancingConfig`); default equal weighting.
-        max_nonfinite_steps: consecutive optimizer steps with a NaN/inf loss skipped before the run stops.
-        pad_to_multiple_of: passed to the default collator.
+        model: a `MultiTaskModel`.
+        args: `MultiTaskTrainingArguments` (plain `TrainingArguments` get the multi-task defaults).
+        train_dataset: `{task name: Dataset}`, raw (the task tokenizes it) or tokenized.
+        eval_dataset: `{task name: Dataset}`, likewise.
+        compute_metrics: one function for every task, or `{task: function}`; each takes the task's
+            `EvalPrediction` (and, if it accepts two arguments, the `Task`) and returns `{name: value}`, logged as
+            `eval_<task>_<name>`.
+        sampling: a sampling strategy object or a function from task sizes to probabilities (overrides
+            `args.sampling_strategy`).
+        weighting: a `LossWeighting` instance or class (overrides `args.loss_weighting`).
+        aggregator: a torchjd aggregator instance or class (overrides `args.gradient_aggregator`).
         All other arguments are those of `transformers.Trainer`.
     """
 
     # compute_loss returns a per-micro-batch mean; Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model: Any = None, args: Any = None, train_dataset: dict[str, Any] | None = None,
-                 eval_dataset: dict[str, Any] | None = None, sampling: SamplingConfig | None = None,
-                 balancing: BalancingConfig | None = None, max_nonfinite_steps: int = 3,
-                 pad_to_multiple_of: int | None = None, **kwargs: Any):
-        self.sampling = sampling or SamplingConfig()
-        self.balancing = balancing or BalancingConfig()
-        self.max_nonfinite_steps = max_nonfinite_steps
+    def __init__(self, model: Any = None, args: TrainingArguments | None = None,
+                 train_dataset: dict[str, Any] | None = None, eval_dataset: dict[str, Any] | None = None,
+                 compute_metrics: Any = None, sampling: SamplingStrategy | Any = None, weighting: Any = None,
+                 aggregator: Any = None, **kwargs: Any):
+        args = as_multitask_arguments(args)
         self._prepare_task_state(model)
-        if kwargs.get("data_collator") is None and kwargs.get("processing_class") is not None:
-            kwargs["data_collator"] = MultiTaskCollator(kwargs["processing_class"], self.tasks, pad_to_multiple_of)
+        train_dataset, eval_dataset = self._prepare_datasets(model, train_dataset, eval_dataset,
+                                                             kwargs.get("processing_class"))
+        self._check_collator(kwargs, args)
+        check_metric_functions(compute_metrics, list(self.tasks))
+        # Kept apart from Trainer's own `compute_metrics`, which evaluation_loop would call and whose result it
+        # would file under the wrong keys: `evaluate` calls it per task instead.
+        self.task_metrics = compute_metrics
         train = MultiTaskDataset(train_dataset) if train_dataset else None
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, **kwargs)
-        self._check_metric_for_best_model()
-        self._prepare_balancing(model)
+        problem = best_metric_problem(self.args.metric_for_best_model, list(self.tasks.values()),
+                                      user_defined=compute_metrics is not None)
+        if problem:
+            raise ValueError(problem)
+        self.sampling = resolve_strategy(sampling if sampling is not None else self.args.sampling_strategy,
+                                         self.args.sampling_temperature)
+        self._prepare_balancing(model, weighting, aggregator)
 
     def _prepare_task_state(self, model: Any) -> None:
         if not hasattr(model, "tasks"):
             raise ValueError(f"MultiTaskTrainer needs a MultiTaskModel (with .tasks), got {type(model).__name__}; "
-                             "build one with MultiTaskModel.from_encoder(...) or manyheads.build.build_model.")
+                             "build one with MultiTaskModel.from_encoder(encoder_name_or_path, tasks).")
         self.tasks = model.tasks
         self._task_loss_sums: dict[str, torch.Tensor] = {}
         self._task_loss_counts: dict[str, int] = {}
         self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
         self._nonfinite_streak = 0
+        self.weighting_optimizer: torch.optim.Optimizer | None = None
 
-    def _prepare_balancing(self, model: Any) -> None:
-        configs = [task.config for task in self.tasks.values()]
-        self.weighting = build_weighting(self.balancing, configs, seed=self.args.seed).to(self.args.device)
+    def _prepare_datasets(self, model: Any, train: Any, evaluation: Any, tokenizer: Any) -> tuple[Any, Any]:
+        """Fit the tasks on raw training data, add the heads that needed it, tokenize raw datasets."""
+        train = as_task_dict(train, "train_dataset", self.tasks)
+        evaluation = as_task_dict(evaluation, "eval_dataset", self.tasks)
+        fit_tasks(self.tasks, train)
+        model.add_missing_heads()
+        headless = [name for name in self.tasks if name not in model.heads]
+        if headless:
+            raise ValueError(f"tasks {headless} have no labels yet: declare labels=[...] or give their raw training "
+                             "data in train_dataset, from which the labels are fitted.")
+        return (prepare_split(self.tasks, train, tokenizer, "train_dataset"),
+                prepare_split(self.tasks, evaluation, tokenizer, "eval_dataset"))
+
+    def _check_collator(self, kwargs: dict[str, Any], args: Any) -> None:
+        collator = kwargs.get("data_collator")
+        if collator is None and kwargs.get("processing_class") is not None:
+            kwargs["data_collator"] = MultiTaskCollator(kwargs["processing_class"], self.tasks,
+                                                        getattr(args, "pad_to_multiple_of", None))
+        elif collator is not None and type(collator).__module__.startswith("transformers."):
+            raise ValueError(f"data_collator={type(collator).__name__}: a stock collator cannot batch the task column "
+                             "and per-task labels. Leave data_collator out (MultiTaskTrainer pads per task with "
+                             "processing_class) or pass a MultiTaskCollator.")
+
+    def _prepare_balancing(self, model: Any, weighting: Any, aggregator: Any) -> None:
+        args = self.args
+        aggregator = aggregator if aggregator is not None else args.gradient_aggregator
+        task_weights = {name: float(task.weight) for name, task in self.tasks.items()}
+        self.weighting = build_weighting(weighting if weighting is not None else args.loss_weighting,
+                                         args.loss_weighting_kwargs, task_weights, aggregator,
+                                         seed=args.seed).to(args.device)
         if hasattr(self.weighting, "bind"):
             self.weighting.bind(model)
         self._last_weights = self.weighting.weights()
         self._weighting_grads_stale = False
         self.group_step = None
-        if self.balancing.aggregator is not None:
-            aggregator = build_aggregator(self.balancing.aggregator, len(self.tasks), self.balancing.aggregator_kwargs)
-            self.group_step = TaskGroupStep(model, aggregator, seed=self.args.seed)
-
-    def _check_metric_for_best_model(self) -> None:
-        metric = self.args.metric_for_best_model
-        if metric is None:
-            return
-        valid = valid_metric_names([task.config for task in self.tasks.values()])
-        name = metric[len("eval_"):] if metric.startswith("eval_") else metric
-        if name not in valid:
-            raise ValueError(
-                f"metric_for_best_model={metric!r} names no metric of this run; valid: "
-                f"{', '.join(sorted('eval_' + v for v in valid))}."
-            )
+        if aggregator is not None:
+            frozen = not any(p.requires_grad for p in model.encoder.parameters())
+            sharded = "fsdp" if args.fsdp else ("deepspeed" if args.deepspeed else None)
+            problems = group_step_problems(aggregator, args.gradient_aggregator_kwargs, len(self.tasks),
+                                           group_size=args.task_group_size, group_by_length=args.group_by_length,
+                                           fp16=args.fp16, sharded=sharded, encoder_frozen=frozen)
+            if problems:
+                raise ConfigError(problems)
+            built = build_aggregator(aggregator, len(self.tasks), args.gradient_aggregator_kwargs)
+            self.group_step = TaskGroupStep(model, built, seed=args.seed)
 
     # ----- data -----
     def _batch_sampler(self) -> MultiTaskBatchSampler:
         data = self.train_dataset
         common = {
             "batch_size": self._train_batch_size,
-            "strategy": self.sampling.strategy,
-            "temperature": self.sampling.temperature,
+            "strategy": self.sampling,
             "seed": self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             "rank": self.args.process_index,
             "world_size": self.args.world_size,
         }
         if self.group_step is not None:
-            return TaskGroupBatchSampler(data.sizes, group_size=self.balancing.group_size, **common)
-        return MultiTaskBatchSampler(data.sizes, lengths=data.lengths() if self.sampling.group_by_length else None,
+            return TaskGroupBatchSampler(data.sizes, group_size=self.args.task_group_size, **common)
+        return MultiTaskBatchSampler(data.sizes, lengths=data.lengths() if self.args.group_by_length else None,
                                      **common)
 
     def get_train_dataloader(self) -> DataLoader:
@@ -247,6 +275,8 @@ class MultiTaskTrainer(Trainer):
                     if p.grad is not None:
                         p.grad = self._reduce_mean(p.grad)
             self._last_weights = self.weighting.weights()
+            if self.weighting_optimizer is not None:
+                self.weighting_optimizer.step()
         self.weighting.step_end(self._reduce_sum)
         self._weighting_grads_stale = True
 
@@ -256,8 +286,8 @@ class MultiTaskTrainer(Trainer):
         self._nonfinite_streak += 1
         step = self.state.global_step + 1
         logger.warning("manyheads: non-finite loss for task(s) %s at step %d; this update is skipped (%d in a row, "
-                       "limit %d).", ", ".join(tasks), step, self._nonfinite_streak, self.max_nonfinite_steps)
-        if self._nonfinite_streak >= self.max_nonfinite_steps:
+                       "limit %d).", ", ".join(tasks), step, self._nonfinite_streak, self.args.max_nonfinite_steps)
+        if self._nonfinite_streak >= self.args.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"{self._nonfinite_streak} consecutive optimizer steps had a non-finite loss (last: task(s) "
                 f"{', '.join(tasks)} at step {step}); stopping. The last saved checkpoint is intact: lower the "
@@ -284,12 +314,25 @@ class MultiTaskTrainer(Trainer):
         return self.accelerator.reduce(tensor, reduction="mean")
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        user_supplied = self.optimizer is not None
         optimizer = super().create_optimizer(model)
         params = [p for p in self.weighting.parameters() if p.requires_grad]
-        if params:
+        if params and user_supplied:
+            # The user's scheduler was built for the user's parameter groups: adding one now breaks it. The
+            # weighting's parameters get their own optimizer, stepped with each optimizer step (constant lr).
+            self.weighting_optimizer = torch.optim.AdamW(params, lr=self.weighting.param_lr, weight_decay=0.0)
+        elif params:
             # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
             optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
         return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if warmup >= num_training_steps > 0:
+            logger.warning("manyheads: warmup_steps is %d but the run has %d optimizer steps: the learning rate never "
+                           "reaches its set value. Lower warmup_steps (a value below 1 is a fraction of the run).",
+                           warmup, num_training_steps)
+        return super().create_scheduler(num_training_steps, optimizer)
 
     # ----- logging -----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -325,6 +368,8 @@ class MultiTaskTrainer(Trainer):
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             torch.save(self.weighting.state_dict(), os.path.join(folder, BALANCING_STATE))
+            if self.weighting_optimizer is not None:
+                torch.save(self.weighting_optimizer.state_dict(), os.path.join(folder, BALANCING_OPTIMIZER_STATE))
         # Every rank has written its part (RNG states) before the folder is declared complete.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
@@ -336,6 +381,10 @@ class MultiTaskTrainer(Trainer):
         if os.path.isfile(path):
             self.weighting.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
             self._last_weights = self.weighting.weights()
+        path = os.path.join(resume_from_checkpoint, BALANCING_OPTIMIZER_STATE)
+        if self.weighting_optimizer is not None and os.path.isfile(path):
+            self.weighting_optimizer.load_state_dict(torch.load(path, map_location=self.args.device,
+                                                                weights_only=True))
 
     # ----- evaluation -----
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
@@ -356,12 +405,15 @@ class MultiTaskTrainer(Trainer):
             output = self.evaluation_loop(loader, description=f"Evaluation {name}", prediction_loss_only=False,
                                           ignore_keys=ignore_keys, metric_key_prefix=f"{metric_key_prefix}_{name}")
             scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
+            function = metric_function_for(self.task_metrics, name)
+            if function is not None:
+                scores.update(user_metrics(function, task, output.predictions, output.label_ids))
             metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in scores.items()})
             loss_key = f"{metric_key_prefix}_{name}_loss"
             if loss_key in output.metrics:
                 metrics[loss_key] = output.metrics[loss_key]
                 losses.append(output.metrics[loss_key])
-            main_scores[name] = (scores[task.main_metric], task.greater_is_better(task.main_metric))
+            main_scores[name] = (scores[task.main_metric_name], task.greater_is_better(task.main_metric_name))
         metrics[f"{metric_key_prefix}_average"] = aggregate_score(main_scores)
         if losses:
             metrics[f"{metric_key_prefix}_loss"] = float(np.mean(losses))

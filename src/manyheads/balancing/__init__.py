@@ -1,14 +1,20 @@
 """Balancing tasks: loss weighting (per one-task micro-batch) and gradient aggregation (per task group).
 
-Two families, one explicit registry each. A weighting is a `LossWeighting` (see `base.py`); an aggregator is a
-torchjd aggregator used by `TaskGroupStep`. `check_balancing` validates a run's choice at config time.
+Two families, one explicit registry each: `WEIGHTINGS` (a `LossWeighting` per file) and `AGGREGATORS`
+(torchjd aggregators, `aggregation.py`). Either may also be given as an import path, a class or an instance,
+so a user's own method plugs in without editing the package:
+
+```python
+trainer = MultiTaskTrainer(..., weighting=MyWeighting(task_names))      # a LossWeighting instance
+args = MultiTaskTrainingArguments(..., loss_weighting="my_pkg.MyWeighting", loss_weighting_kwargs={"beta": 2})
+```
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
+from ..importing import import_object
 from .aggregation import AGGREGATORS, build_aggregator
 from .base import LossWeighting
 from .dwa import DynamicWeightAverage
@@ -27,79 +33,124 @@ WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "gradnorm": GradNormWeighting,
 }
 
-__all__ = ["AGGREGATORS", "WEIGHTINGS", "LossWeighting", "build_aggregator", "build_weighting", "check_balancing",
-           "resolve_weighting"]
+__all__ = ["AGGREGATORS", "WEIGHTINGS", "LossWeighting", "build_aggregator", "build_weighting", "check_choice",
+           "choice_problems", "group_step_problems", "resolve_weighting", "weighting_problems"]
 
 
-def resolve_weighting(balancing: Any, tasks: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-    """The weighting name and kwargs a run uses: `static` with the tasks' `weight:` values when none is named
-    and some task sets a weight other than 1."""
-    name = balancing.weighting
-    kwargs = dict(balancing.weighting_kwargs or {})
-    custom = {t.name: float(t.weight) for t in tasks if float(t.weight) != 1.0}
-    if name is None:
-        name = "static" if custom and balancing.aggregator is None else "equal"
-    if name == "static" and "weights" not in kwargs:
-        kwargs["weights"] = {t.name: float(t.weight) for t in tasks}
-    return name, kwargs
+def check_choice(key: str, value: Any, registry: dict[str, Any]) -> None:
+    """A name must be in the registry or look like an import path (`package.module.Name`).
+
+    Raises:
+        ValueError: "'<key>' is <value>; valid choices: ..." (the wording every config error uses).
+    """
+    if value is None or not isinstance(value, str) or value in registry or "." in value:
+        return
+    raise ValueError(f"'{key}' is {value!r}; valid choices: {', '.join(registry)} (or the import path of your own "
+                     "class)")
 
 
-def build_weighting(balancing: Any, tasks: Sequence[Any], seed: int = 0) -> LossWeighting:
-    """The `LossWeighting` of a run (`tasks` are `TaskConfig`s)."""
-    name, kwargs = resolve_weighting(balancing, tasks)
-    if name == "rlw":
-        kwargs.setdefault("seed", seed)
-    return WEIGHTINGS[name]([t.name for t in tasks], **kwargs)
-
-
-def check_balancing(run: Any) -> list[str]:
-    """Problems of the run's balancing choice, each naming the setting, the value and the fix."""
-    balancing, tasks = run.balancing, run.tasks
+def choice_problems(weighting: Any, aggregator: Any, group_size: int | None,
+                    keys: tuple[str, str, str] = ("weighting", "aggregator", "group_size")) -> list[str]:
+    """The rules between the balancing options (names as the caller spells its keys)."""
+    w_key, a_key, g_key = keys
     problems = []
-    custom = sorted(t.name for t in tasks if float(t.weight) != 1.0)
-    if custom and balancing.weighting not in (None, "static"):
-        problems.append(f"tasks {custom} set 'weight', which only 'weighting: static' uses, but weighting is "
-                        f"{balancing.weighting or balancing.aggregator!r}. Remove the task weights or use static.")
-    try:
-        name, kwargs = resolve_weighting(balancing, tasks)
-        WEIGHTINGS[name]([t.name for t in tasks] or ["_"], **kwargs)
-    except (TypeError, ValueError) as err:
-        problems.append(f"weighting '{balancing.weighting}' with weighting_kwargs {balancing.weighting_kwargs}: "
-                        f"{err}. Fix weighting_kwargs (see the method's docstring).")
-    if balancing.aggregator is not None:
-        problems.extend(_check_group_step(run))
+    for key, value, registry in ((w_key, weighting, WEIGHTINGS), (a_key, aggregator, AGGREGATORS)):
+        try:
+            check_choice(key, value, registry)
+        except ValueError as err:
+            problems.append(str(err))
+    if aggregator is not None and weighting not in (None, "equal"):
+        problems.append(f"'{w_key}: {weighting}' and '{a_key}: {aggregator}' both rewrite the update; choose one "
+                        f"(remove '{w_key}' to use the aggregator)")
+    if group_size is not None and group_size < 2:
+        problems.append(f"'{g_key}' is {group_size}; a task group needs >= 2 tasks")
+    if group_size is not None and aggregator is None:
+        problems.append(f"'{g_key}' applies to task-group steps; set '{a_key}' too, or remove it")
     return problems
 
 
-def _check_group_step(run: Any) -> list[str]:
-    balancing, training = run.balancing, run.training
-    name = balancing.aggregator
+def resolve_weighting(weighting: Any, kwargs: dict[str, Any] | None, task_weights: dict[str, float],
+                      aggregator: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The weighting a run uses and its kwargs: `static` with the tasks' `weight` values when none is named and
+    some task sets a weight other than 1; `equal` otherwise."""
+    kwargs = dict(kwargs or {})
+    custom = {name: w for name, w in task_weights.items() if float(w) != 1.0}
+    if weighting is None:
+        weighting = "static" if custom and aggregator is None else "equal"
+    if weighting == "static" and "weights" not in kwargs:
+        kwargs["weights"] = {name: float(w) for name, w in task_weights.items()}
+    return weighting, kwargs
+
+
+def build_weighting(weighting: Any, kwargs: dict[str, Any] | None, task_weights: dict[str, float],
+                    aggregator: Any = None, seed: int = 0) -> LossWeighting:
+    """A `LossWeighting` from a name, an import path, a class or an instance (`task_weights`: {task: weight})."""
+    if isinstance(weighting, LossWeighting):
+        unknown = sorted(set(task_weights) - set(weighting.tasks))
+        if unknown:
+            raise ValueError(f"the weighting instance was built for tasks {weighting.tasks}; the model also has "
+                             f"{unknown}. Build it with all task names: {list(task_weights)}.")
+        return weighting
+    weighting, kwargs = resolve_weighting(weighting, kwargs, task_weights, aggregator)
+    if weighting == "rlw":
+        kwargs.setdefault("seed", seed)
+    cls = WEIGHTINGS.get(weighting) if isinstance(weighting, str) else weighting
+    if cls is None:
+        try:
+            cls = import_object(weighting)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"'weighting' is {weighting!r}; valid choices: {', '.join(WEIGHTINGS)}, or the import "
+                             f"path of a LossWeighting subclass ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, LossWeighting)):
+        raise ValueError(f"weighting {weighting!r} is not a LossWeighting subclass; subclass "
+                         "manyheads.balancing.LossWeighting (see its docstring)")
+    return cls(list(task_weights), **kwargs)
+
+
+def weighting_problems(weighting: Any, kwargs: dict[str, Any] | None, task_weights: dict[str, float],
+                       aggregator: Any = None) -> list[str]:
+    """Problems of a weighting choice (kwargs against the constructor, task weights without `static`)."""
     problems = []
-    if len(run.tasks) < 2:
-        problems.append(f"aggregator '{name}' combines the gradients of several tasks; this run has "
-                        f"{len(run.tasks)}. Remove 'aggregator' or add tasks.")
-    if balancing.group_size is not None and balancing.group_size > len(run.tasks):
-        problems.append(f"group_size is {balancing.group_size} but the run has {len(run.tasks)} tasks; "
-                        f"set group_size <= {len(run.tasks)} or remove it (all tasks).")
-    untrained = [t.name for t in run.tasks if t.data is None or (t.data.train is None and t.data.hub is None)]
-    if untrained:
-        problems.append(f"aggregator '{name}' needs a training batch of every task, but {untrained} have no "
-                        "training data. Give them 'data.train' or remove them.")
-    if run.sampling.group_by_length:
+    custom = sorted(name for name, w in task_weights.items() if float(w) != 1.0)
+    if custom and weighting not in (None, "static"):
+        problems.append(f"tasks {custom} set 'weight', which only 'weighting: static' uses, but weighting is "
+                        f"{weighting or aggregator!r}. Remove the task weights or use static.")
+    try:
+        build_weighting(weighting, kwargs, task_weights or {"_": 1.0}, aggregator)
+    except (TypeError, ValueError, ImportError) as err:
+        problems.append(f"weighting '{weighting}' with weighting_kwargs {kwargs}: {err}. Fix weighting_kwargs (see "
+                        "the method's docstring).")
+    return problems
+
+
+def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks: int, *, group_size: int | None = None,
+                        group_by_length: bool = False, fp16: bool = False, sharded: str | None = None,
+                        encoder_frozen: bool = False) -> list[str]:
+    """What keeps a gradient aggregator from serving a run, each with the fix (checked by the trainer and the
+    recipe alike)."""
+    name = aggregator if isinstance(aggregator, str) else type(aggregator).__name__
+    problems = []
+    if n_tasks < 2:
+        problems.append(f"aggregator '{name}' combines the gradients of several tasks; this run has {n_tasks}. "
+                        "Remove 'aggregator' or add tasks.")
+    if group_size is not None and group_size > n_tasks:
+        problems.append(f"group_size is {group_size} but the run has {n_tasks} tasks; set group_size <= {n_tasks} "
+                        "or remove it (all tasks).")
+    if group_by_length:
         problems.append(f"sampling.group_by_length cannot serve task-group steps (aggregator '{name}'): each step "
                         "draws one batch of every task. Set group_by_length: false.")
-    if run.freeze.encoder:
+    if encoder_frozen:
         problems.append(f"aggregator '{name}' rewrites the shared encoder's gradient, but freeze.encoder is true. "
                         "Unfreeze the encoder or remove 'aggregator'.")
-    if training.get("fp16"):
+    if fp16:
         problems.append(f"aggregator '{name}' computes per-task gradients without fp16 loss scaling. "
                         "Use bf16: true (or fp32) instead of fp16.")
-    for key in ("fsdp", "deepspeed"):
-        if training.get(key):
-            problems.append(f"aggregator '{name}' needs full (unsharded) task gradients; training.{key} shards "
-                            "them. Use DDP (torchrun without fsdp/deepspeed) or a loss weighting.")
-    try:
-        build_aggregator(name, max(len(run.tasks), 2), balancing.aggregator_kwargs)
-    except (ImportError, ValueError) as err:
-        problems.append(str(err))
+    if sharded:
+        problems.append(f"aggregator '{name}' needs full (unsharded) task gradients; training.{sharded} shards "
+                        "them. Use DDP (torchrun without fsdp/deepspeed) or a loss weighting.")
+    if isinstance(aggregator, str):
+        try:
+            build_aggregator(aggregator, max(n_tasks, 2), kwargs)
+        except (ImportError, ValueError) as err:
+            problems.append(str(err))
     return problems

@@ -22,6 +22,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ..importing import import_object
+
 
 def _torchjd() -> Any:
     try:
@@ -54,9 +56,18 @@ def aggregator_options(name: str) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "n_tasks")]
 
 
-def build_aggregator(name: str, n_tasks: int, kwargs: dict[str, Any] | None = None) -> Any:
-    """A torchjd aggregator; unknown kwargs raise ValueError naming the valid ones."""
+def build_aggregator(name: Any, n_tasks: int, kwargs: dict[str, Any] | None = None) -> Any:
+    """A torchjd aggregator from a registry name, an import path, a class (called with the kwargs) or an instance
+    (any torchjd `WeightedAggregator`, used as it is); unknown kwargs raise ValueError naming the valid ones."""
     kwargs = dict(kwargs or {})
+    if not isinstance(name, str):
+        return name(**kwargs) if isinstance(name, type) else name
+    if name not in AGGREGATORS:
+        try:
+            return import_object(name)(**kwargs)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ValueError(f"'aggregator' is {name!r}; valid choices: {', '.join(AGGREGATORS)}, or the import path "
+                             f"of an aggregator class ({err})") from None
     try:
         return AGGREGATORS[name](n_tasks, **kwargs)
     except TypeError as err:

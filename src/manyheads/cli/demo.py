@@ -78,9 +78,9 @@ def bf16_is_fast() -> bool:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..config import build_config
     from ..demo_data import write_demo_files
     from ..inference import MultiTaskPredictor
+    from ..recipe.config import build_config
     from .train import train_and_report
 
     # Before any Hugging Face import reads it: the demo never touches the network.

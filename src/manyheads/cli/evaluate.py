@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from transformers import AutoTokenizer
 
-    from ..build import prepare_data
-    from ..config import load_config
     from ..errors import ConfigError
     from ..modeling.model import MultiTaskModel
+    from ..recipe.build import prepare_data
+    from ..recipe.config import load_config
     from ..trainer import MultiTaskTrainer
 
     quiet_libraries()
@@ -37,19 +37,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if missing:
         raise ConfigError(f"tasks: {missing} are not in the model at {args.model_dir} (it has {list(model.tasks)}). "
                           "Remove them from the config.")
-    # Labels come from the model, never re-inferred from data: the head's outputs are in that order.
-    for task in run_config.tasks:
-        task.labels = model.tasks[task.name].config.labels
     run_config.model = args.model_dir
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    prepared = prepare_data(run_config, tokenizer, tokenized_splits=(args.split,))
+    # The model's own task objects: labels and scaling as fitted in training, never re-inferred from this data.
+    prepared = prepare_data(run_config, tokenizer, tokenized_splits=(args.split,),
+                            tasks={t.name: model.tasks[t.name] for t in run_config.tasks})
     datasets = prepared.eval if args.split == "eval" else prepared.test
     if not datasets:
         raise ConfigError(f"tasks: no task has a labelled {args.split} split. Add 'data.{args.split}' to the "
                           "tasks to evaluate.")
     with tempfile.TemporaryDirectory() as scratch:
-        training = {**run_config.training, "output_dir": scratch, "report_to": "none"}
-        run_config.training = training
+        run_config.training = {**run_config.training, "output_dir": scratch, "report_to": "none"}
         trainer = MultiTaskTrainer(model=model, args=run_config.training_arguments(), eval_dataset=datasets,
                                    processing_class=tokenizer)
         metrics = trainer.evaluate(metric_key_prefix=args.split)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     ran = sorted({t for p in predictions for t in p})
     if records and not ran:
         raise ConfigError(f"--input: no task can read these columns {sorted(records[0])}; the tasks read "
-                          f"{ {t: predictor.model.tasks[t].config.text for t in predictor.tasks} }.")
+                          f"{ {t: predictor.model.tasks[t].text for t in predictor.tasks} }.")
     with open(args.output, "w", encoding="utf-8") as handle:
         for index, prediction in enumerate(predictions):
             handle.write(json.dumps({"index": index, **prediction}) + "\n")

@@ -119,10 +119,10 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     A SIGTERM during training saves a checkpoint and raises `RunStopped` (exit code 143); too many
     consecutive non-finite losses raise `RunStopped` (exit code 3). `command` is shown in the resume hint.
     """
-    from ..build import build_trainer, prepare_data
     from ..checkpoints import latest_complete_checkpoint
     from ..errors import RunStopped
     from ..preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
+    from ..recipe.build import build_trainer, prepare_data
     from ..trainer import NonFiniteLossError
 
     prepared = prepare_data(run)
@@ -165,7 +165,7 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..config import load_config
+    from ..recipe.config import load_config
 
     quiet_libraries()
     run_config = load_config(args.config, extra)

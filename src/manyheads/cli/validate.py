@@ -16,9 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..build import plan_table, prepare_data
-    from ..config import collect_config, read_yaml
     from ..errors import ConfigError, ProblemCollector
+    from ..recipe.build import plan_table, prepare_data
+    from ..recipe.config import collect_config, read_yaml
 
     quiet_libraries()
     problems = ProblemCollector()
@@ -51,5 +51,6 @@ def _balancing_line(run_config: Any) -> str:
         kwargs = f" {balancing.aggregator_kwargs}" if balancing.aggregator_kwargs else ""
         return (f"balancing: aggregator {balancing.aggregator}{kwargs}, task-group steps of {size} tasks "
                 "(one batch of each per step)")
-    name, kwargs = resolve_weighting(balancing, run_config.tasks)
+    weights = {entry.name: entry.task.weight for entry in run_config.tasks}
+    name, kwargs = resolve_weighting(balancing.weighting, balancing.weighting_kwargs, weights)
     return f"balancing: weighting {name}" + (f" {kwargs}" if kwargs else "")

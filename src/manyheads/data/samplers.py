@@ -11,26 +11,18 @@ Because the schedule depends only on the epoch, Trainer's own skip-on-resume res
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
-STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
+from .strategies import SamplingStrategy, normalised, resolve_strategy
 
 
-def task_probabilities(sizes: Sequence[int], strategy: str, temperature: float = 2.0) -> list[float]:
-    """Target share of micro-batches per task: size, size**(1/T), or equal."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"sampling strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if strategy == "proportional":
-        weights = [float(n) for n in sizes]
-    elif strategy == "temperature":
-        weights = [float(n) ** (1.0 / temperature) for n in sizes]
-    else:
-        weights = [1.0] * len(sizes)
-    total = sum(weights)
-    return [w / total for w in weights]
+def task_probabilities(sizes: Sequence[int], strategy: str | SamplingStrategy | Callable,
+                       temperature: float = 2.0) -> list[float]:
+    """Target share of micro-batches per task (see `manyheads.data.strategies`)."""
+    return normalised(resolve_strategy(strategy, temperature), sizes)
 
 
 def _largest_remainder(probabilities: Sequence[float], total: int) -> list[int]:
@@ -49,7 +41,8 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
     Args:
         task_sizes: number of training examples per task, in task order.
         batch_size: examples per micro-batch on one rank.
-        strategy: `proportional`, `temperature`, `uniform` or `round_robin`.
+        strategy: a name (`proportional`, `temperature`, `uniform`, `round_robin`), a `SamplingStrategy`, or a
+            function from task sizes to probabilities.
         temperature: T of temperature sampling (probability ~ size**(1/T)).
         seed: base seed of task order and example permutations.
         rank, world_size: this process and the number of processes.
@@ -61,7 +54,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self,
         task_sizes: dict[str, int],
         batch_size: int,
-        strategy: str = "proportional",
+        strategy: str | SamplingStrategy | Callable = "proportional",
         temperature: float = 2.0,
         seed: int = 0,
         rank: int = 0,
@@ -77,8 +70,8 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.sizes = [int(task_sizes[n]) for n in self.names]
         self.offsets = np.cumsum([0] + self.sizes[:-1]).tolist()
         self.batch_size = batch_size
-        self.strategy = strategy
-        self.probabilities = task_probabilities(self.sizes, strategy, temperature)
+        self.strategy = resolve_strategy(strategy, temperature)
+        self.probabilities = normalised(self.strategy, self.sizes)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lengths = lengths
         self.group_batches = group_batches
@@ -86,7 +79,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         global_batch = batch_size * world_size
         # An epoch has as many steps as one proportional pass over every task.
         self.steps_per_epoch = sum(math.ceil(n / global_batch) for n in self.sizes)
-        if strategy == "proportional":
+        if self.strategy.exhaustive:
             self.counts = [math.ceil(n / global_batch) for n in self.sizes]
         else:
             self.counts = _largest_remainder(self.probabilities, self.steps_per_epoch)
@@ -102,7 +95,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
 
     def task_order(self, epoch: int) -> list[int]:
         """Task index of every step of `epoch` (identical on every rank)."""
-        if self.strategy == "round_robin":
+        if self.strategy.cyclic:
             remaining = list(self.counts)
             order = []
             while len(order) < self.steps_per_epoch:
@@ -185,7 +178,7 @@ class TaskGroupBatchSampler(MultiTaskBatchSampler):
         k, g, steps = len(self.sizes), self.group_size, self.steps_per_epoch
         if g == k:
             return [list(range(k))] * steps
-        if self.strategy == "round_robin":
+        if self.strategy.cyclic:
             first = epoch * steps
             return [[((first + s) * g + j) % k for j in range(g)] for s in range(steps)]
         rng = self._rng(3, epoch)

@@ -1,5 +1,5 @@
-"""The multi-task model (`model.py`), its config (`config.py`) and task heads (`heads.py`).
+"""The multi-task model (`model.py`) and its config (`config.py`); task heads live with the tasks
+(`manyheads/tasks/heads.py`), since a task type owns its head.
 
-Registration with `AutoConfig` / `AutoModel` happens in `manyheads/__init__.py`, so that importing a head
-from here does not pull in the model (task modules import heads; the model imports task modules).
+Registration with `AutoConfig` / `AutoModel` happens in `manyheads/__init__.py`.
 """

@@ -6,6 +6,7 @@ model state to route it; that keeps every DDP rank on the same head at the same 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..config import TaskConfig
-from ..tasks import TASK_TYPES, Task
+from ..tasks import Task, task_from_spec
 from .config import MultiTaskConfig
 
 
@@ -39,38 +39,68 @@ def _dropout(config: Any) -> float:
 class MultiTaskModel(PreTrainedModel):
     """A shared encoder with one head per task.
 
-    Build it for training with `MultiTaskModel.from_encoder(name_or_path, task_configs)`; reload a trained one
-    with `MultiTaskModel.from_pretrained(folder)` (or `AutoModel.from_pretrained(folder)`).
+    Build it for training with `MultiTaskModel.from_encoder(name_or_path, tasks)`; reload a trained one with
+    `MultiTaskModel.from_pretrained(folder)` (or `AutoModel.from_pretrained(folder)`). `model.base_model` is the
+    shared encoder, so the usual `for p in model.base_model.parameters(): p.requires_grad = False` freezes the
+    encoder and leaves the heads training.
+
+    A task whose labels are not known yet (neither declared nor fitted) gets its head once `MultiTaskTrainer` has
+    fitted it on the training data (`add_missing_heads`).
     """
 
     config_class = MultiTaskConfig
-    base_model_prefix = "manyheads"
+    base_model_prefix = "encoder"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     # The loss is a per-micro-batch mean; the trainer scales it for gradient accumulation itself.
     accepts_loss_kwargs = False
 
-    def __init__(self, config: MultiTaskConfig, encoder: PreTrainedModel | None = None):
+    def __init__(self, config: MultiTaskConfig, encoder: PreTrainedModel | None = None,
+                 tasks: Iterable[Task] | None = None):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
-        self.tasks: dict[str, Task] = {
-            spec["name"]: TASK_TYPES[spec["type"]](TaskConfig.from_spec(spec)) for spec in config.tasks
-        }
-        has_pooler = getattr(self.encoder, "pooler", None) is not None
-        dropout = _dropout(self.encoder.config)
-        self.heads = nn.ModuleDict(
-            {name: task.build_head(config.hidden_size, dropout, has_pooler) for name, task in self.tasks.items()}
-        )
+        task_list = list(tasks) if tasks is not None else [task_from_spec(spec) for spec in config.tasks]
+        self.tasks: dict[str, Task] = {task.name: task for task in task_list}
+        self.heads = nn.ModuleDict()
+        self.add_missing_heads(initialize=False)
         self.post_init()
 
     @classmethod
-    def from_encoder(cls, name_or_path: str, tasks: Iterable[TaskConfig], **kwargs: Any) -> MultiTaskModel:
-        """Pretrained encoder weights (any `AutoModel`), freshly initialised heads."""
-        encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
+    def from_encoder(cls, name_or_path: str | PreTrainedModel, tasks: Iterable[Task], **kwargs: Any) -> MultiTaskModel:
+        """Pretrained encoder weights (any `AutoModel`, or an encoder object), freshly initialised heads."""
+        encoder = name_or_path if isinstance(name_or_path, PreTrainedModel) else AutoModel.from_pretrained(
+            name_or_path, **kwargs)
+        tasks = list(tasks)
+        names = [t.name for t in tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique; {duplicates} are used more than once.")
         config = MultiTaskConfig(encoder=encoder.config.to_dict(), tasks=[t.spec() for t in tasks],
                                  pad_token_id=getattr(encoder.config, "pad_token_id", None))
-        return cls(config, encoder=encoder)
+        return cls(config, encoder=encoder, tasks=tasks)
+
+    def add_missing_heads(self, initialize: bool = True) -> list[str]:
+        """Build the heads of tasks whose output size is now known; returns their names."""
+        has_pooler = getattr(self.encoder, "pooler", None) is not None
+        dropout = _dropout(self.encoder.config)
+        added = []
+        for name, task in self.tasks.items():
+            if name not in self.heads and task.num_outputs is not None:
+                self.heads[name] = task.build_head(self.config.hidden_size, dropout, has_pooler)
+                if initialize:
+                    self.heads[name].apply(self._init_weights)
+                added.append(name)
+        self.sync_config()
+        return added
+
+    def sync_config(self) -> None:
+        """Copy every task's settings and fitted state into the config (what `save_pretrained` writes)."""
+        self.config.tasks = [task.spec() for task in self.tasks.values()]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        self.sync_config()
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only heads reach here with fresh weights; same scheme as BERT's heads.
@@ -97,6 +127,9 @@ class MultiTaskModel(PreTrainedModel):
             raise ValueError(f"pass task=<name>; this model has tasks {list(self.tasks)}")
         if task not in self.tasks:
             raise ValueError(f"unknown task {task!r}; this model has tasks {list(self.tasks)}")
+        if task not in self.heads:
+            raise ValueError(f"task {task!r} has no head yet: its labels are unknown. Declare 'labels', or train it "
+                             "with MultiTaskTrainer, which fits them on the training data.")
         return task
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..callbacks.base import CONFLICT_FILE, DIAGNOSTICS_DIR, MONITOR_FILE, RUN_FILE
 from ..errors import ConfigError
+from ..tasks import TASK_TYPES
 
 STATE_FILE = "trainer_state.json"
 # Per-task eval keys that are timings, not metrics.
@@ -67,8 +68,6 @@ class RunData:
         return {t: sorted(m, key=lambda x: (x == "loss",)) for t, m in found.items()}
 
     def greater_is_better(self, task: str, metric: str) -> bool:
-        from ..tasks import TASK_TYPES
-
         task_type = TASK_TYPES.get(self.tasks.get(task, ""))
         if task_type is not None and metric in task_type.METRICS:
             return task_type.METRICS[metric]

@@ -1,19 +1,68 @@
-"""Task types. Adding one is a new module with a `Task` subclass plus one line in `TASK_TYPES`."""
+"""Task types. A built-in type is one module with a `Task` subclass plus one line in `TASK_TYPES`; a user's own
+type is a subclass in their code, used as it is and saved by its import path (see `Task.type_key`)."""
 
-from .base import Task
-from .classification import ClassificationTask
-from .multilabel import MultilabelTask
-from .question_answering import QuestionAnsweringTask
-from .regression import RegressionTask
-from .token_classification import TokenClassificationTask
+from __future__ import annotations
+
+from typing import Any
+
+from ..importing import import_object
+from .base import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN, SequenceTask, Task
+from .classification import Classification
+from .multilabel import MultiLabel
+from .question_answering import QuestionAnswering
+from .regression import Regression
+from .token_classification import TokenClassification
 
 TASK_TYPES: dict[str, type[Task]] = {
-    "classification": ClassificationTask,
-    "multilabel": MultilabelTask,
-    "regression": RegressionTask,
-    "token_classification": TokenClassificationTask,
-    "question_answering": QuestionAnsweringTask,
+    "classification": Classification,
+    "multilabel": MultiLabel,
+    "regression": Regression,
+    "token_classification": TokenClassification,
+    "question_answering": QuestionAnswering,
 }
 
-__all__ = ["TASK_TYPES", "Task", "ClassificationTask", "MultilabelTask", "RegressionTask", "TokenClassificationTask",
-           "QuestionAnsweringTask"]
+# Fitted values that the first saved format kept among the options.
+_OLD_FITTED = {"class_weights": "class_weights", "pos_weight": "pos_weight", "mean": "mean", "std": "std"}
+
+
+def resolve_task_type(name: str) -> type[Task]:
+    """A registered type name, or the import path (`package.module.Class`) of a `Task` subclass.
+
+    Raises:
+        ValueError: naming the value, the registered types and the fix.
+    """
+    if name in TASK_TYPES:
+        return TASK_TYPES[name]
+    try:
+        cls = import_object(name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"task type {name!r} cannot be imported ({err}); valid: {', '.join(TASK_TYPES)}, or the "
+                         "import path of a Task subclass that is importable here (install or add its package "
+                         "to PYTHONPATH).") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"unknown task type {name!r}; valid: {', '.join(TASK_TYPES)}, or the import path of a "
+                         "manyheads Task subclass ('my_package.tasks.MyTask').")
+    return cls
+
+
+def task_from_spec(spec: dict[str, Any]) -> Task:
+    """Rebuild a task (settings and fitted state) from `Task.spec()`, as stored in a saved model's config."""
+    spec = dict(spec)
+    cls = resolve_task_type(spec.pop("type"))
+    fitted = dict(spec.pop("fitted", None) or {})
+    options = spec.pop("options", None)
+    if options is not None:  # the first saved format: type options nested, fitted values among them
+        for key, target in _OLD_FITTED.items():
+            if key in options and not isinstance(options[key], str):
+                fitted[target] = options.pop(key)
+        spec.update(options)
+        if spec.get("labels"):
+            fitted.setdefault("labels", spec["labels"])
+    task = cls(**spec)
+    task.fitted = fitted
+    return task
+
+
+__all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "TASK_COLUMN", "TASK_TYPES", "Classification", "MultiLabel",
+           "QuestionAnswering", "Regression", "SequenceTask", "Task", "TokenClassification", "resolve_task_type",
+           "task_from_spec"]

@@ -1,14 +1,21 @@
 """The task interface: everything specific to one kind of task lives behind it.
 
-A task type is one module with one `Task` subclass, registered by one line in `TASK_TYPES`. It owns
-its options, data checks, label inference, tokenization, head, loss, metrics and the post-processing
-of predictions. The rest of manyheads (sampler, collator, model, trainer, CLI) only calls this interface,
-so token classification and extractive QA plug in without changes elsewhere.
+A task type is one module with one `Task` subclass (a dataclass of its settings), registered by one line in
+`TASK_TYPES`, or defined in user code and used as it is. It owns its settings checks, the state it fits on
+the training split (label list, class weights, target scaling: `fitted`, kept apart from the settings), data
+checks, tokenization, head, loss, metrics and the post-processing of predictions. The rest of manyheads
+(trainer, collator, model, predictor) only calls this interface.
+
+```python
+from manyheads import Classification
+task = Classification(name="sst2", text="sentence", label="label")
+```
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -18,93 +25,130 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modeling.heads import POOLING, SequenceHead, resolve_pooling
+from ..errors import ConfigError
+from .heads import POOLING, SequenceHead, resolve_pooling
+from .labels import LabelReader, read_label_names
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-    from ..config import TaskConfig
-
 TASK_COLUMN = "task"
 # Key of a task-group micro-batch (gradient aggregation): {task name: that task's sub-batch}.
 GROUP_COLUMN = "task_groups"
 LABEL_COLUMN = "labels"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
-@dataclass
-class NoOptions:
-    """A task type without options of its own."""
-
-
-@dataclass
-class SequenceOptions:
-    """Options shared by sequence-level task types (one prediction per text or pair)."""
-
-    # How one vector is pooled from the encoder: auto | pooler | cls | mean (see modeling/heads.py).
-    pooling: str = "auto"
-
-
+@dataclass(kw_only=True)
 class Task:
-    """Base class of a task type. Subclasses set `type_name`, `Options` and override the hooks below."""
+    """Base class of a task type: its settings are the dataclass fields, its fitted state is `fitted`.
+
+    Args:
+        name: the task's name (letters, digits, `_`, `-`); metrics are logged as `eval_<name>_<metric>`.
+        text: the input column, or two columns for a pair.
+        label: the label column.
+        labels: the label names in head order; inferred from the training split when absent.
+        label_names: names of integer labels (0 -> first name), as a list or a file with one name per line.
+        max_length: tokens per input (longer inputs are truncated).
+        weight: static loss weight (used by the `static` weighting).
+        main_metric: the metric that enters `eval_average` (default: the type's first).
+    """
+
+    name: str
+    text: list[str] | str = "text"
+    label: str | None = "label"
+    labels: list[str] | None = None
+    label_names: list[str] | str | None = None
+    max_length: int = 128
+    weight: float = 1.0
+    main_metric: str | None = None
 
     type_name: ClassVar[str] = ""
-    Options: ClassVar[type] = NoOptions
     # Metric names this type reports and whether higher is better, in the order they are printed.
     METRICS: ClassVar[dict[str, bool]] = {}
-    DEFAULT_MAIN_METRIC: ClassVar[str] = ""
+    # Whether `postprocess` needs each row's text and token-to-word map (token-level tasks).
+    needs_word_ids: ClassVar[bool] = False
+    stock_auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    stock_problem_type: ClassVar[str | None] = None
 
-    def __init__(self, config: TaskConfig):
-        self.config = config
-        self.name = config.name
-        self.options = config.options
+    def __post_init__(self) -> None:
+        if isinstance(self.text, str):
+            self.text = [self.text]
+        self.label_names = read_label_names(self.label_names)
+        if self.labels is not None:
+            self.labels = [str(v) for v in self.labels]
+        # What `fit` learns from the training split; saved with the settings, never written into them.
+        self.fitted: dict[str, Any] = {}
+        problems = self.check()
+        if problems:
+            raise ConfigError(problems, where=f"{type(self).__name__}(name={self.name!r})")
 
-    # ----- config-time checks (no data, no weights) -----
-    @classmethod
-    def check_config(cls, config: TaskConfig) -> list[str]:
-        """Problems in a task's keys, each one line; the base checks text columns and `main_metric`."""
+    # ----- settings -----
+    def check(self) -> list[str]:
+        """Problems in the settings, one line each (the base checks name, text columns, metric, weight)."""
         problems = []
-        if not 1 <= len(config.text) <= 2:
-            problems.append(
-                f"text: got {config.text!r}; give one column (single text) or two (a pair), "
-                "e.g. 'text: [sentence1, sentence2]'."
-            )
-        metrics = cls.metric_names(config)
-        if config.main_metric is not None and config.main_metric not in metrics:
-            problems.append(
-                f"main_metric: {config.main_metric!r} is not a metric of type '{cls.type_name}'; "
-                f"valid: {', '.join(metrics)}."
-            )
-        pooling = getattr(config.options, "pooling", "auto")
-        if pooling not in POOLING:
-            problems.append(f"pooling: got {pooling!r}; valid choices: {', '.join(POOLING)}.")
-        if config.weight < 0 or not math.isfinite(config.weight):
-            problems.append(f"weight: got {config.weight}; a loss weight must be a finite number >= 0.")
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            problems.append(f"name: got {self.name!r}; use letters, digits, '_' or '-' (it becomes part of "
+                            "metric names such as eval_<name>_accuracy).")
+        if not 1 <= len(self.text) <= 2:
+            problems.append(f"text: got {self.text!r}; give one column (single text) or two (a pair), "
+                            "e.g. 'text: [sentence1, sentence2]'.")
+        if self.main_metric is not None and self.main_metric not in self.METRICS:
+            problems.append(f"main_metric: {self.main_metric!r} is not a metric of type '{self.type_name}'; "
+                            f"valid: {', '.join(self.METRICS)}.")
+        if self.weight < 0 or not math.isfinite(self.weight):
+            problems.append(f"weight: got {self.weight}; a loss weight must be a finite number >= 0.")
+        if self.max_length < 1:
+            problems.append(f"max_length: got {self.max_length}; it must be >= 1.")
         return problems
 
+    def settings(self) -> dict[str, Any]:
+        """The user's settings (the dataclass fields) as plain data."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def spec(self) -> dict[str, Any]:
+        """What a saved model needs to rebuild this task: its type, settings and fitted state."""
+        return {"type": self.type_key(), **self.settings(), "fitted": dict(self.fitted)}
+
     @classmethod
-    def metric_names(cls, config: TaskConfig) -> list[str]:
-        return list(cls.METRICS)
+    def type_key(cls) -> str:
+        """The registry name of a built-in type; the import path (`module.Class`) of a user-defined one."""
+        # Built-in types are the classes of this package that set `type_name` themselves; a user's subclass of
+        # one inherits the name but not the registry entry, so it is saved by its import path.
+        if "type_name" in cls.__dict__ and cls.__module__.startswith(__package__ + "."):
+            return cls.type_name
+        return f"{cls.__module__}.{cls.__qualname__}"
 
     @property
-    def main_metric(self) -> str:
-        return self.config.main_metric or self.DEFAULT_MAIN_METRIC
+    def type(self) -> str:
+        """The type as a config names it (registry name or import path)."""
+        return self.type_key()
+
+    @property
+    def main_metric_name(self) -> str:
+        return self.main_metric or next(iter(self.METRICS))
 
     def greater_is_better(self, metric: str) -> bool:
-        return self.METRICS[metric]
+        return self.METRICS.get(metric, True)
 
     @property
-    def labels(self) -> list[str]:
-        return list(self.config.labels or [])
+    def label_list(self) -> list[str]:
+        """The label names in head order: declared, else fitted, else `label_names`."""
+        return list(self.labels or self.fitted.get("labels") or self.label_names or [])
 
     @property
-    def num_outputs(self) -> int:
-        """Width of the head's output layer."""
-        return len(self.labels)
+    def num_outputs(self) -> int | None:
+        """Width of the head's output layer; None until the labels are known (declared or fitted)."""
+        return len(self.label_list) or None
 
     # ----- data -----
+    @property
+    def reader(self) -> LabelReader:
+        return LabelReader(self.label_names, getattr(self, "label_separator", None))
+
     def required_columns(self) -> list[str]:
-        return list(self.config.text) + ([self.config.label] if self.config.label else [])
+        return list(self.text) + ([self.label] if self.label else [])
 
     def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
         """Problems in one labelled split, each naming the file, row, column and value. Base: text cells."""
@@ -112,24 +156,19 @@ class Task:
 
     def check_text(self, split: str, dataset: Dataset, source: str) -> list[str]:
         """Problems in the input columns only (for unlabelled test splits too)."""
-        problems = []
-        for column in self.config.text:
+        for column in self.text:
             for row, value in enumerate(dataset[column]):
                 if not isinstance(value, str):
-                    problems.append(
-                        f"{source}: data row {row + 1}, column '{column}': text cell is "
-                        f"{value!r}, not a string. Fill or drop that row."
-                    )
-                    break
-        return problems
+                    return [f"{source}: data row {row + 1}, column '{column}': text cell is {value!r}, not a "
+                            "string. Fill or drop that row."]
+        return []
 
-    def setup_labels(self, train: Dataset | None) -> None:
-        """Infer the label list from the training split when not declared, and resolve auto weights."""
+    def fit(self, train: Dataset | None) -> None:
+        """Learn the fitted state (labels, weights, scaling) from the training split; the base learns nothing."""
 
     def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> Any:
         """Tokenize a batch of raw rows (no padding: the collator pads per batch)."""
-        texts = [batch[c] for c in self.config.text]
-        return tokenizer(*texts, truncation=True, max_length=self.config.max_length)
+        return tokenizer(*[batch[c] for c in self.text], truncation=True, max_length=self.max_length)
 
     def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
         """Labels in the form `collate_labels` expects, one per encoded row (`encoded`: a BatchEncoding)."""
@@ -147,8 +186,7 @@ class Task:
             encoded[TASK_COLUMN] = [self.name] * len(encoded["input_ids"])
             return encoded
 
-        return dataset.map(_map, batched=True, remove_columns=dataset.column_names,
-                           desc=f"Tokenizing {self.name}")
+        return dataset.map(_map, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {self.name}")
 
     def collate_labels(self, labels: list, sequence_length: int) -> torch.Tensor:
         """Stack the labels of one micro-batch (`sequence_length` is the padded input length)."""
@@ -156,9 +194,9 @@ class Task:
 
     # ----- model -----
     def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
-        """The head; the default pools one vector per sequence as `options.pooling` says."""
+        """The head; the default pools one vector per sequence as `pooling` says."""
         try:
-            pooling = resolve_pooling(self.options.pooling, has_pooler)
+            pooling = resolve_pooling(getattr(self, "pooling", "auto"), has_pooler)
         except ValueError as err:
             raise ValueError(f"task '{self.name}': {err}") from None
         return SequenceHead(hidden_size, self.num_outputs, dropout, pooling)
@@ -171,9 +209,9 @@ class Task:
         """Metrics of one evaluation; `features` is the tokenized eval set (QA needs its offsets)."""
         raise NotImplementedError
 
-    # ----- export to a stock transformers model -----
-    stock_auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
-    stock_problem_type: ClassVar[str | None] = None
+    def metric_inputs(self, predictions: Any, labels: Any) -> tuple[Any, Any]:
+        """Predictions and labels as a user's `compute_metrics` receives them (regression: in target units)."""
+        return predictions, labels
 
     def export_head_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The head's weights as the stock model should hold them (regression folds its target scaling in)."""
@@ -183,9 +221,6 @@ class Task:
         """This head's logits in the stock model's units (to check an export)."""
         return logits
 
-    # Whether `postprocess` needs each row's text and token-to-word map (token-level tasks).
-    needs_word_ids: ClassVar[bool] = False
-
     def prediction_encoding(self) -> str:
         """Tasks with equal keys (and input columns and max_length) share one encoder pass at prediction."""
         return "plain"
@@ -194,7 +229,7 @@ class Task:
                               with_words: bool) -> tuple[Any, list[dict]]:
         """Padded model inputs for raw rows (one text list per input column) and one meta dict per feature,
         whose "row" is the index of the row the feature comes from."""
-        encoded = tokenizer(*columns, truncation=True, max_length=self.config.max_length, padding=True,
+        encoded = tokenizer(*columns, truncation=True, max_length=self.max_length, padding=True,
                             return_tensors="pt", return_offsets_mapping=with_words)
         offsets = encoded.pop("offset_mapping", None)
         metas = []
@@ -208,6 +243,20 @@ class Task:
     def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """One JSON-serialisable prediction per row of `logits` (`inputs`: per-row text and word_ids)."""
         raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class SequenceTask(Task):
+    """A task with one prediction per text or pair; `pooling` picks how one vector is pooled from the encoder:
+    auto | pooler | cls | mean (see `heads.py`)."""
+
+    pooling: str = "auto"
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.pooling not in POOLING:
+            problems.append(f"pooling: got {self.pooling!r}; valid choices: {', '.join(POOLING)}.")
+        return problems
 
 
 _WORD = re.compile(r"\S+")
@@ -237,3 +286,4 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
+

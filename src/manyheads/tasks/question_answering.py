@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,21 +23,12 @@ from scipy.special import logsumexp
 from torch import nn
 
 from .base import Task
+from .heads import SpanHead
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from ..config import TaskConfig
-
 NO_OFFSET = [-1, -1]
-
-
-@dataclass
-class QuestionAnsweringOptions:
-    doc_stride: int = 128
-    max_answer_length: int = 30
-    answer_text_column: str | None = None
-    answer_start_column: str | None = None
 
 
 # ----- official SQuAD v1.1 evaluation, re-implemented from its definition -----
@@ -87,22 +78,37 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[li
     return float(np.exp(scores[s, e])), offsets[s][0], offsets[e][1]
 
 
-class QuestionAnsweringTask(Task):
+@dataclass(kw_only=True)
+class QuestionAnswering(Task):
+    """Extractive question answering.
+
+    Args:
+        text: [question column, context column].
+        label: the SQuAD-style answers column (`{text: [...], answer_start: [...]}`).
+        doc_stride: overlap, in tokens, of the windows a long context is split into.
+        max_answer_length: longest answer span, in tokens.
+        answer_text_column, answer_start_column: flat answer columns instead of `label`.
+        (and every `Task` argument)
+    """
+
+    text: list[str] | str = field(default_factory=lambda: ["question", "context"])
+    label: str | None = "answers"
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    answer_text_column: str | None = None
+    answer_start_column: str | None = None
+
     type_name = "question_answering"
-    Options = QuestionAnsweringOptions
     METRICS = {"f1": True, "exact_match": True}
-    DEFAULT_MAIN_METRIC = "f1"
     stock_auto_class = "AutoModelForQuestionAnswering"
 
-    @classmethod
-    def check_config(cls, config: TaskConfig) -> list[str]:
-        problems = super().check_config(config)
-        if len(config.text) != 2:
-            problems.append(f"text: got {config.text!r}; give [question column, context column].")
-        options = config.options
-        if options.doc_stride >= (config.max_length or 10**9):
-            problems.append(f"doc_stride: {options.doc_stride} must be smaller than max_length ({config.max_length}).")
-        if bool(options.answer_text_column) != bool(options.answer_start_column):
+    def check(self) -> list[str]:
+        problems = super().check()
+        if len(self.text) != 2:
+            problems.append(f"text: got {self.text!r}; give [question column, context column].")
+        if self.doc_stride >= self.max_length:
+            problems.append(f"doc_stride: {self.doc_stride} must be smaller than max_length ({self.max_length}).")
+        if bool(self.answer_text_column) != bool(self.answer_start_column):
             problems.append("answer_text_column and answer_start_column go together; give both or neither.")
         return problems
 
@@ -111,15 +117,14 @@ class QuestionAnsweringTask(Task):
         return 2
 
     def required_columns(self) -> list[str]:
-        options = self.options
-        answers = [options.answer_text_column, options.answer_start_column] if options.answer_text_column \
-            else [self.config.label]
-        return list(self.config.text) + answers
+        answers = [self.answer_text_column, self.answer_start_column] if self.answer_text_column \
+            else [self.label]
+        return list(self.text) + answers
 
     def _answers(self, batch: dict[str, list], row: int) -> tuple[list[str], list[int]]:
-        if self.options.answer_text_column:
-            return [batch[self.options.answer_text_column][row]], [int(batch[self.options.answer_start_column][row])]
-        answers = batch[self.config.label][row]
+        if self.answer_text_column:
+            return [batch[self.answer_text_column][row]], [int(batch[self.answer_start_column][row])]
+        answers = batch[self.label][row]
         return list(answers["text"]), [int(s) for s in answers["answer_start"]]
 
     def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
@@ -127,7 +132,7 @@ class QuestionAnsweringTask(Task):
         if problems:
             return problems
         batch = dataset[:]
-        context_col = self.config.text[1]
+        context_col = self.text[1]
         for row, context in enumerate(batch[context_col]):
             texts, starts = self._answers(batch, row)
             if not texts:
@@ -139,11 +144,11 @@ class QuestionAnsweringTask(Task):
 
     # ----- features -----
     def encode(self, batch: dict[str, list], tokenizer: Any) -> Any:
-        question_col, context_col = self.config.text
+        question_col, context_col = self.text
         # Leading spaces in questions waste window tokens on some tokenizers (as in the reference recipe).
         questions = [q.lstrip() for q in batch[question_col]]
-        encoded = tokenizer(questions, batch[context_col], truncation="only_second", max_length=self.config.max_length,
-                            stride=self.options.doc_stride, return_overflowing_tokens=True,
+        encoded = tokenizer(questions, batch[context_col], truncation="only_second", max_length=self.max_length,
+                            stride=self.doc_stride, return_overflowing_tokens=True,
                             return_offsets_mapping=True)
         rows = encoded.pop("overflow_to_sample_mapping")
         # Offsets only for context tokens: spans can never start in the question or on special tokens.
@@ -182,13 +187,13 @@ class QuestionAnsweringTask(Task):
         return features.remove_columns(["row_in_batch"])
 
     def prediction_encoding(self) -> str:
-        return f"windows-{self.options.doc_stride}"
+        return f"windows-{self.doc_stride}"
 
     def encode_for_prediction(self, columns: list[list[str]], tokenizer: Any,
                               with_words: bool) -> tuple[Any, list[dict]]:
         questions, contexts = columns
         encoded = tokenizer([q.lstrip() for q in questions], contexts, truncation="only_second",
-                            max_length=self.config.max_length, stride=self.options.doc_stride,
+                            max_length=self.max_length, stride=self.doc_stride,
                             return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
                             return_tensors="pt")
         rows = encoded.pop("overflow_to_sample_mapping").tolist()
@@ -202,8 +207,6 @@ class QuestionAnsweringTask(Task):
         return torch.tensor(labels, dtype=torch.long)
 
     def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
-        from ..modeling.heads import SpanHead
-
         return SpanHead(hidden_size)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -218,7 +221,7 @@ class QuestionAnsweringTask(Task):
         """The most probable answer of each example over all of its windows."""
         best: dict[int, dict[str, Any]] = {}
         for window, offs, example, context in zip(logits, offsets, examples, contexts):
-            span = best_span(window[:, 0], window[:, 1], offs, self.options.max_answer_length)
+            span = best_span(window[:, 0], window[:, 1], offs, self.max_answer_length)
             if span is not None and (example not in best or span[0] > best[example]["score"]):
                 best[example] = {"answer": context[span[1]:span[2]], "start": span[1], "end": span[2],
                                  "score": span[0]}

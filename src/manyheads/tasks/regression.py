@@ -11,12 +11,10 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from torch import nn
 
-from .base import SequenceOptions, Task
+from .base import SequenceTask
 
 if TYPE_CHECKING:
     from datasets import Dataset
-
-    from ..config import TaskConfig
 
 
 def _as_float(value: Any) -> float | None:
@@ -28,71 +26,80 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-@dataclass
-class RegressionOptions(SequenceOptions):
-    # Standardise targets with the training mean/std: the head learns values near 0 with unit spread, so
-    # a 1-5 rating does not start with a loss 10x the other tasks' and swamp the shared encoder.
+@dataclass(kw_only=True)
+class Regression(SequenceTask):
+    """One number per text or pair.
+
+    Args:
+        normalize: standardise targets with the training split's mean and std (fitted), so a 1-5 rating does
+            not start with a loss 10x the other tasks' and swamp the shared encoder. Predictions and metrics
+            are always in the target's own units.
+        (and every `Task` / `SequenceTask` argument)
+    """
+
     normalize: bool = True
-    mean: float = 0.0
-    std: float = 1.0
 
-
-class RegressionTask(Task):
     type_name = "regression"
-    Options = RegressionOptions
     METRICS = {"pearson": True, "spearman": True, "mse": False}
-    DEFAULT_MAIN_METRIC = "pearson"
     stock_problem_type = "regression"
 
-    @classmethod
-    def check_config(cls, config: TaskConfig) -> list[str]:
-        problems = super().check_config(config)
-        if not config.label:
+    def check(self) -> list[str]:
+        problems = super().check()
+        if not self.label:
             problems.append("label: a regression task needs the name of its target column.")
-        if config.labels:
+        if self.labels:
             problems.append("labels: a regression task has no label list; remove 'labels'.")
         return problems
 
     def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
         problems = super().check_data(split, dataset, source)
-        for row, value in enumerate(dataset[self.config.label]):
+        for row, value in enumerate(dataset[self.label]):
             number = _as_float(value)
             if number is None or not math.isfinite(number):
                 what = "not a number" if number is None else "not finite"
-                problems.append(
-                    f"{source}: data row {row + 1}, column '{self.config.label}': regression target {value!r} "
-                    f"is {what}. Fix or drop that row."
-                )
-                break
+                return problems + [f"{source}: data row {row + 1}, column '{self.label}': regression target "
+                                   f"{value!r} is {what}. Fix or drop that row."]
         return problems
 
     @property
     def num_outputs(self) -> int:
         return 1
 
-    def setup_labels(self, train: Dataset | None) -> None:
-        if self.options.normalize and train is not None:
-            values = np.asarray(train[self.config.label], dtype=np.float64)
-            self.options.mean = float(values.mean())
-            self.options.std = float(values.std()) or 1.0
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(mean, std) of the target scaling: fitted, else the identity."""
+        return float(self.fitted.get("mean", 0.0)), float(self.fitted.get("std", 1.0))
+
+    def fit(self, train: Dataset | None) -> None:
+        if self.normalize and train is not None:
+            values = np.asarray(train[self.label], dtype=np.float64)
+            self.fitted["mean"] = float(values.mean())
+            self.fitted["std"] = float(values.std()) or 1.0
 
     def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
-        return [(float(v) - self.options.mean) / self.options.std for v in batch[self.config.label]]
+        mean, std = self.scale
+        return [(float(v) - mean) / std for v in batch[self.label]]
 
     def export_head_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # A stock regressor has no target scaling: fold it into the output layer (y = std * (Wx + b) + mean).
+        mean, std = self.scale
         state = dict(state)
-        state["classifier.weight"] = state["classifier.weight"] * self.options.std
-        state["classifier.bias"] = state["classifier.bias"] * self.options.std + self.options.mean
+        state["classifier.weight"] = state["classifier.weight"] * std
+        state["classifier.bias"] = state["classifier.bias"] * std + mean
         return state
 
     def stock_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits * self.options.std + self.options.mean
+        mean, std = self.scale
+        return logits * std + mean
 
     def to_target_scale(self, outputs: np.ndarray) -> np.ndarray:
         """Head outputs (or encoded labels) back in the units of the target column."""
-        return outputs.astype(np.float64) * self.options.std + self.options.mean
+        mean, std = self.scale
+        return np.asarray(outputs).astype(np.float64) * std + mean
 
+    def metric_inputs(self, predictions: Any, labels: Any) -> tuple[Any, Any]:
+        return self.to_target_scale(np.asarray(predictions).reshape(-1)), self.to_target_scale(
+            np.asarray(labels).reshape(-1))
 
     def collate_labels(self, labels: list, sequence_length: int) -> torch.Tensor:
         return torch.tensor(labels, dtype=torch.float32)
@@ -101,8 +108,7 @@ class RegressionTask(Task):
         return nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
-        predicted = self.to_target_scale(predictions.reshape(-1))
-        labels = self.to_target_scale(labels.reshape(-1))
+        predicted, labels = self.metric_inputs(predictions, labels)
         # A constant prediction has no correlation; report 0 rather than NaN so averages stay defined.
         constant = np.ptp(predicted) == 0 or np.ptp(labels) == 0
         return {

@@ -16,23 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modeling.heads import TokenHead
 from .base import Task, softmax, words_with_spans
-from .classification import sorted_labels
+from .heads import TokenHead
+from .labels import sorted_labels
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from ..config import TaskConfig
-
 IGNORE = -100
 SCHEMES = ("IOB2", "IOBES")
-
-
-@dataclass
-class TokenClassificationOptions:
-    label_all_subtokens: bool = False
-    scheme: str = "IOB2"
 
 
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -52,25 +44,38 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     return entities
 
 
-class TokenClassificationTask(Task):
+@dataclass(kw_only=True)
+class TokenClassification(Task):
+    """One tag per word.
+
+    Args:
+        text: the column holding a list of words per row.
+        label: the column holding one tag per word (names, or indices with `label_names`).
+        label_all_subtokens: train continuation sub-tokens too (`B-` becomes `I-`).
+        scheme: `IOB2` or `IOBES`, for entity-level metrics.
+        (and every `Task` argument)
+    """
+
+    text: list[str] | str = "tokens"
+    label: str | None = "tags"
+    label_all_subtokens: bool = False
+    scheme: str = "IOB2"
+
     type_name = "token_classification"
-    Options = TokenClassificationOptions
     METRICS = {"f1": True, "precision": True, "recall": True, "accuracy": True}
-    DEFAULT_MAIN_METRIC = "f1"
     needs_word_ids = True
     stock_auto_class = "AutoModelForTokenClassification"
 
-    @classmethod
-    def check_config(cls, config: TaskConfig) -> list[str]:
-        problems = super().check_config(config)
-        if len(config.text) != 1:
-            problems.append(f"text: got {config.text!r}; a token task reads one column holding a list of words.")
-        if config.options.scheme not in SCHEMES:
-            problems.append(f"scheme: got {config.options.scheme!r}; valid choices: {', '.join(SCHEMES)}.")
+    def check(self) -> list[str]:
+        problems = super().check()
+        if len(self.text) != 1:
+            problems.append(f"text: got {self.text!r}; a token task reads one column holding a list of words.")
+        if self.scheme not in SCHEMES:
+            problems.append(f"scheme: got {self.scheme!r}; valid choices: {', '.join(SCHEMES)}.")
         return problems
 
     def check_text(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        column = self.config.text[0]
+        column = self.text[0]
         for row, words in enumerate(dataset[column]):
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
                 return [f"{source}: data row {row + 1}, column '{column}': expected a list of words, got {words!r}."]
@@ -80,40 +85,48 @@ class TokenClassificationTask(Task):
         problems = self.check_text(split, dataset, source)
         if problems:
             return problems
-        words_col, tags_col = self.config.text[0], self.config.label
-        declared = set(self.labels) if self.config.labels else None
+        words_col, tags_col = self.text[0], self.label
+        declared = self.label_list or None
         for row, (words, tags) in enumerate(zip(dataset[words_col], dataset[tags_col])):
             where = f"{source}: data row {row + 1}"
             if not isinstance(tags, list) or len(tags) != len(words):
                 count = len(tags) if isinstance(tags, list) else tags
                 return [f"{where}: {len(words)} words but {count} tags in '{tags_col}'. Give one tag per word."]
-            unknown = [t for t in tags if declared is not None and t not in declared]
+            try:
+                names = [self.reader.name(t) for t in tags]
+            except ValueError as err:
+                return [f"{where}, column '{tags_col}': {err}. Fix the row or label_names."]
+            unknown = [t for t in names if declared is not None and t not in declared]
             if unknown:
                 return [f"{where}, column '{tags_col}': tag {unknown[0]!r} is not in the declared labels "
-                        f"{sorted(declared)}. Add it to 'labels' or fix the row."]
+                        f"{list(declared)}. Add it to 'labels' or fix the row."]
         return []
 
-    def setup_labels(self, train: Dataset | None) -> None:
-        if not self.config.labels and train is not None:
-            tags = sorted_labels([t for row in train[self.config.label] for t in row])
+    def fit(self, train: Dataset | None) -> None:
+        labels = self.labels or self.label_names
+        if labels is None and train is not None:
+            tags = sorted_labels([self.reader.name(t) for row in train[self.label] for t in row])
             # "O" first, then entity tags grouped by type: stable, readable id2label.
-            self.config.labels = sorted(tags, key=lambda t: (t != "O", t.partition("-")[2], t))
+            labels = sorted(tags, key=lambda t: (t != "O", t.partition("-")[2], t))
+        if labels is not None:
+            self.fitted["labels"] = list(labels)
 
     def encode(self, batch: dict[str, list], tokenizer: Any) -> Any:
-        return tokenizer(batch[self.config.text[0]], is_split_into_words=True, truncation=True,
-                         max_length=self.config.max_length)
+        return tokenizer(batch[self.text[0]], is_split_into_words=True, truncation=True,
+                         max_length=self.max_length)
 
     def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
-        index = {tag: i for i, tag in enumerate(self.labels)}
+        index = {tag: i for i, tag in enumerate(self.label_list)}
         out = []
-        for row, tags in enumerate(batch[self.config.label]):
+        for row, raw_tags in enumerate(batch[self.label]):
+            tags = [self.reader.name(t) for t in raw_tags]
             labels, previous = [], None
             for word in encoded.word_ids(row):
                 if word is None:
                     labels.append(IGNORE)
                 elif word != previous:
                     labels.append(index[tags[word]])
-                elif self.options.label_all_subtokens:
+                elif self.label_all_subtokens:
                     tag = tags[word]
                     inside = "I-" + tag[2:] if tag.startswith("B-") else tag
                     labels.append(index.get(inside, index[tag]))
@@ -137,8 +150,8 @@ class TokenClassificationTask(Task):
         true_rows, pred_rows = [], []
         for p_row, l_row in zip(predicted, labels):
             keep = l_row != IGNORE
-            true_rows.append([self.labels[i] for i in l_row[keep]])
-            pred_rows.append([self.labels[i] for i in p_row[keep]])
+            true_rows.append([self.label_list[i] for i in l_row[keep]])
+            pred_rows.append([self.label_list[i] for i in p_row[keep]])
         return true_rows, pred_rows
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
@@ -146,7 +159,7 @@ class TokenClassificationTask(Task):
         from seqeval.scheme import IOB2, IOBES
 
         true_rows, pred_rows = self._tag_sequences(predictions, labels)
-        scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.options.scheme]
+        scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.scheme]
         kwargs = {"mode": "strict", "scheme": scheme, "zero_division": 0}
         total = sum(len(r) for r in true_rows)
         correct = sum(t == p for tr, pr in zip(true_rows, pred_rows) for t, p in zip(tr, pr))
@@ -172,7 +185,7 @@ class TokenClassificationTask(Task):
                     continue
                 seen.add(word)
                 best = int(probs[position].argmax())
-                word_tags[word], word_scores[word] = self.labels[best], float(probs[position, best])
+                word_tags[word], word_scores[word] = self.label_list[best], float(probs[position, best])
             entities = [
                 {"type": kind, "text": meta["text"][spans[a][0]:spans[b - 1][1]], "start": spans[a][0],
                  "end": spans[b - 1][1], "score": float(np.mean(word_scores[a:b]))}

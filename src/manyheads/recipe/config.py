@@ -1,13 +1,15 @@
-"""Run configuration: YAML in, validated dataclasses out.
+"""The YAML recipe: a file in, the library's objects out (task objects, `MultiTaskTrainingArguments`).
 
-A config declares the encoder (`model`), a list of `tasks`, the `sampling` strategy, `freeze` options and a
-`training` section that holds any `transformers.TrainingArguments` field. YAML gives values, command-line
-flags override them, unknown keys fail, and every problem is reported at once (see `ConfigError`).
+A recipe declares the encoder (`model`), a list of `tasks` (the task objects' settings plus a `data` section),
+the `sampling`, `balancing`, `freeze` and `diagnostics` sections and a `training` section that holds any
+`TrainingArguments` field. YAML gives values, command-line flags override them, unknown keys fail, and every
+problem is reported at once (see `ConfigError`). Training arguments are typed by `HfArgumentParser`, as
+trl's `TrlParser` does; the rest by the annotations of the dataclass they fill (`coerce.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,29 +17,37 @@ from typing import Any
 
 import yaml
 
+from ..balancing import group_step_problems, weighting_problems
+from ..errors import ConfigError, ProblemCollector
+from ..metrics import best_metric_problem
+from ..tasks import TASK_TYPES, Task, resolve_task_type
+from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
 from .coerce import build_dataclass, coerce, field_hints, parse_scalar, suggest
-from .config_sections import (
-    BalancingConfig,
-    DiagnosticsConfig,
-    FreezeConfig,
-    SamplingConfig,
-)
-from .errors import ConfigError, ProblemCollector
-from .tasks import TASK_TYPES
+from .loading import FORMATS as FILE_FORMATS
+from .sections import RUN_ARGUMENTS, BalancingConfig, DiagnosticsConfig, FreezeConfig, SamplingConfig
+from .training import check_training, training_fields
 
-FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll", "squad")
 QUOTING = ("minimal", "none", "all", "nonnumeric")
-# TrainingArguments fields that manyheads drives itself: setting them would be silently overridden.
-OWNED_TRAINING_KEYS = {
-    "train_sampling_strategy": "use the top-level 'sampling' section (strategy, temperature, group_by_length)",
-    "group_by_length": "use 'sampling: {group_by_length: true}'",
-    "label_names": "labels travel as 'labels' in every batch; remove it",
-}
+SECTIONS = {"sampling": SamplingConfig, "freeze": FreezeConfig, "balancing": BalancingConfig,
+            "diagnostics": DiagnosticsConfig}
+
+
+def _owned_keys() -> dict[str, str]:
+    """TrainingArguments fields the recipe sets from its own sections: naming them under `training` is an error
+    that names the section key to use."""
+    owned = {"train_sampling_strategy": "use the top-level 'sampling' section (strategy, temperature, group_by_length)",
+             "label_names": "labels travel as 'labels' in every batch; remove it"}
+    for (section, key), argument in RUN_ARGUMENTS.items():
+        owned[argument] = f"use '{section}: {{{key}: ...}}'" if section else f"use the top-level key '{key}'"
+    return owned
+
+
+OWNED_TRAINING_KEYS = _owned_keys()
 
 
 @dataclass
 class DataConfig:
-    """Where a task's data comes from: local files (CSV/TSV/JSON/JSONL/parquet) or a Hub dataset."""
+    """Where a task's data comes from: local files (CSV/TSV/JSON/JSONL/parquet/CoNLL/SQuAD) or a Hub dataset."""
 
     train: str | None = None
     eval: str | None = None
@@ -78,41 +88,23 @@ class DataConfig:
 
 
 @dataclass
-class TaskConfig:
-    """One task: its name, type, data, columns and labels. Type-specific keys live in `options`."""
+class TaskEntry:
+    """One task of a recipe: the library's task object (settings only, never fitted here) and its data."""
 
-    name: str
-    type: str
+    task: Task
     data: DataConfig | None = None
-    text: list[str] = field(default_factory=lambda: ["text"])
-    label: str | None = "label"
-    labels: list[str] | None = None
-    max_length: int | None = None
-    weight: float = 1.0
-    main_metric: str | None = None
-    options: Any = None  # an instance of TASK_TYPES[type].Options
 
-    def spec(self) -> dict[str, Any]:
-        """What the saved model needs to rebuild this task (no data paths)."""
-        out = {k: getattr(self, k) for k in ("name", "type", "text", "label", "labels", "max_length",
-                                             "weight", "main_metric")}
-        out["options"] = dataclasses.asdict(self.options) if self.options is not None else {}
-        return out
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> TaskConfig:
-        spec = dict(spec)
-        options_cls = TASK_TYPES[spec["type"]].Options
-        spec["options"] = options_cls(**spec.get("options", {}))
-        return cls(**spec)
+    @property
+    def name(self) -> str:
+        return self.task.name
 
 
 @dataclass
 class RunConfig:
-    """A whole run: encoder, tasks, sampling, freezing and `TrainingArguments` fields."""
+    """A whole recipe: encoder, tasks with their data, sections and `TrainingArguments` fields."""
 
     model: str
-    tasks: list[TaskConfig]
+    tasks: list[TaskEntry]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     balancing: BalancingConfig = field(default_factory=BalancingConfig)
@@ -125,52 +117,28 @@ class RunConfig:
     max_nonfinite_steps: int = 3
     config_dir: str = "."
 
-    def task(self, name: str) -> TaskConfig:
-        return next(t for t in self.tasks if t.name == name)
+    def task(self, name: str) -> Task:
+        return next(entry.task for entry in self.tasks if entry.name == name)
 
-    def training_arguments(self, **extra: Any):
-        """The `TrainingArguments` of this run (imported lazily: it pulls in torch)."""
-        from transformers import TrainingArguments
+    def fresh_tasks(self) -> dict[str, Task]:
+        """Copies of the task objects, for fitting: the recipe's own stay as the user wrote them."""
+        return {entry.name: copy.deepcopy(entry.task) for entry in self.tasks}
 
-        kwargs = {"output_dir": os.path.join("runs", "manyheads"), **self.training, **extra}
-        return TrainingArguments(**kwargs)
+    def section_arguments(self) -> dict[str, Any]:
+        """The `MultiTaskTrainingArguments` fields that the recipe's sections and top-level keys set."""
+        out = {}
+        for (section, key), argument in RUN_ARGUMENTS.items():
+            out[argument] = getattr(getattr(self, section), key) if section else getattr(self, key)
+        return out
 
-
-SECTIONS = {"sampling": SamplingConfig, "freeze": FreezeConfig, "balancing": BalancingConfig,
-            "diagnostics": DiagnosticsConfig}
-
-
-def _training_hints() -> dict[str, Any]:
-    from transformers import TrainingArguments
-
-    return field_hints(TrainingArguments)
-
-
-def _check_training(raw: Any, problems: ProblemCollector) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        problems.add(f"training: expected a mapping of TrainingArguments fields, got {raw!r}.")
-        return {}
-    hints = _training_hints()
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in OWNED_TRAINING_KEYS:
-            problems.add(f"training.{key}: manyheads sets this itself; {OWNED_TRAINING_KEYS[key]}.")
-        elif key not in hints:
-            problems.add(
-                f"training: unknown TrainingArguments field '{key}'.{suggest(key, hints)} "
-                "See transformers.TrainingArguments for valid fields."
-            )
-        else:
-            try:
-                out[key] = coerce(value, hints[key], f"training.{key}")
-            except ValueError as err:
-                problems.add(f"{err}. Fix the value in the config.")
-    return out
+    def training_arguments(self, **extra: Any) -> MultiTaskTrainingArguments:
+        """The run's `MultiTaskTrainingArguments`: the `training` section, the sections' fields and `extra`."""
+        kwargs = {"output_dir": os.path.join("runs", "manyheads"), **self.training, **self.section_arguments(),
+                  **extra}
+        return MultiTaskTrainingArguments(**kwargs)
 
 
-def _build_task(raw: Any, index: int, problems: ProblemCollector) -> TaskConfig | None:
+def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: ProblemCollector) -> TaskEntry | None:
     where = f"tasks[{index}]"
     if not isinstance(raw, dict):
         problems.add(f"{where}: expected a mapping with name, type, data, ..., got {raw!r}.")
@@ -178,32 +146,45 @@ def _build_task(raw: Any, index: int, problems: ProblemCollector) -> TaskConfig 
     raw = dict(raw)
     name = raw.get("name", f"#{index}")
     where = f"tasks[{index}] ({name})"
-    task_type = raw.get("type")
-    if task_type not in TASK_TYPES:
-        problems.add(
-            f"{where}.type: unknown task type {task_type!r}.{suggest(str(task_type), TASK_TYPES)} "
-            f"Valid types: {', '.join(TASK_TYPES)}."
-        )
+    task_type = raw.pop("type", None)
+    try:
+        task_cls = resolve_task_type(str(task_type)) if task_type is not None else None
+    except ValueError:
+        task_cls = None
+    if task_cls is None:
+        problems.add(f"{where}.type: unknown task type {task_type!r}.{suggest(str(task_type), TASK_TYPES)} "
+                     f"Valid types: {', '.join(TASK_TYPES)}, or the import path of a Task subclass.")
         return None
-    task_cls = TASK_TYPES[task_type]
-    common = set(field_hints(TaskConfig)) - {"options"}
-    option_keys = set(field_hints(task_cls.Options))
-    valid = sorted(common | option_keys)
-    for key in [k for k in raw if k not in common and k not in option_keys]:
-        raw.pop(key)
-        problems.add(f"{where}: unknown key '{key}'.{suggest(str(key), valid)} Valid keys for type "
-                     f"'{task_type}': {', '.join(valid)}.")
-    option_raw = {k: raw.pop(k) for k in list(raw) if k in option_keys}
-    if isinstance(raw.get("text"), str):
-        raw["text"] = [raw["text"]]
-    options = build_dataclass(task_cls.Options, option_raw, where, problems)
-    task = build_dataclass(TaskConfig, raw, where, problems)
-    if task is None or options is None:
+    hints = field_hints(task_cls)
+    valid = sorted([*hints, "type", "data"])
+    raw_data = raw.pop("data", None)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            problems.add(f"{where}: unknown key '{key}'.{suggest(str(key), valid)} Valid keys for type "
+                         f"'{task_type}': {', '.join(valid)}.")
+            continue
+        try:
+            kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+        except ValueError as err:
+            problems.add(f"{err}. Fix the value in the config.")
+    if "max_length" in hints:
+        kwargs.setdefault("max_length", run_defaults["max_length"])
+    if isinstance(kwargs.get("label_names"), str):
+        kwargs["label_names"] = str(run_defaults["resolve"](kwargs["label_names"]))
+    data = build_dataclass(DataConfig, raw_data, f"{where}.data", problems) if raw_data is not None else None
+    if "name" not in kwargs:
+        problems.add(f"{where}: required key 'name' is missing. Add 'name: ...'.")
         return None
-    task.options = options
-    for message in task_cls.check_config(task):
-        problems.add(f"{where}: {message}")
-    return task
+    try:
+        task = task_cls(**kwargs)
+    except ConfigError as err:
+        problems.problems.extend(f"{where}: {detail}" for detail in err.details)
+        return None
+    except (TypeError, ValueError) as err:
+        problems.add(f"{where}: {err}")
+        return None
+    return TaskEntry(task, data)
 
 
 def build_config(raw: Any, config_dir: str = ".", overrides: list[str] | None = None) -> RunConfig:
@@ -218,6 +199,16 @@ def build_config(raw: Any, config_dir: str = ".", overrides: list[str] | None = 
     return run
 
 
+def _path_resolver(raw: dict[str, Any], config_dir: str) -> Any:
+    base = Path(str(raw["data_dir"])) if raw.get("data_dir") is not None else Path(config_dir)
+
+    def resolve(path: str) -> Path:
+        candidate = Path(os.path.expanduser(path))
+        return candidate if candidate.is_absolute() else base / candidate
+
+    return resolve
+
+
 def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
                    overrides: list[str] | None = None) -> RunConfig | None:
     """Like `build_config` but records problems and returns what could be built (the valid tasks only),
@@ -229,18 +220,22 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     _apply_overrides(raw, overrides or [], problems)
     raw_tasks = raw.pop("tasks", None)
     raw_training = raw.pop("training", None)
-    tasks: list[TaskConfig] = []
+    try:
+        max_length = coerce(raw.get("max_length", 128), int, "config.max_length")
+    except ValueError:
+        max_length = 128  # reported when the run itself is built
+    defaults = {"max_length": max_length, "resolve": _path_resolver(raw, config_dir)}
+    tasks: list[TaskEntry] = []
     if not isinstance(raw_tasks, list) or not raw_tasks:
         problems.add("tasks: at least one task is required, as a list under 'tasks:'.")
     else:
-        tasks = [t for i, r in enumerate(raw_tasks) if (t := _build_task(r, i, problems)) is not None]
+        tasks = [t for i, r in enumerate(raw_tasks) if (t := _build_task(r, i, defaults, problems)) is not None]
     names = [t.name for t in tasks]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.add(f"tasks: the name '{dup}' is used by {names.count(dup)} tasks; task names must be unique. "
                      "Rename all but one of them.")
     before = len(problems.problems)
-    training = _check_training(raw_training, problems)
-    training_ok = len(problems.problems) == before
+    training = check_training(raw_training, OWNED_TRAINING_KEYS, problems)
     # Sections are built on their own so that a bad one still leaves a usable run for the data checks.
     sections = {}
     for key, section_cls in SECTIONS.items():
@@ -250,14 +245,12 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
                           config_dir=config_dir, **sections)
     if run is None:
         return None
+    arguments_ok = len(problems.problems) == before
     run.tasks = tasks
     run.training = training
-    for task in run.tasks:
-        if task.max_length is None:
-            task.max_length = run.max_length
     _check_best_metric(run, problems)
     _check_balancing(run, problems)
-    if training_ok:
+    if arguments_ok:
         _check_training_arguments(run, problems)
     return run
 
@@ -276,30 +269,43 @@ def _check_training_arguments(run: RunConfig, problems: ProblemCollector) -> Non
 
 def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:
     """Method kwargs against the constructor; combinations a method cannot serve, with the fix."""
-    from .balancing import check_balancing
-
-    for message in check_balancing(run):
+    balancing, training = run.balancing, run.training
+    weights = {entry.name: entry.task.weight for entry in run.tasks}
+    found = weighting_problems(balancing.weighting, balancing.weighting_kwargs, weights, balancing.aggregator)
+    if balancing.aggregator is not None:
+        untrained = [e.name for e in run.tasks if e.data is None or (e.data.train is None and e.data.hub is None)]
+        if untrained:
+            found.append(f"aggregator '{balancing.aggregator}' needs a training batch of every task, but {untrained} "
+                         "have no training data. Give them 'data.train' or remove them.")
+        sharded = next((key for key in ("fsdp", "deepspeed") if training.get(key)), None)
+        found += group_step_problems(balancing.aggregator, balancing.aggregator_kwargs, len(run.tasks),
+                                     group_size=balancing.group_size, group_by_length=run.sampling.group_by_length,
+                                     fp16=bool(training.get("fp16")), sharded=sharded,
+                                     encoder_frozen=run.freeze.encoder)
+    for message in found:
         problems.add(f"balancing: {message}")
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str], problems: ProblemCollector) -> None:
-    """`--max_steps 20 --output_dir x --sampling.strategy uniform` onto the parsed YAML."""
+    """`--max_steps 20 --output_dir x --sampling.strategy uniform` onto the parsed YAML. Values of
+    TrainingArguments fields stay text (typed later by their field: `--eval_strategy no` stays "no"); others are
+    read as YAML scalars."""
     if len(overrides) % 2:
         problems.add(f"command line: flags come in '--key value' pairs, got {' '.join(overrides)!r}.")
         return
-    training_keys = _training_hints()
+    training_keys = training_fields()
     top_keys = set(field_hints(RunConfig)) - {"tasks", "training", "config_dir"}
     for flag, text in zip(overrides[::2], overrides[1::2]):
         key = flag.lstrip("-").replace("-", "_")
-        value = parse_scalar(text)
         section, _, sub = key.partition(".")
-        if sub and (section in SECTIONS or section == "training"):
-            raw.setdefault(section, {})
-            raw[section] = {**(raw[section] or {}), sub: value}
+        if sub and section == "training":
+            raw["training"] = {**(raw.get("training") or {}), sub: text}
+        elif sub and section in SECTIONS:
+            raw[section] = {**(raw.get(section) or {}), sub: parse_scalar(text)}
         elif key in top_keys:
-            raw[key] = value
+            raw[key] = parse_scalar(text)
         elif key in training_keys:
-            raw["training"] = {**(raw.get("training") or {}), key: value}
+            raw["training"] = {**(raw.get("training") or {}), key: text}
         else:
             problems.add(
                 f"command line: unknown flag '--{key}'.{suggest(key, list(training_keys) + list(top_keys))} "
@@ -308,25 +314,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str], problems: Proble
 
 
 def _check_best_metric(run: RunConfig, problems: ProblemCollector) -> None:
-    metric = run.training.get("metric_for_best_model")
-    if metric is None:
-        return
-    valid = valid_metric_names(run.tasks)
-    name = metric[len("eval_"):] if metric.startswith("eval_") else metric
-    if name not in valid:
-        problems.add(
-            f"training.metric_for_best_model: {metric!r} names no metric of this run.{suggest(name, valid)} "
-            f"Valid: {', '.join('eval_' + v for v in sorted(valid))}."
-        )
-
-
-def valid_metric_names(tasks: list[TaskConfig]) -> set[str]:
-    """Metric names (without the `eval_` prefix) that an evaluation of these tasks reports."""
-    names = {"average", "loss"}
-    for task in tasks:
-        names.add(f"{task.name}_loss")
-        names.update(f"{task.name}_{m}" for m in TASK_TYPES[task.type].metric_names(task))
-    return names
+    problem = best_metric_problem(run.training.get("metric_for_best_model"), [e.task for e in run.tasks], False)
+    if problem:
+        problems.add(f"training.{problem}")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
@@ -352,3 +342,7 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: YAML syntax error: {problem}. Fix the YAML at that line.") from None
     return raw, str(path.parent.resolve())
+
+
+__all__ = ["FILE_FORMATS", "DataConfig", "RENAMED_ARGUMENTS", "RunConfig", "TaskEntry", "build_config",
+           "collect_config", "load_config", "read_yaml"]

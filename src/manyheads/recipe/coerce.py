@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ProblemCollector
+from ..errors import ProblemCollector
 
 _MISSING = object()
 

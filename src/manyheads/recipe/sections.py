@@ -1,7 +1,8 @@
-"""The optional sections of a run config: sampling, freeze, balancing and diagnostics.
+"""The optional sections of a recipe: sampling, freeze, balancing and diagnostics.
 
-Each is a dataclass whose `__post_init__` rejects a bad value with the key, the value and the valid choices;
-`config.py` builds them (and reports every problem at once) and re-exports them.
+Each is a dataclass whose `__post_init__` rejects a bad value with the key, the value and the valid choices,
+using the library's own checks (so the rules live once). `RUN_ARGUMENTS` maps each section key that is a
+`MultiTaskTrainingArguments` field to that field: the recipe keeps its sections, the library its flat fields.
 """
 
 from __future__ import annotations
@@ -9,29 +10,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
+from ..balancing import check_choice, choice_problems
+from ..data.strategies import SAMPLING_STRATEGIES, resolve_strategy
+
+# (section, key) -> MultiTaskTrainingArguments field; top-level keys have section None.
+RUN_ARGUMENTS: dict[tuple[str | None, str], str] = {
+    ("sampling", "strategy"): "sampling_strategy",
+    ("sampling", "temperature"): "sampling_temperature",
+    ("sampling", "group_by_length"): "group_by_length",
+    ("balancing", "weighting"): "loss_weighting",
+    ("balancing", "weighting_kwargs"): "loss_weighting_kwargs",
+    ("balancing", "aggregator"): "gradient_aggregator",
+    ("balancing", "aggregator_kwargs"): "gradient_aggregator_kwargs",
+    ("balancing", "group_size"): "task_group_size",
+    (None, "max_nonfinite_steps"): "max_nonfinite_steps",
+    (None, "pad_to_multiple_of"): "pad_to_multiple_of",
+}
 
 
 @dataclass
 class SamplingConfig:
-    """Which task each micro-batch comes from.
-
-    `proportional` draws tasks in proportion to their size (one pass over all data per epoch),
-    `temperature` in proportion to size**(1/T) (T=1 is proportional, large T tends to uniform),
-    `uniform` equally, `round_robin` in a fixed cycle.
-    """
+    """Which task each micro-batch comes from: `strategy` (proportional, temperature, uniform, round_robin, or an
+    import path), `temperature` for temperature sampling, `group_by_length` within each task."""
 
     strategy: str = "proportional"
     temperature: float = 2.0
     group_by_length: bool = False
 
     def __post_init__(self) -> None:
-        if self.strategy not in SAMPLING_STRATEGIES:
-            raise ValueError(
-                f"'strategy' is {self.strategy!r}; valid choices: {', '.join(SAMPLING_STRATEGIES)}"
-            )
-        if self.temperature <= 0:
-            raise ValueError(f"'temperature' is {self.temperature}; it must be > 0 (1 = proportional)")
+        check_choice("strategy", self.strategy, SAMPLING_STRATEGIES)
+        if self.strategy == "temperature" or self.temperature <= 0:
+            resolve_strategy("temperature", self.temperature)  # its own check of T
 
 
 @dataclass
@@ -49,13 +58,8 @@ class FreezeConfig:
 
 @dataclass
 class BalancingConfig:
-    """How tasks share the encoder's updates: a loss `weighting` or a gradient `aggregator` (not both).
-
-    `weighting` acts on each one-task micro-batch's loss (equal, static, uncertainty, dwa, rlw, gradnorm);
-    `aggregator` switches to task-group steps (one micro-batch of each of `group_size` tasks per step) and
-    combines the tasks' gradients on the shared encoder (upgrad, mgda, pcgrad, cagrad, imtl_g, nash_mtl, mean).
-    `*_kwargs` are the method's constructor arguments, checked against its signature.
-    """
+    """How tasks share the encoder's updates: a loss `weighting` or a gradient `aggregator` (not both); see
+    `manyheads.balancing`. `*_kwargs` are the method's constructor arguments, checked against its signature."""
 
     weighting: str | None = None  # None: 'static' when a task sets `weight`, else 'equal'
     weighting_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -64,19 +68,9 @@ class BalancingConfig:
     group_size: int | None = None  # tasks per task-group step; None = all tasks
 
     def __post_init__(self) -> None:
-        from .balancing import AGGREGATORS, WEIGHTINGS
-
-        if self.weighting is not None and self.weighting not in WEIGHTINGS:
-            raise ValueError(f"'weighting' is {self.weighting!r}; valid choices: {', '.join(WEIGHTINGS)}")
-        if self.aggregator is not None and self.aggregator not in AGGREGATORS:
-            raise ValueError(f"'aggregator' is {self.aggregator!r}; valid choices: {', '.join(AGGREGATORS)}")
-        if self.aggregator is not None and self.weighting not in (None, "equal"):
-            raise ValueError(f"'weighting: {self.weighting}' and 'aggregator: {self.aggregator}' both rewrite the "
-                             "update; choose one (remove 'weighting' to use the aggregator)")
-        if self.group_size is not None and self.group_size < 2:
-            raise ValueError(f"'group_size' is {self.group_size}; a task group needs >= 2 tasks")
-        if self.group_size is not None and self.aggregator is None:
-            raise ValueError("'group_size' applies to task-group steps; set 'aggregator' too, or remove it")
+        problems = choice_problems(self.weighting, self.aggregator, self.group_size)
+        if problems:
+            raise ValueError(problems[0])
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""From a validated `RunConfig` to data, model and trainer: the Python API behind `manyheads train`.
+"""From a validated `RunConfig` to data, model and trainer: what `manyheads train` does with a recipe.
 
 ```python
-from manyheads import load_config, build_trainer
+from manyheads.recipe import build_trainer, load_config
 trainer = build_trainer(load_config("cfg.yaml", ["--max_steps", "20"]))
 trainer.train()
 trainer.save_model()
@@ -14,10 +14,18 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers import AutoConfig, AutoTokenizer, set_seed
+
+from ..callbacks import GradientConflictCallback, UpdateMonitorCallback, attach_callbacks, make_probe_batches
+from ..data.collator import MultiTaskCollator
+from ..data.samplers import MultiTaskBatchSampler
+from ..errors import ConfigError, ProblemCollector
+from ..modeling.model import MultiTaskModel
+from ..tasks import Task
+from ..trainer import MultiTaskTrainer
 from .config import RunConfig
-from .data.loading import TaskSplits, load_task_splits
-from .errors import ConfigError, ProblemCollector
-from .tasks import TASK_TYPES, Task
+from .loading import TaskSplits, load_task_splits
+from .run_info import RunInfoCallback, run_info
 
 
 @dataclass
@@ -70,8 +78,6 @@ def check_model_folder(model: str) -> list[str]:
 
 
 def load_tokenizer(run: RunConfig) -> Any:
-    from transformers import AutoTokenizer
-
     problems = check_model_folder(run.model)
     if problems:
         raise ConfigError(problems)
@@ -84,8 +90,6 @@ def load_tokenizer(run: RunConfig) -> Any:
 
 
 def _max_positions(run: RunConfig, tokenizer: Any) -> int | None:
-    from transformers import AutoConfig
-
     try:
         encoder = AutoConfig.from_pretrained(run.model)
     except Exception:
@@ -98,10 +102,13 @@ def _max_positions(run: RunConfig, tokenizer: Any) -> int | None:
 
 
 def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
-                 tokenized_splits: tuple[str, ...] = ("train", "eval")) -> PreparedData:
+                 tokenized_splits: tuple[str, ...] = ("train", "eval"), tasks: dict[str, Task] | None = None
+                 ) -> PreparedData:
     """Load, check and (optionally) tokenize every task's data; every problem in one `ConfigError`.
 
-    A test split is tokenized only when asked for and only when it has the task's label columns.
+    Tasks are fitted on their clean training split (copies of the recipe's task objects, or `tasks`, e.g. a
+    trained model's, which keep their fitted state). A test split is tokenized only when asked for and only when
+    it has the task's label columns.
     """
     problems = ProblemCollector()
     if tokenizer is None:
@@ -110,21 +117,22 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
         except ConfigError as err:
             problems.extend(err)
     limit = _max_positions(run, tokenizer)
-    tasks = {t.name: TASK_TYPES[t.type](t) for t in run.tasks}
+    tasks = dict(tasks) if tasks is not None else run.fresh_tasks()
     raw: dict[str, TaskSplits] = {}
-    for name, task in tasks.items():
-        if limit is not None and task.config.max_length > limit:
-            problems.add(f"tasks.{name}.max_length: {task.config.max_length} is larger than the encoder allows "
+    for entry in run.tasks:
+        name, task = entry.name, tasks[entry.name]
+        if limit is not None and task.max_length > limit:
+            problems.add(f"tasks.{name}.max_length: {task.max_length} is larger than the encoder allows "
                          f"({limit}). Set max_length <= {limit}.")
         before = len(problems.problems)
-        splits = raw[name] = load_task_splits(task.config, run, problems)
+        splits = raw[name] = load_task_splits(entry, run, problems)
         if "train" in splits.splits:
             problems.problems.extend(task.check_data("train", splits.splits["train"], splits.sources["train"]))
-        elif task.config.data is not None and before == len(problems.problems):
+        elif entry.data is not None and before == len(problems.problems):
             problems.add(f"tasks.{name}: no training split. Give 'data.train' (a file) or 'data.hub'.")
-        if len(problems.problems) == before:
-            # Labels are inferred only from clean training data; eval is then checked against them.
-            task.setup_labels(splits.splits.get("train"))
+        if len(problems.problems) == before and not task.fitted:
+            # Fitted only on clean training data; eval is then checked against the labels found there.
+            task.fit(splits.splits.get("train"))
         for split in ("eval", "test"):
             dataset = splits.splits.get(split)
             if dataset is not None:
@@ -144,25 +152,34 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
     return prepared
 
 
-def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> Any:
+def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> MultiTaskModel:
     """The pretrained encoder with fresh heads (seeded), frozen as the config asks."""
-    from transformers import set_seed
-
-    from .modeling.model import MultiTaskModel
-
     set_seed(seed)
-    model = MultiTaskModel.from_encoder(run.model, [task.config for task in tasks.values()])
+    model = MultiTaskModel.from_encoder(run.model, list(tasks.values()))
     model.freeze(run.freeze.encoder, run.freeze.embeddings, run.freeze.layers)
     return model
 
 
-def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: Any = None,
-                  trainer_class: type | None = None, **trainer_kwargs: Any) -> Any:
-    """A ready `MultiTaskTrainer` (or `trainer_class`) for `run`: data loaded and tokenized, model built
-    unless given."""
-    from .callbacks import attach_callbacks, build_callbacks
-    from .trainer import MultiTaskTrainer
+def build_callbacks(run: RunConfig, prepared: PreparedData, args: Any) -> list[Any]:
+    """The diagnostics callbacks the recipe asks for (`diagnostics:`), plus the run info that is always written."""
+    diagnostics = run.diagnostics
+    callbacks: list[Any] = [RunInfoCallback(run_info(run, plan_table(run, prepared, args.per_device_train_batch_size,
+                                                                      args.world_size), args))]
+    if diagnostics.update_monitor:
+        callbacks.append(UpdateMonitorCallback(
+            every=diagnostics.monitor_every, per_tensor=diagnostics.monitor_per_tensor,
+            band=tuple(diagnostics.relative_update_band), patience=diagnostics.band_patience))
+    if diagnostics.conflict_every and prepared.train:
+        collator = MultiTaskCollator(prepared.tokenizer, prepared.tasks, run.pad_to_multiple_of)
+        probes = make_probe_batches(prepared.train, collator, diagnostics.probe_batch_size, seed=args.seed)
+        callbacks.append(GradientConflictCallback(probes, every=diagnostics.conflict_every))
+    return callbacks
 
+
+def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: Any = None,
+                  trainer_class: type | None = None, **trainer_kwargs: Any) -> MultiTaskTrainer:
+    """A ready `MultiTaskTrainer` (or `trainer_class`) for `run`: data loaded and tokenized, model built
+    unless given, diagnostics attached."""
     args = run.training_arguments()
     prepared = prepared or prepare_data(run)
     model = model if model is not None else build_model(run, prepared.tasks, seed=args.seed)
@@ -172,21 +189,15 @@ def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: A
         train_dataset=prepared.train,
         eval_dataset=prepared.eval or None,
         processing_class=prepared.tokenizer,
-        sampling=run.sampling,
-        balancing=run.balancing,
-        max_nonfinite_steps=run.max_nonfinite_steps,
-        pad_to_multiple_of=run.pad_to_multiple_of,
         **trainer_kwargs,
     )
-    # Diagnostics from run.diagnostics, connected to the trackers of report_to (see manyheads.callbacks).
+    # Diagnostics connected to the trackers of report_to (see manyheads.callbacks).
     attach_callbacks(trainer, build_callbacks(run, prepared, args))
     return trainer
 
 
 def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_size: int = 1) -> list[dict[str, Any]]:
     """One row per task: type, label count, split sizes, sampling probability and steps per epoch."""
-    from .data.samplers import MultiTaskBatchSampler
-
     sizes = {n: len(s.splits["train"]) for n, s in prepared.raw.items() if "train" in s.splits}
     sampler = MultiTaskBatchSampler(sizes, batch_size, run.sampling.strategy, run.sampling.temperature,
                                     world_size=world_size) if sizes else None
@@ -198,7 +209,7 @@ def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_si
         p = probabilities.get(name, 0.0)
         rows.append({
             "task": name, "type": task.type_name,
-            "labels": len(task.labels) or "-",
+            "labels": len(task.label_list) or "-",
             "train": len(splits["train"]) if "train" in splits else 0,
             "eval": len(splits["eval"]) if "eval" in splits else 0,
             "test": len(splits["test"]) if "test" in splits else 0,

@@ -17,7 +17,7 @@ from ..errors import ConfigError, ProblemCollector
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from ..config import DataConfig, RunConfig, TaskConfig
+    from .config import DataConfig, RunConfig, TaskEntry
 
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE, "all": csv.QUOTE_ALL,
             "nonnumeric": csv.QUOTE_NONNUMERIC}
@@ -55,6 +55,8 @@ def split_by_group(dataset: Dataset, column: str | None, fraction: float) -> tup
     evaluation = [i for i, k in enumerate(keys) if k in held_out]
     return dataset.select(train), dataset.select(evaluation)
 SPLITS = ("train", "eval", "test")
+# What `format:` accepts (the extension decides when it is absent; .txt reads as TSV).
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll", "squad")
 
 
 @dataclass
@@ -142,7 +144,7 @@ def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
     return load_dataset("parquet", data_files=str(path), split="train")
 
 
-def _load_local(task: TaskConfig, split: str, run: RunConfig, problems: ProblemCollector) -> tuple[Dataset, str] | None:
+def _load_local(task: TaskEntry, split: str, run: RunConfig, problems: ProblemCollector) -> tuple[Dataset, str] | None:
     data = task.data
     path = resolve_path(getattr(data, split), run)
     where = f"tasks.{task.name}.data.{split}"
@@ -155,8 +157,8 @@ def _load_local(task: TaskConfig, split: str, run: RunConfig, problems: ProblemC
         return None
     fmt = _file_format(data, path)
     if fmt is None:
-        problems.add(f"{where}: cannot tell the format of {path.name}; set 'format' to one of csv, tsv, json, "
-                     "jsonl, parquet.")
+        problems.add(f"{where}: cannot tell the format of {path.name}; set 'format' to one of "
+                     f"{', '.join(FORMATS)}.")
         return None
     if fmt in ("csv", "tsv") and data.header and _count_lines(path, data.encoding, 2) < 2:
         # datasets reports a header-only file as 'Instruction "train" corresponds to no data!'.
@@ -186,7 +188,7 @@ def _count_lines(path: Path, encoding: str, limit: int) -> int:
     return count
 
 
-def _load_hub(task: TaskConfig, split: str, problems: ProblemCollector) -> tuple[Dataset, str] | None:
+def _load_hub(task: TaskEntry, split: str, problems: ProblemCollector) -> tuple[Dataset, str] | None:
     from datasets import load_dataset
 
     data = task.data
@@ -201,7 +203,7 @@ def _load_hub(task: TaskConfig, split: str, problems: ProblemCollector) -> tuple
         return None
 
 
-def load_task_splits(task: TaskConfig, run: RunConfig, problems: ProblemCollector,
+def load_task_splits(task: TaskEntry, run: RunConfig, problems: ProblemCollector,
                      splits: tuple[str, ...] = SPLITS) -> TaskSplits:
     """Load and check the splits of one task; problems go to `problems`."""
     out = TaskSplits()
@@ -246,12 +248,9 @@ def _first(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset.select(range(limit)) if limit is not None and len(dataset) > limit else dataset
 
 
-def _required(task: TaskConfig, split: str) -> list[str]:
-    from ..tasks import TASK_TYPES
-
-    columns = TASK_TYPES[task.type](task).required_columns()
+def _required(entry: TaskEntry, split: str) -> list[str]:
     # A test split may come without labels; only its text columns are needed.
-    return list(task.text) if split == "test" else columns
+    return list(entry.task.text) if split == "test" else entry.task.required_columns()
 
 
 def load_all(run: RunConfig) -> dict[str, TaskSplits]:

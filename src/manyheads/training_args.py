@@ -1,0 +1,115 @@
+"""`MultiTaskTrainingArguments`: `TrainingArguments` plus the multi-task options, each a field with a help text.
+
+Being fields of the arguments, they are saved in `training_args.bin`, shown by `args.to_dict()` and sent to the
+trackers' config panels with everything else. Per-method options are `name + kwargs`, as
+`lr_scheduler_type` + `lr_scheduler_kwargs` are. Objects that are not names (a weighting instance, a sampling
+function) are passed to `MultiTaskTrainer` instead, as `optimizers=` is for the optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from .balancing import AGGREGATORS, WEIGHTINGS, check_choice, choice_problems
+from .data.strategies import SAMPLING_STRATEGIES
+
+# TrainingArguments names of earlier transformers versions (or tutorials) -> what to write instead.
+RENAMED_ARGUMENTS = {
+    "evaluation_strategy": "eval_strategy",
+    "no_cuda": "use_cpu",
+    "per_gpu_train_batch_size": "per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
+    "warmup_ratio": "warmup_steps (a value below 1 is a fraction of the run in transformers 5)",
+    "logging_dir": "the TENSORBOARD_LOGGING_DIR environment variable (transformers 5 logs to <output_dir>/runs/ "
+                   "by default)",
+    "overwrite_output_dir": "--overwrite on the manyheads train command line (transformers 5 removed the field)",
+    "fp16_backend": "half_precision_backend",
+    "push_to_hub_token": "hub_token",
+}
+
+
+def _has_fp16_device() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for `MultiTaskTrainer`; every field of `TrainingArguments` works as usual."""
+
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "loss_weighting_kwargs", "gradient_aggregator_kwargs"]
+
+    sampling_strategy: str = field(default="proportional", metadata={
+        "help": "Which task each micro-batch comes from: proportional (every example once per epoch), temperature "
+                "(probability ~ size**(1/T)), uniform, round_robin, or the import path of your own "
+                "SamplingStrategy. A function or instance goes to MultiTaskTrainer(sampling=...)."})
+    sampling_temperature: float = field(default=2.0, metadata={
+        "help": "T of temperature sampling: 1 is proportional, large values tend to uniform."})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "Batch examples of similar length together within each task (less padding)."})
+    loss_weighting: str | None = field(default=None, metadata={
+        "help": f"Loss weighting per one-task micro-batch: {', '.join(WEIGHTINGS)}, or the import path of a "
+                "LossWeighting subclass. Default: static when a task sets a weight, else equal."})
+    loss_weighting_kwargs: dict | str | None = field(default_factory=dict, metadata={
+        "help": "Constructor arguments of the loss weighting, e.g. {\"lr\": 0.01} for uncertainty."})
+    gradient_aggregator: str | None = field(default=None, metadata={
+        "help": f"Gradient aggregation over task-group steps: {', '.join(AGGREGATORS)} (torchjd), or the import "
+                "path of an aggregator class. Replaces the loss weighting."})
+    gradient_aggregator_kwargs: dict | str | None = field(default_factory=dict, metadata={
+        "help": "Constructor arguments of the gradient aggregator, e.g. {\"c\": 0.4} for cagrad."})
+    task_group_size: int | None = field(default=None, metadata={
+        "help": "Tasks per task-group step of a gradient aggregator (default: all tasks)."})
+    max_nonfinite_steps: int = field(default=3, metadata={
+        "help": "Consecutive optimizer steps with a NaN/inf loss that are skipped before the run stops."})
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "Round each micro-batch's padded length up to a multiple of this (8 helps tensor cores)."})
+
+    def __post_init__(self) -> None:
+        for key in ("loss_weighting_kwargs", "gradient_aggregator_kwargs"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                setattr(self, key, json.loads(value) if value.strip() else {})
+            elif value is None:
+                setattr(self, key, {})
+        self._check_multitask()
+        if self.fp16 and (self.use_cpu or not _has_fp16_device()):
+            raise ValueError("fp16=True needs a CUDA (or XPU) device and none is available here, so training would "
+                             "silently run in fp32. Use bf16=True for mixed precision on this machine, or remove fp16.")
+        super().__post_init__()
+
+    def _check_multitask(self) -> None:
+        check_choice("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES)
+        problems = choice_problems(self.loss_weighting, self.gradient_aggregator, self.task_group_size,
+                                   ("loss_weighting", "gradient_aggregator", "task_group_size"))
+        if problems:
+            raise ValueError("; ".join(problems))
+        if not self.sampling_temperature > 0:
+            raise ValueError(f"'sampling_temperature' is {self.sampling_temperature}; it must be > 0 "
+                             "(1 = proportional)")
+        if self.train_sampling_strategy == "group_by_length":
+            self.group_by_length = True
+        elif self.train_sampling_strategy not in ("random", None):
+            raise ValueError(f"'train_sampling_strategy' is {self.train_sampling_strategy!r}; manyheads samples one "
+                             "task per micro-batch itself. Use sampling_strategy (and group_by_length) instead.")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"'max_nonfinite_steps' is {self.max_nonfinite_steps}; it must be >= 1")
+
+    def multitask_options(self) -> dict[str, Any]:
+        """The multi-task fields only (for logs and reports)."""
+        names = [f for f in type(self).__dataclass_fields__ if f not in TrainingArguments.__dataclass_fields__]
+        return {name: getattr(self, name) for name in names}
+
+
+def as_multitask_arguments(args: TrainingArguments | None) -> MultiTaskTrainingArguments | None:
+    """Plain `TrainingArguments` (a script being ported) become `MultiTaskTrainingArguments` with the multi-task
+    defaults; `MultiTaskTrainingArguments` pass through."""
+    if args is None or isinstance(args, MultiTaskTrainingArguments):
+        return args
+    fields = {name: getattr(args, name) for name, f in TrainingArguments.__dataclass_fields__.items()
+              if f.init and hasattr(args, name)}
+    return MultiTaskTrainingArguments(**fields)
