@@ -150,7 +150,7 @@ def steps_of(method: str, args: argparse.Namespace) -> int:
 
 def run_config(method: str, args: argparse.Namespace, data_dir: str, output_dir: str, steps: int) -> Any:
     """The validated RunConfig of one method (build_config checks the method and its kwargs)."""
-    from manyheads import build_config
+    from manyheads.recipe import build_config
 
     return build_config({
         "model": args.model,
@@ -193,7 +193,7 @@ def timed_run(ctx: Context, method: str, steps: int | None = None) -> tuple[floa
     """(mean seconds per optimizer step over steps 2..S, train_loss) of one fresh run of `method`."""
     from transformers import PrinterCallback
 
-    from manyheads.build import build_trainer
+    from manyheads.recipe import build_trainer
 
     steps = steps or steps_of(method, ctx.args)
     run = run_config(method, ctx.args, ctx.data_dir, os.path.join(ctx.output_dir, method), steps)
@@ -253,7 +253,7 @@ def memory_probe(spec_path: str) -> int:
     import torch
     from transformers import PrinterCallback
 
-    from manyheads.build import build_model, build_trainer, prepare_data
+    from manyheads.recipe import build_model, build_trainer, prepare_data
 
     quiet_libraries()
     args = argparse.Namespace(**spec["args"])
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("balancing.py", argv)
     date = now()
     quiet_libraries()
-    from manyheads.build import build_model, prepare_data
+    from manyheads.recipe import build_model, prepare_data
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as workdir:

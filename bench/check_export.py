@@ -21,17 +21,16 @@ import torch
 
 
 def _inputs(config_path: str, data_dir: str, model_dir: str, task: str, n: int) -> list[dict[str, Any]]:
-    from manyheads import load_config
-    from manyheads.build import prepare_data
+    from manyheads.recipe import load_config, prepare_data
 
     run = load_config(config_path, ["--data_dir", data_dir, "--model", model_dir])
     run.tasks = [t for t in run.tasks if t.name == task]
     raw = prepare_data(run, tokenize=False).raw[task].splits["eval"]
-    columns = run.tasks[0].text
+    columns = run.task(task).text
     records = []
     for row in raw.select(range(min(n, len(raw)))):
         record = {c: row[c] for c in columns}
-        if run.tasks[0].type == "token_classification":
+        if run.task(task).type_name == "token_classification":
             record = {"text": " ".join(row[columns[0]])}
         records.append(record)
     return records
@@ -47,12 +46,12 @@ def _compare(task: Any, out: str, records: list[dict[str, Any]], ours: list[dict
     if kind == "question_answering":
         stock = AutoModelForQuestionAnswering.from_pretrained(out).eval()
         for record, mine in zip(records, ours):
-            encoded, metas = task.encode_for_prediction([[record[task.config.text[0]]], [record[task.config.text[1]]]],
+            encoded, metas = task.encode_for_prediction([[record[task.text[0]]], [record[task.text[1]]]],
                                                         tokenizer, False)
             with torch.no_grad():
                 result = stock(**encoded)
             spans = [best_span(result.start_logits[i].numpy(), result.end_logits[i].numpy(), m["offsets"],
-                               task.options.max_answer_length) for i, m in enumerate(metas)]
+                               task.max_answer_length) for i, m in enumerate(metas)]
             spans = [s for s in spans if s is not None]
             best = max(spans) if spans else None
             agree += best is not None and (best[1], best[2]) == (mine["start"], mine["end"])
@@ -62,8 +61,8 @@ def _compare(task: Any, out: str, records: list[dict[str, Any]], ours: list[dict
             theirs = {(e["entity_group"], e["start"], e["end"]) for e in tagger(record["text"])}
             agree += theirs == {(e["type"], e["start"], e["end"]) for e in mine["entities"]}
     else:
-        text = [r[task.config.text[0]] if len(task.config.text) == 1 else
-                {"text": r[task.config.text[0]], "text_pair": r[task.config.text[1]]} for r in records]
+        text = [r[task.text[0]] if len(task.text) == 1 else
+                {"text": r[task.text[0]], "text_pair": r[task.text[1]]} for r in records]
         classifier = pipeline("text-classification", model=out, device="cpu")
         agree += sum(t["label"] == m["label"] for t, m in zip(classifier(text), ours))
     return int(agree)

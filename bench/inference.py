@@ -148,12 +148,11 @@ def task_plan(count: int) -> list[tuple[str, str, int]]:
 
 
 def task_configs(count: int, max_length: int) -> list[Any]:
-    from manyheads import TASK_TYPES, TaskConfig
+    from manyheads import TASK_TYPES
 
     return [
-        TaskConfig(name=name, type=kind, text=[TEXT_COLUMN], max_length=max_length,
-                   labels=[f"{name}_{k}" for k in range(labels)] if labels else None,
-                   options=TASK_TYPES[kind].Options())
+        TASK_TYPES[kind](name=name, text=[TEXT_COLUMN], max_length=max_length,
+                         labels=[f"{name}_{k}" for k in range(labels)] if labels else None)
         for name, kind, labels in task_plan(count)
     ]
 
@@ -289,7 +288,7 @@ def build_setup(args: argparse.Namespace, records: list[dict[str, Any]], workdir
     for config in configs:
         out = os.path.join(workdir, f"{SEPARATE}-{config.name}")
         export_task(folder, config.name, out)
-        threshold = getattr(config.options, "threshold", 0.5)
+        threshold = getattr(config, "threshold", 0.5)
         stock_tasks.append(StockTask(name=config.name, type=config.type, folder=out,
                                      auto_class=model.tasks[config.name].stock_auto_class, threshold=threshold))
     return Setup(

@@ -146,7 +146,7 @@ class Context:
 
 
 def run_config(ctx: Context, steps: int, output_dir: str) -> Any:
-    from manyheads import build_config
+    from manyheads.recipe import build_config
 
     args = ctx.args
     training = training_fields(output_dir, args.batch_size, steps, args.seed, args.bf16)
@@ -166,8 +166,8 @@ def timed_run(ctx: Context, setup: str, steps: int) -> Timing:
     """One fresh run of `setup`."""
     from transformers import PrinterCallback
 
-    from manyheads.build import build_trainer
     from manyheads.callbacks import UpdateMonitorCallback
+    from manyheads.recipe import build_trainer
 
     run = run_config(ctx, steps, os.path.join(ctx.output_dir, setup.replace(" ", "_")))
     trainer = build_trainer(run, ctx.prepared, model=copy.deepcopy(ctx.model))
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("monitor.py", argv)
     date = now()
     quiet_libraries()
-    from manyheads.build import build_model, prepare_data
+    from manyheads.recipe import build_model, prepare_data
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as workdir:

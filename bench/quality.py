@@ -308,7 +308,7 @@ class Context:
 
 def subset(prepared: Any, tasks: list[str]) -> Any:
     """The prepared data of some tasks only (the tokenized datasets are shared, not copied)."""
-    from manyheads.build import PreparedData
+    from manyheads.recipe import PreparedData
 
     return PreparedData(tasks={t: prepared.tasks[t] for t in tasks}, raw={t: prepared.raw[t] for t in tasks},
                         tokenizer=prepared.tokenizer, train={t: prepared.train[t] for t in tasks},
@@ -329,8 +329,7 @@ def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any) -> tu
     """Train one run (from `model`, or fresh heads on the pretrained encoder) and evaluate its tasks."""
     from transformers import PrinterCallback
 
-    from manyheads import build_config
-    from manyheads.build import build_trainer
+    from manyheads.recipe import build_config, build_trainer
 
     scores: dict[str, dict[str, float]] = {}
     # Trainers save nothing here (save_strategy "no"), but need an output folder.
@@ -404,8 +403,7 @@ def save_row(path: Path, row: dict[str, Any]) -> None:
 # ----- main -----
 def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, dict[str, list[int]]]]:
     """Write the subsets, tokenize them once, and name the cache folder after the settings."""
-    from manyheads import build_config
-    from manyheads.build import prepare_data
+    from manyheads.recipe import build_config, prepare_data
 
     # One folder per choice of subsets, so that studies with other sizes never overwrite each other's files.
     subsets = {"train": args.train_sizes, "dev": args.eval_sizes, "data_seed": args.data_seed}

@@ -148,8 +148,7 @@ def padding_share(lengths: list[int], batches: list[list[int]], width: int | Non
 def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
     from transformers import AutoModelForSequenceClassification
 
-    from manyheads import build_config
-    from manyheads.build import build_model, prepare_data
+    from manyheads.recipe import build_config, build_model, prepare_data
 
     steps = args.samples // args.batch_size
     samples = steps * args.batch_size  # whole batches: then every set-up trains on exactly the same rows
@@ -210,8 +209,7 @@ def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int, 
         default_data_collator,
     )
 
-    from manyheads import SamplingConfig
-    from manyheads.build import build_trainer
+    from manyheads.recipe import SamplingConfig, build_trainer
 
     fields = training_fields(os.path.join(setup.output_dir, kind), args.batch_size, steps, args.seed,
                              bf16=precision == "bf16")

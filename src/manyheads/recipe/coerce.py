@@ -46,6 +46,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        if isinstance(value, str) and str in args and any(typing.get_origin(a) is list for a in args):
+            return value  # `list[str] | str`: a string is the str member (a file name), not a one-item list
         errors = []
         # Try the non-string members first so that "5e-5" becomes a float, not stays a string.
         for arg in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
