@@ -12,8 +12,7 @@ import sys
 
 import torch
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
+from manyheads.recipe import build_config, build_trainer
 from manyheads.trainer import MultiTaskTrainer
 
 

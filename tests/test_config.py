@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from manyheads import ConfigError
-from manyheads.recipe import build_config, load_config
 from manyheads.cli.main import main
+from manyheads.recipe import build_config, load_config
 
 from .conftest import base_config, task_section
 

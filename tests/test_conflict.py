@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from manyheads import Classification, MultiTaskConfig, MultiTaskModel
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer, prepare_data
 from manyheads.callbacks import (
     CONFLICT_FILE,
     GradientConflictCallback,
@@ -16,6 +14,7 @@ from manyheads.callbacks import (
     measure_conflict,
 )
 from manyheads.data.collator import MultiTaskCollator
+from manyheads.recipe import build_config, build_trainer, prepare_data
 
 from .conftest import base_config, make_encoder
 

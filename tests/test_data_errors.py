@@ -6,9 +6,8 @@ import pytest
 import yaml
 
 from manyheads import ConfigError
-from manyheads.recipe import build_config
-from manyheads.recipe import prepare_data
 from manyheads.cli.main import main
+from manyheads.recipe import build_config, prepare_data
 
 from .conftest import base_config, review_rows, write_jsonl
 

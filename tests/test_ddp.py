@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
+from manyheads.recipe import build_config, build_trainer
 
 from .conftest import base_config
 

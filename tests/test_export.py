@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, pipeline
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
 from manyheads.cli.main import main
 from manyheads.export import ExportError, build_stock_model, export_task
 from manyheads.inference import MultiTaskPredictor
+from manyheads.recipe import build_config, build_trainer
 from manyheads.tasks.question_answering import NO_OFFSET, best_span
 
 from .conftest import COLORS, FILLER, GOOD, base_config

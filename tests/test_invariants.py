@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer, prepare_data
 from manyheads.data.samplers import MultiTaskBatchSampler
+from manyheads.recipe import build_config, build_trainer, prepare_data
 
 from .conftest import base_config
 

@@ -33,3 +33,17 @@ def test_the_contracts_catch_a_library_module_importing_the_recipe(tmp_path):
     assert done.returncode == 1
     assert "The library never imports the recipe or the CLI BROKEN" in done.stdout
     assert "manyheads.tasks.base -> manyheads.recipe.config" in done.stdout
+
+
+def test_every_module_of_the_package_is_in_the_layers_contract():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["type"] == "layers")["layers"]
+    forbidden = next(c for c in config if c["type"] == "forbidden")
+    named = {name.strip() for layer in layers for name in layer.split("|")}
+    package = ROOT / "src" / "manyheads"
+    modules = {f"manyheads.{p.stem if p.is_file() else p.name}" for p in package.iterdir()
+               if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()}
+    assert modules == named  # a new module must be placed in a layer
+    assert set(forbidden["source_modules"]) == modules - {"manyheads.recipe", "manyheads.cli"}

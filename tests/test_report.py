@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
+from manyheads.recipe import build_config, build_trainer
 from manyheads.report import build_report, load_run
 
 from .conftest import base_config, review_rows, write_jsonl

@@ -5,9 +5,8 @@ import os
 import pytest
 import torch
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
 from manyheads.checkpoints import mark_complete
+from manyheads.recipe import build_config, build_trainer
 from manyheads.trainer import MultiTaskTrainer
 
 from .conftest import base_config, make_encoder, make_tokenizer

@@ -9,10 +9,9 @@ import yaml
 from transformers import AutoModel
 
 from manyheads import MultiTaskModel
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
 from manyheads.cli.main import main
 from manyheads.inference import MultiTaskPredictor
+from manyheads.recipe import build_config, build_trainer
 
 from .conftest import base_config, review_rows
 

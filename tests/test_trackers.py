@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
 from manyheads.callbacks import GradientConflictCallback, UpdateMonitorCallback
+from manyheads.recipe import build_config, build_trainer
 
 from .conftest import base_config
 

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from manyheads.recipe import build_config
 from manyheads.balancing.static import StaticWeighting
-from manyheads.recipe import build_trainer, prepare_data
+from manyheads.recipe import build_config, build_trainer, prepare_data
 from manyheads.trainer import MultiTaskTrainer
 
 from .conftest import base_config

@@ -4,11 +4,10 @@ import pytest
 import torch
 from transformers import Trainer
 
-from manyheads.recipe import build_config
 from manyheads.balancing import build_aggregator
 from manyheads.balancing.group_step import TaskGroupStep
-from manyheads.recipe import build_trainer, prepare_data
 from manyheads.errors import ConfigError
+from manyheads.recipe import build_config, build_trainer, prepare_data
 from manyheads.trainer import MultiTaskTrainer
 
 from .conftest import base_config

@@ -9,9 +9,8 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from manyheads.recipe import build_config
-from manyheads.recipe import build_trainer
 from manyheads.callbacks import MONITOR_FILE, UpdateMonitorCallback, diagnostics_dir, parameter_groups
+from manyheads.recipe import build_config, build_trainer
 
 from .conftest import base_config
 

@@ -13,6 +13,8 @@ import os
 from typing import Any
 
 import torch
+import transformers
+from transformers import AutoTokenizer
 
 from .modeling.model import MultiTaskModel
 
@@ -43,8 +45,6 @@ def _stock_config(model: MultiTaskModel, task: Any) -> Any:
 
 def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     """The stock `AutoModelFor...` holding the encoder and `task_name`'s head, checked to give equal logits."""
-    import transformers
-
     if task_name not in model.tasks:
         raise ExportError(f"--task: unknown task {task_name!r}; this model has {list(model.tasks)}.")
     task = model.tasks[task_name]
@@ -94,8 +94,6 @@ def _check_equal(model: MultiTaskModel, stock: Any, task_name: str) -> None:
 
 def export_task(model_dir: str | os.PathLike, task_name: str, output_dir: str | os.PathLike) -> str:
     """Write `task_name` of the model saved in `model_dir` as a stock folder (model + tokenizer)."""
-    from transformers import AutoTokenizer
-
     model = MultiTaskModel.from_pretrained(model_dir)
     stock = build_stock_model(model, task_name)
     stock.save_pretrained(output_dir)

@@ -6,12 +6,15 @@ all of them run on that pass. Batches are sorted by length and padded dynamicall
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer
 
 from .modeling.model import MultiTaskModel
 
@@ -35,8 +38,6 @@ class MultiTaskPredictor:
     def __init__(self, model: MultiTaskModel | str | os.PathLike, tokenizer: Any = None,
                  device: str | torch.device | None = None, batch_size: int = 32):
         if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoTokenizer
-
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = MultiTaskModel.from_pretrained(model)
         if tokenizer is None:
@@ -124,9 +125,6 @@ def _as_text(value: Any) -> str:
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a CSV/TSV/JSONL/JSON file as dicts."""
-    import csv
-    import json
-
     path = str(path)
     with open(path, encoding="utf-8") as handle:
         if path.endswith(".jsonl"):

@@ -36,6 +36,8 @@ import signal
 import threading
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -127,9 +129,6 @@ def _any_rank(flag: bool, args: Any) -> bool:
     """True when any rank has the flag, so that every rank saves the same step and stops together."""
     if getattr(args, "world_size", 1) <= 1:
         return flag
-    import torch
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=args.device)

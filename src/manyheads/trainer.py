@@ -54,6 +54,7 @@ from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
 from .errors import ConfigError
 from .metrics import aggregate_score, best_metric_problem, check_metric_functions, metric_function_for, user_metrics
+from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
 from .training_args import as_multitask_arguments
 
@@ -113,8 +114,7 @@ class MultiTaskTrainer(Trainer):
             raise ValueError(f"MultiTaskTrainer needs a MultiTaskModel (with .tasks), got {type(model).__name__}; "
                              "build one with MultiTaskModel.from_encoder(encoder_name_or_path, tasks).")
         self.tasks = model.tasks
-        self._task_loss_sums: dict[str, torch.Tensor] = {}
-        self._task_loss_counts: dict[str, int] = {}
+        self._task_losses = TaskLossWindow(list(self.tasks))
         self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
         self._nonfinite_streak = 0
         self.weighting_optimizer: torch.optim.Optimizer | None = None
@@ -223,8 +223,7 @@ class MultiTaskTrainer(Trainer):
             # Kept out of the logged means and the weighting's history; the step is skipped (see _end_step).
             self._nonfinite.add(task)
             return
-        self._task_loss_sums[task] = self._task_loss_sums.get(task, 0.0) + value
-        self._task_loss_counts[task] = self._task_loss_counts.get(task, 0) + 1
+        self._task_losses.add(task, value)
         self.weighting.observe(task, value)
 
     # ----- gradients -----
@@ -337,30 +336,12 @@ class MultiTaskTrainer(Trainer):
     # ----- logging -----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            if self._task_loss_counts:
-                logs.update(self._pop_task_losses())
+            if self._task_losses:
+                logs.update(self._task_losses.pop(self.args.device, self._reduce_sum))
             logs.update({f"weight_{k}": round(v, 6) for k, v in self._last_weights.items()})
             if self.group_step is not None:
                 logs.update({k: v for k, v in self.group_step.pop_statistics().items() if not k.startswith("weight_")})
         super().log(logs, start_time)
-
-    def _pop_task_losses(self) -> dict[str, float]:
-        """Mean unweighted loss per task since the last log (summed over ranks before dividing) and each task's
-        share of the window's micro-batches."""
-        names = list(self.tasks)
-        device = self.args.device
-        sums = torch.stack([torch.as_tensor(self._task_loss_sums.get(n, 0.0), device=device).float()
-                            for n in names])
-        counts = torch.tensor([self._task_loss_counts.get(n, 0) for n in names], device=device, dtype=torch.float)
-        if self.args.world_size > 1:
-            sums = self.accelerator.reduce(sums, reduction="sum")
-            counts = self.accelerator.reduce(counts, reduction="sum")
-        self._task_loss_sums, self._task_loss_counts = {}, {}
-        out = {f"loss_{n}": round(float(s / c), 4) for n, s, c in zip(names, sums.tolist(), counts.tolist()) if c}
-        # Share of the window's micro-batches per task: what the sampler actually served.
-        total = float(counts.sum())
-        out.update({f"share_{n}": round(float(c) / total, 4) for n, c in zip(names, counts.tolist())})
-        return out
 
     # ----- checkpoints -----
     def _save_checkpoint(self, model: Any, trial: Any) -> None:

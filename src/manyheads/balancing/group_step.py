@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..gradients import norms_and_cosines
+
 
 class TaskGroupStep:
     """Per-task gradient rows on the shared parameters and their aggregation.
@@ -114,10 +116,7 @@ class TaskGroupStep:
             p.grad = chunk.view_as(p).to(p.dtype)
 
     def _statistics(self, names: list[str], gram: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
-        # Norms and cosines from the K x K Gram matrix: no normalised copy of the K x n matrix.
-        gram = gram.double()
-        norms = gram.diagonal().clamp(min=0).sqrt()
-        cosine = gram / (norms.unsqueeze(1) * norms.unsqueeze(0)).clamp(min=1e-24)
+        norms, cosine = norms_and_cosines(gram, zero="zero")
         stats = {f"weight_{n}": float(w) for n, w in zip(names, weights.tolist())}
         stats.update({f"grad_norm_{n}": float(v) for n, v in zip(names, norms.tolist())})
         for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):

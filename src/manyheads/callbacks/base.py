@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.integrations import INTEGRATION_TO_CALLBACK
 
 DIAGNOSTICS_DIR = "diagnostics"
 MONITOR_FILE = "update_monitor.csv"
@@ -96,8 +97,6 @@ class DiagnosticCallback(TrainerCallback):
 
 def reporting_callbacks(callbacks: Iterable[TrainerCallback]) -> list[TrainerCallback]:
     """The reporting integrations among `callbacks` (those `report_to` adds: TensorBoard, MLflow, W&B, ...)."""
-    from transformers.integrations import INTEGRATION_TO_CALLBACK
-
     kinds = tuple(INTEGRATION_TO_CALLBACK.values())
     return [cb for cb in callbacks if isinstance(cb, kinds)]
 

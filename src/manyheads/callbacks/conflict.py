@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ..gradients import norms_and_cosines
 from .base import CONFLICT_FILE, DiagnosticCallback, finite_or_none, unwrap
 
 logger = logging.get_logger(__name__)
@@ -105,12 +106,10 @@ def measure_conflict(model: Any, probe_batches: dict[str, dict[str, Any]], step:
     finally:
         module.train(was_training)
     stacked = torch.stack(flats)
-    gram = (stacked @ stacked.T).double()
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    cosine = gram / torch.outer(norms, norms)  # 0/0 = NaN for a task with a zero gradient
+    norms, cosine = norms_and_cosines(stacked @ stacked.T, zero="nan")  # NaN for a task with a zero gradient
     tasks = list(probe_batches)
     return ConflictMeasurement(step=step, tasks=tasks, grad_norm=dict(zip(tasks, norms.tolist())),
-                               cosine=cosine.clamp(-1.0, 1.0).tolist(), loss=losses)
+                               cosine=cosine.tolist(), loss=losses)
 
 
 class GradientConflictCallback(DiagnosticCallback):

@@ -13,19 +13,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..callbacks.base import CONFLICT_FILE, DIAGNOSTICS_DIR, MONITOR_FILE, RUN_FILE
+from ..checkpoints import checkpoints
 from ..errors import ConfigError
 from ..tasks import TASK_TYPES
 
 STATE_FILE = "trainer_state.json"
 # Per-task eval keys that are timings, not metrics.
 NOT_METRICS = {"runtime", "samples_per_second", "steps_per_second"}
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -86,10 +85,9 @@ def find_state(run_dir: Path) -> Path:
     own = run_dir / STATE_FILE
     if own.is_file():
         return own
-    checkpoints = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
-                         if (m := _CHECKPOINT.match(p.name)) and (p / STATE_FILE).is_file())
-    if checkpoints:
-        return checkpoints[-1][1] / STATE_FILE
+    with_state = [Path(p) for p in checkpoints(str(run_dir)) if (Path(p) / STATE_FILE).is_file()]
+    if with_state:
+        return with_state[-1] / STATE_FILE
     raise ConfigError(f"{run_dir}: no {STATE_FILE}, neither in the folder nor in a checkpoint-N/ folder. Point "
                       "at a run's output_dir, train with save_strategy 'steps' (or call trainer.save_state()), "
                       "then run the report again.")

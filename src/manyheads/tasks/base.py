@@ -10,6 +10,14 @@ checks, tokenization, head, loss, metrics and the post-processing of predictions
 from manyheads import Classification
 task = Classification(name="sst2", text="sentence", label="label")
 ```
+
+A new type subclasses `Task` (or `SequenceTask`, or a built-in type) as a `@dataclass(kw_only=True)` and
+implements four methods: `encode_labels` (raw labels -> what the loss takes), `loss`, `compute_metrics` and
+`postprocess` (logits -> a JSON prediction); it declares `METRICS`. Everything else has a default that fits
+sequence-level tasks and is overridden only when the type differs: `check` (settings), `fit` (state from the
+training split), `check_data`, `required_columns`, `encode` / `collate_labels` (token- or span-level inputs),
+`build_head`, `metric_inputs`, and the prediction / export hooks (`prediction_encoding`,
+`encode_for_prediction`, `export_head_state`, `stock_logits`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2, IOBES
 from torch import nn
 
 from .base import Task, softmax, words_with_spans
@@ -155,9 +157,6 @@ class TokenClassification(Task):
         return true_rows, pred_rows
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
-        from seqeval.metrics import f1_score, precision_score, recall_score
-        from seqeval.scheme import IOB2, IOBES
-
         true_rows, pred_rows = self._tag_sequences(predictions, labels)
         scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.scheme]
         kwargs = {"mode": "strict", "scheme": scheme, "zero_division": 0}
