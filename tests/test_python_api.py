@@ -49,7 +49,7 @@ def new_model(encoder, **tasks):
 def arguments(tmp_path, **overrides) -> MultiTaskTrainingArguments:
     values = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "max_steps": 8,
               "learning_rate": 1e-3, "logging_steps": 4, "report_to": "none", "save_strategy": "no",
-              "use_cpu": True, "seed": 3}
+              "use_cpu": True, "seed": 3, "dataloader_pin_memory": False}
     return MultiTaskTrainingArguments(**{**values, **overrides})
 
 
