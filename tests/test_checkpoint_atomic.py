@@ -20,10 +20,12 @@ from .run_helpers import assert_same_weights, count_optimizer_steps
 # file is written and before the optimizer state (and so the completeness marker): a crash in mid-save.
 SCRIPT = """
 import os, signal, sys
+import manyheads.trainer
 from manyheads.trainer import MultiTaskTrainer
 from manyheads.cli.main import main
 
 save = MultiTaskTrainer._save_optimizer_and_scheduler
+mark = manyheads.trainer.mark_complete
 calls = []
 
 def dying_save(self, output_dir):
@@ -32,7 +34,16 @@ def dying_save(self, output_dir):
         os.kill(os.getpid(), signal.SIGKILL)
     return save(self, output_dir)
 
-MultiTaskTrainer._save_optimizer_and_scheduler = dying_save
+def dying_mark(folder):  # after Trainer's own save, before the marker: where Trainer used to rotate
+    calls.append(folder)
+    if len(calls) == int(os.environ["KILL_AT_SAVE"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return mark(folder)
+
+if os.environ.get("KILL_IN") == "marker":
+    manyheads.trainer.mark_complete = dying_mark
+else:
+    MultiTaskTrainer._save_optimizer_and_scheduler = dying_save
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -67,4 +78,29 @@ def test_kill_during_save_then_resume_from_newest_complete(tmp_path, tiny_model_
     assert f"warning: manyheads: {run / 'checkpoint-6'} is incomplete (interrupted while saving); skipping it." in err
     assert steps == [9, 6]  # the resume started from checkpoint-3: steps 4..9
     assert is_complete(str(run / "checkpoint-6")) and is_complete(str(run / "checkpoint-9"))
+    assert_same_weights(run, tmp_path / "uninterrupted")
+
+
+def test_save_total_limit_never_leaves_the_run_without_a_complete_checkpoint(tmp_path, tiny_model_dir, data_dir,
+                                                                              capsys, monkeypatch):
+    """With save_total_limit 1, the old checkpoint is deleted only after the new one is marked complete: a kill
+    between Trainer's save and the marker leaves checkpoint-3 complete (it used to be deleted by then)."""
+    run = tmp_path / "run"
+    raw = base_config(tiny_model_dir, data_dir, run, max_steps=9, save_strategy="steps", save_steps=3,
+                      logging_steps=3, save_total_limit=1)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    script = tmp_path / "train_and_die.py"
+    script.write_text(SCRIPT, encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KILL_AT_SAVE": "2", "KILL_IN": "marker"}
+    done = subprocess.run([sys.executable, str(script), "train", str(config)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert is_complete(str(run / "checkpoint-3"))
+    assert (run / "checkpoint-6" / "balancing.pt").is_file() and not is_complete(str(run / "checkpoint-6"))
+    steps = count_optimizer_steps(monkeypatch)
+    assert main(["train", str(config), "--resume"]) == 0
+    assert steps == [6]  # the resume started from checkpoint-3: steps 4..9
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-9"]  # rotated once complete
+    assert main(["train", str(config), "--output_dir", str(tmp_path / "uninterrupted")]) == 0
     assert_same_weights(run, tmp_path / "uninterrupted")

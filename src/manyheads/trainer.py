@@ -23,8 +23,9 @@ trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased"
 - `create_scheduler`: warns when the warm-up is as long as the run.
 - `log`: merges per-task training losses (`loss_<task>`), weights (`weight_<task>`) and gradient statistics,
   gathered across ranks.
-- `_save_checkpoint` / `_load_from_checkpoint`: the balancing state travels with each checkpoint, and a
-  checkpoint is marked complete only once everything is written (`manyheads.checkpoints`).
+- `_save_checkpoint` / `_load_from_checkpoint`: the balancing state travels with each checkpoint, a checkpoint
+  is marked complete only once everything is written (`manyheads.checkpoints`), and older checkpoints are
+  rotated out (`save_total_limit`) only after that.
 - `evaluate`: runs Trainer's `evaluation_loop` per task and adds each task's metrics, the user's
   `compute_metrics` results and `eval_average`.
 """
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 from transformers.utils import logging
 
 from .balancing import build_aggregator, build_weighting, group_step_problems
@@ -345,8 +346,16 @@ class MultiTaskTrainer(Trainer):
 
     # ----- checkpoints -----
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        # Trainer rotates (deletes old checkpoints) at the end of its own save, before the balancing state and the
+        # completeness marker exist: a kill right then would leave no complete checkpoint. Rotation is held back
+        # (limit None makes Trainer's rotation a no-op) and done here once the new checkpoint is complete.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             torch.save(self.weighting.state_dict(), os.path.join(folder, BALANCING_STATE))
             if self.weighting_optimizer is not None:
@@ -355,6 +364,7 @@ class MultiTaskTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             mark_complete(folder)
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
