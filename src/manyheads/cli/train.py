@@ -10,6 +10,7 @@ to do with it). Exit codes: 0 done; 2 bad input, nothing written; 3 too many con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -74,7 +75,10 @@ def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> st
     """
     from ..checkpoints import is_complete
     from ..errors import ConfigError
+    from ..output_lock import check_not_locked
 
+    if _main_rank():
+        check_not_locked(output_dir)  # a live run there: say so, rather than "holds a run, add --resume"
     if resume is not None and overwrite:
         raise ConfigError("--resume and --overwrite: resuming continues the run in output_dir, overwriting "
                           "replaces it. Give one of them.")
@@ -103,7 +107,7 @@ def _remove_checkpoints(output_dir: str) -> None:
     mix them with the new run's. Other files are replaced as the new run writes them."""
     from ..checkpoints import checkpoints
 
-    if os.environ.get("RANK", "0") != "0":
+    if not _main_rank():
         return  # one process deletes; the others would race it
     for folder in checkpoints(output_dir):
         shutil.rmtree(folder)
@@ -119,15 +123,29 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     A SIGTERM during training saves a checkpoint and raises `RunStopped` (exit code 143); too many
     consecutive non-finite losses raise `RunStopped` (exit code 3). `command` is shown in the resume hint.
     """
+    from ..output_lock import OutputLock
+    from ..recipe.build import prepare_data
+
+    prepared = prepare_data(run)
+    output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
+    # One process holds the folder for the whole run (the other ranks of a distributed run share it).
+    with OutputLock(output_dir) if _main_rank() else contextlib.nullcontext():
+        return _train_locked(run, prepared, output_dir, resume, overwrite, command)
+
+
+def _main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, overwrite: bool,
+                  command: str | None) -> tuple[Any, dict[str, float]]:
     from ..checkpoints import latest_complete_checkpoint
     from ..errors import RunStopped
     from ..preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
-    from ..recipe.build import build_trainer, prepare_data
+    from ..recipe.build import build_trainer
     from ..trainer import NonFiniteLossError
 
-    prepared = prepare_data(run)
-    # Only now, with config and data checked: a failed check must leave the old run as it was.
-    output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
+    # Only now, with config and data checked and the folder locked: a failed check leaves the old run as it was.
     if overwrite:
         _remove_checkpoints(output_dir)
     resume_hint = f"{command} --resume" if command else "the same command with --resume"
