@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .common import quiet_libraries
 
@@ -20,6 +21,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..export import ExportError, export_task
 
     quiet_libraries()
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ConfigError(f"--output: {args.output} is a file; export writes a folder (config, weights, tokenizer). "
+                          "Give a new or existing folder.")
     try:
         class_name = export_task(args.model_dir, args.task, args.output)
     except ExportError as err:

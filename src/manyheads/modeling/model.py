@@ -6,6 +6,7 @@ model state to route it; that keeps every DDP rank on the same head at the same 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,8 +17,41 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..errors import ConfigError
 from ..tasks import Task, task_from_spec
 from .config import MultiTaskConfig
+
+
+class ModelLoadError(ConfigError):
+    """A saved model folder whose weights do not match its config (see `MultiTaskModel.from_pretrained`)."""
+
+
+def _by_task(keys: set[str]) -> dict[str, list[str]]:
+    """Weight names grouped by the task whose head they belong to ("" for the encoder)."""
+    grouped: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        parts = key.split(".")
+        grouped.setdefault(parts[1] if parts[0] == "heads" and len(parts) > 2 else "", []).append(key)
+    return grouped
+
+
+def load_problems(info: dict[str, Any]) -> list[str]:
+    """One line per task (or the encoder) whose weights are missing, unexpected or of the wrong size."""
+    problems = []
+    for task, keys in _by_task(set(info.get("missing_keys") or ())).items():
+        what = f"task '{task}' has no weights" if task else "the encoder is missing weights"
+        problems.append(f"{what} in the weight file ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); "
+                        "its head would be random. Use the folder the model was saved to, unchanged.")
+    for task, keys in _by_task(set(info.get("unexpected_keys") or ())).items():
+        what = f"task '{task}'" if task else "an encoder of another architecture"
+        problems.append(f"the weight file holds weights of {what}, which config.json does not list "
+                        f"({', '.join(keys[:3])}); config.json and the weights come from different models.")
+    mismatched = {item[0] if isinstance(item, tuple) else item for item in info.get("mismatched_keys") or ()}
+    for task, keys in _by_task(mismatched).items():
+        what = f"task '{task}''s head" if task else "the encoder"
+        problems.append(f"{what} in the weight file has another size than config.json says ({', '.join(keys[:3])}); "
+                        "were the labels in config.json edited? Restore config.json or retrain.")
+    return problems
 
 
 @dataclass
@@ -79,6 +113,35 @@ class MultiTaskModel(PreTrainedModel):
         config = MultiTaskConfig(encoder=encoder.config.to_dict(), tasks=[t.spec() for t in tasks],
                                  pad_token_id=getattr(encoder.config, "pad_token_id", None))
         return cls(config, encoder=encoder, tasks=tasks)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any,
+                        **kwargs: Any) -> MultiTaskModel | tuple[MultiTaskModel, dict[str, Any]]:
+        """`PreTrainedModel.from_pretrained`, strict: a head or encoder tensor missing from the weights, a tensor of
+        a task the config does not list, a head whose size does not match its labels, or a damaged weight file is
+        a `ModelLoadError` naming the task and the file, never a silently re-initialised head."""
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, by task, instead of a bare RuntimeError
+        where = str(pretrained_model_name_or_path)
+        # transformers' own load report would print the problems as a table before ours; they are raised below.
+        report = logging.getLogger("transformers.modeling_utils")
+        level = report.level
+        report.setLevel(logging.ERROR)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except Exception as err:  # safetensors' and torch's errors for truncated or corrupted files
+            if type(err).__name__ not in ("SafetensorError", "UnpicklingError", "HeaderTooLarge", "EOFError"):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(f"{where}: the weight file cannot be read ({first}); it is truncated or corrupted. "
+                                 "Copy the model folder again, or re-save it with save_pretrained.") from None
+        finally:
+            report.setLevel(level)
+        problems = load_problems(info)
+        if problems:
+            raise ModelLoadError([f"{where}: {p}" for p in problems])
+        return (model, info) if want_info else model
 
     def add_missing_heads(self, initialize: bool = True) -> list[str]:
         """Build the heads of tasks whose output size is now known; returns their names."""
