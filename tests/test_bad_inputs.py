@@ -41,6 +41,7 @@ class Ctx:
     models: dict[str, str]
     argv: list[str] = field(default_factory=list)
     text: str | None = None  # the config file's text, when a case needs it verbatim
+    config_bytes: bytes | None = None  # ... or its bytes (an encoding other than UTF-8)
 
     def rows(self, name: str, mutate: Callable[[list[dict]], None], n: int = 16) -> str:
         rows = review_rows(n, 9)
@@ -118,6 +119,39 @@ def _eval_rows(task: int, mutate):
     def build(ctx: Ctx) -> None:
         ctx.raw["tasks"][task]["data"] = {"train": "train.jsonl", "eval": ctx.rows("bad.jsonl", mutate)}
     return build
+
+
+def _checkpoint(tasks: list, corrupt: bool = False):
+    """A complete-looking checkpoint-4 in the output folder, of a model with `tasks` (task objects)."""
+    def build(ctx: Ctx) -> None:
+        from manyheads import MultiTaskModel
+        from manyheads.checkpoints import mark_complete
+
+        folder = ctx.out / "checkpoint-4"
+        MultiTaskModel.from_encoder(make_encoder(), tasks).save_pretrained(folder)
+        (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
+        if corrupt:
+            weights = folder / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:-100])
+        mark_complete(str(folder))
+        ctx.argv.append("--resume")
+    return build
+
+
+def _classification(name: str, labels: list[str]):
+    from manyheads import Classification
+
+    return Classification(name=name, labels=labels)
+
+
+def _alias_bomb(ctx: Ctx) -> None:
+    """A few hundred bytes of YAML whose aliases expand to 10**8 strings, as the value of an integer key: the
+    message must show a bounded excerpt, not the expansion (which grew past 5 GB)."""
+    names = "abcdefgh"
+    levels = ["    - &a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"    - &{names[i + 1]} [" + ", ".join([f"*{names[i]}"] * 10) + "]" for i in range(7)]
+    text = yaml.safe_dump({k: v for k, v in ctx.raw.items() if k != "freeze"})
+    ctx.text = text + "freeze:\n  layers:\n" + "\n".join(levels) + "\n"
 
 
 CASES: dict[str, Case] = {
@@ -221,16 +255,69 @@ CASES: dict[str, Case] = {
                                          ("--resume: checkpoint folder not found", "checkpoint-9", "Check the path")),
     "resume_and_overwrite_together": Case(lambda c: c.argv.extend(["--overwrite", "--resume"]),
                                           ("--resume and --overwrite", "Give one of them")),
+    # ----- round 2 (issue 13): checked before anything runs -----
+    "output_dir_is_a_file": Case(lambda c: c.out.write_text("x", encoding="utf-8"),
+                                 ("output_dir:", "is a file", "Give a folder")),
+    "output_dir_under_a_file": Case(lambda c: (c.out.write_text("x", encoding="utf-8"),
+                                               c.raw["training"].update(output_dir=str(c.out / "run"))),
+                                    ("output_dir:", "lies under", "which is a file")),
+    "task_name_with_a_dot": Case(_set("tasks.0.name", "sst.2"), ("tasks[0] (sst.2)", "name: got 'sst.2'",
+                                                                 "use letters, digits")),
+    "task_name_empty": Case(_set("tasks.0.name", ""), ("tasks[0] ()", "name: got ''")),
+    "config_not_utf8": Case(lambda c: setattr(c, "config_bytes", "model: caf\u00e9\n".encode("latin-1")),
+                            ("cfg.yaml: not UTF-8 text", "0xe9", "Save the config as UTF-8")),
+    "data_not_utf8": Case(lambda c: ((c.dir / "latin.csv").write_bytes("text,sentiment\ncaf\u00e9 good,pos\n"
+                                                                      .encode("latin-1")),
+                                     c.only(0, data={"train": "latin.csv"})),
+                          ("latin.csv: line 2 is not valid utf-8", "0xe9", "data.encoding")),
+    "jsonl_garbage_line": Case(lambda c: (c.write("bad.jsonl", '{"text": "a", "sentiment": "pos"}\n\n{oops\n'),
+                                          c.only(0, data={"train": "bad.jsonl"})),
+                               ("bad.jsonl: line 3 is not valid JSON", "'{oops'", "Fix or remove that line")),
+    "encoder_weights_truncated": Case(lambda c: c.raw.update(model=c.models["truncated"]),
+                                      ("model:", "model.safetensors cannot be read", "truncated or corrupted")),
+    "resume_from_a_checkpoint_of_other_tasks": Case(_checkpoint([_classification("other", ["a", "b"])]),
+                                                    ("--resume:", "checkpoint-4", "has tasks ['other']",
+                                                     "start a new run")),
+    "resume_from_a_checkpoint_with_other_labels": Case(
+        lambda c: (c.only(0, labels=["pos", "neg"]), _checkpoint([_classification("sentiment", ["neg", "pos"])])(c)),
+        ("--resume:", "task 'sentiment' has labels ['neg', 'pos'] in the checkpoint but ['pos', 'neg']")),
+    "resume_from_a_corrupted_checkpoint": Case(
+        lambda c: (c.only(0, labels=["neg", "pos"]),
+                   _checkpoint([_classification("sentiment", ["neg", "pos"])], corrupt=True)(c)),
+        ("checkpoint-4/model.safetensors cannot be read", "truncated or corrupted")),
+    # ----- round 2: config errors that used to surface only after training started -----
+    "class_weights_negative_and_nan": Case(_set("tasks.0.class_weights", [-1, float("nan")]),
+                                           ("tasks[0] (sentiment)", "class_weights: got [-1.0, nan]",
+                                            "finite number >= 0")),
+    "multilabel_rows_all_empty_without_labels": Case(
+        lambda c: (c.only(2, labels=None, data={"train": c.rows("empty.jsonl", lambda r: [x.update(colors=[])
+                                                                                          for x in r])})),
+        ("tasks.colors: no label occurs in the training split", "Declare 'labels'")),
+    # ----- round 2: silent cases -----
+    "duplicate_declared_labels": Case(_set("tasks.0.labels", ["neg", "pos", "neg"]),
+                                      ("labels: ['neg'] appear more than once",)),
+    "dict_valued_labels": Case(_set("tasks.0.labels", [{"neg": 0}]),
+                               ("tasks[0] (sentiment).labels", "got [{'neg': 0}]", "expected list[str]")),
+    "number_mixed_into_a_label_column": Case(_eval_rows(0, lambda r: r[4].update(sentiment=1)),
+                                             ("bad.jsonl", "data row 5", "label 1 mixes with", "names or numbers")),
+    "max_length_zero": Case(_set("tasks.0.max_length", 0), ("max_length: got 0; it must be >= 1",)),
+    "yaml_alias_bomb": Case(_alias_bomb, ("config.freeze.layers", "got [['x', 'x',", "...]", "expected an integer")),
 }
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
-    """Broken encoder folders: weights without a tokenizer, a tokenizer without config or weights."""
+    """Broken encoder folders: weights without a tokenizer, a tokenizer without config or weights, truncated
+    weights."""
     root = tmp_path_factory.mktemp("broken-models")
     make_encoder().save_pretrained(root / "no-tokenizer")
     make_tokenizer().save_pretrained(root / "tokenizer-only")
-    return {"no_tokenizer": str(root / "no-tokenizer"), "tokenizer_only": str(root / "tokenizer-only")}
+    make_encoder().save_pretrained(root / "truncated")
+    make_tokenizer().save_pretrained(root / "truncated")
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    return {"no_tokenizer": str(root / "no-tokenizer"), "tokenizer_only": str(root / "tokenizer-only"),
+            "truncated": str(root / "truncated")}
 
 
 def snapshot(folder: Path) -> list[tuple[str, int, int]] | None:
@@ -248,7 +335,10 @@ def write_case(name: str, tmp_path: Path, tiny_model_dir: str, data_dir: Path, m
     if isinstance(raw.get("training"), dict) and raw["training"].get("output_dir") == "PLACEHOLDER":
         raw["training"]["output_dir"] = str(out)
     path = tmp_path / "cfg.yaml"
-    path.write_text(ctx.text if ctx.text is not None else yaml.safe_dump(raw), encoding="utf-8")
+    if ctx.config_bytes is not None:
+        path.write_bytes(ctx.config_bytes)
+    else:
+        path.write_text(ctx.text if ctx.text is not None else yaml.safe_dump(raw), encoding="utf-8")
     return path, ctx
 
 
@@ -307,3 +397,15 @@ def test_overwrite_replaces_the_previous_run(tmp_path, tiny_model_dir, data_dir,
     # trainer_state.json is the new run's (2 steps), written at its end for `manyheads report`.
     assert json.loads((ctx.out / "trainer_state.json").read_text())["global_step"] == 2
     assert (ctx.out / "model.safetensors").is_file()
+
+
+ROUND_2 = [name for name in CASES if list(CASES).index(name) >= list(CASES).index("output_dir_is_a_file")]
+
+
+@pytest.mark.parametrize("name", [n for n in ROUND_2 if not n.startswith("resume")])
+def test_validate_reports_what_train_would_refuse(name, tmp_path, tiny_model_dir, data_dir, models, capsys):
+    path, ctx = write_case(name, tmp_path, tiny_model_dir, data_dir, models)
+    before = snapshot(ctx.out)
+    code = main(["validate", str(path), *ctx.argv])
+    captured = capsys.readouterr()
+    check_output(name, code, captured.err, captured.out, before, snapshot(ctx.out))

@@ -10,6 +10,25 @@ non-finite losses; 143 preempted by SIGTERM, with a complete checkpoint to resum
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+# Values shown in messages are cut short: a cell of a whole book, or a YAML value built from nested aliases
+# (a few hundred bytes that expand to gigabytes), must not become the message.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxdict = 6
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, bounded in length and depth, for error messages."""
+    return _SHORT.repr(value)
+
+
+def _bounded(message: str, limit: int = 2000) -> str:
+    """A backstop: no single problem line is longer than `limit` characters."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
 
 class ConfigError(ValueError):
     """One or more problems in a run configuration, each a one-line message.
@@ -19,7 +38,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str] | str, where: str | None = None):
         # `details`: the messages themselves; `problems`: each prefixed with `where` (what the user built).
-        self.details = [problems] if isinstance(problems, str) else list(problems)
+        self.details = [_bounded(p) for p in ([problems] if isinstance(problems, str) else problems)]
         self.problems = [f"{where}: {p}" for p in self.details] if where else list(self.details)
         super().__init__("\n".join(self.problems))
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from transformers import EvalPrediction
 
+from .errors import shown
+
 MetricFunction = Callable[..., dict[str, float]]
 
 
@@ -47,8 +49,8 @@ def check_metric_functions(compute_metrics: Any, tasks: list[str]) -> None:
         raise ValueError(f"compute_metrics has entries for {unknown}, which are not tasks of the model ({tasks}).")
     for name, function in functions.items():
         if not callable(function):
-            raise ValueError(f"compute_metrics[{name!r}] is {function!r}; give a function (EvalPrediction[, task]) "
-                             "-> dict of metric values.")
+            raise ValueError(f"compute_metrics[{shown(name)}] is {shown(function)}; give a function "
+                             "(EvalPrediction[, task]) -> dict of metric values.")
 
 
 def _takes_task(function: MetricFunction) -> bool:
@@ -91,6 +93,6 @@ def best_metric_problem(metric: str | None, tasks: list[Any], user_defined: bool
         return None
     close = get_close_matches(name, list(valid), n=1, cutoff=0.6)
     hint = f" Did you mean 'eval_{close[0]}'?" if close else ""
-    return (f"metric_for_best_model={metric!r} names no metric of this run.{hint} Valid: "
+    return (f"metric_for_best_model={shown(metric)} names no metric of this run.{hint} Valid: "
             f"{', '.join('eval_' + v for v in sorted(valid))}"
             + (", or eval_<task>_<name> of your compute_metrics." if user_defined else "."))

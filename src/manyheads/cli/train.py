@@ -66,6 +66,21 @@ def previous_run(output_dir: str) -> list[str]:
     return found + [name for name in RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
 
 
+def output_dir_problem(output_dir: str) -> str | None:
+    """Why `output_dir` cannot be written (a file, under a file, not writable), checked without writing."""
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"output_dir: {output_dir} is a file. Give a folder (new or existing) with --output_dir."
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"output_dir: {output_dir} lies under {parent}, which is a file. Give another --output_dir."
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"output_dir: {parent} is not writable by this user. Give another --output_dir or fix its permissions."
+    return None
+
+
 def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> str | None:
     """The checkpoint to resume from (None: a fresh start), checked before anything is loaded or written.
 
@@ -77,6 +92,9 @@ def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> st
     from ..errors import ConfigError
     from ..output_lock import check_not_locked
 
+    unusable = output_dir_problem(output_dir)
+    if unusable:
+        raise ConfigError(unusable)
     if _main_rank():
         check_not_locked(output_dir)  # a live run there: say so, rather than "holds a run, add --resume"
     if resume is not None and overwrite:
@@ -123,11 +141,18 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     A SIGTERM during training saves a checkpoint and raises `RunStopped` (exit code 143); too many
     consecutive non-finite losses raise `RunStopped` (exit code 3). `command` is shown in the resume hint.
     """
+    from ..errors import ConfigError
     from ..output_lock import OutputLock
     from ..recipe.build import prepare_data
+    from ..recipe.resume import resume_problems
 
     prepared = prepare_data(run)
     output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
+    checkpoint = resolve_resume(resume, output_dir) if resume is not None else None
+    if checkpoint is not None:
+        problems = resume_problems(checkpoint, run, prepared)
+        if problems:
+            raise ConfigError(problems)
     # One process holds the folder for the whole run (the other ranks of a distributed run share it).
     with OutputLock(output_dir) if _main_rank() else contextlib.nullcontext():
         return _train_locked(run, prepared, output_dir, resume, overwrite, command)

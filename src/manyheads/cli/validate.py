@@ -31,6 +31,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             prepared = prepare_data(run_config, tokenize=False)
         except ConfigError as err:
             problems.extend(err)
+    if run_config is not None:
+        from .train import default_output_dir, output_dir_problem
+
+        unusable = output_dir_problem(run_config.training.get("output_dir") or default_output_dir(args.config))
+        if unusable:
+            problems.add(unusable)
     if problems.problems:
         raise ConfigError(problems.problems)
     args_ = run_config.training_arguments(output_dir=run_config.training.get("output_dir", "runs/validate"))

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, set_seed
 
 from ..callbacks import GradientConflictCallback, UpdateMonitorCallback, attach_callbacks, make_probe_batches
@@ -70,10 +71,26 @@ def check_model_folder(model: str) -> list[str]:
     elif not names & set(WEIGHT_FILES):
         problems.append(f"model: {model} has no weights (none of {', '.join(WEIGHT_FILES)}). Save the encoder "
                         "there with model.save_pretrained(...) or point 'model' at a complete folder.")
+    problems.extend(damaged_weight_files(folder))
     if not names & set(TOKENIZER_FILES):
         problems.append(f"model: {model} has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...). "
                         "Save the tokenizer there with tokenizer.save_pretrained(...) or point 'model' at a folder "
                         "that has one.")
+    return problems
+
+
+def damaged_weight_files(folder: str) -> list[str]:
+    """Problems of safetensors files in `folder` that cannot be opened (truncated copies, partial downloads):
+    opening reads only the header, which is checked against the file's size."""
+    problems = []
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".safetensors")):
+        try:
+            with safe_open(os.path.join(folder, name), "pt"):
+                pass
+        except Exception as err:  # SafetensorError, OSError: reported the same way
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            problems.append(f"model: {os.path.join(folder, name)} cannot be read ({first}); the file is truncated or "
+                            "corrupted. Copy or download the model again.")
     return problems
 
 
@@ -133,6 +150,9 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
         if len(problems.problems) == before and not task.fitted:
             # Fitted only on clean training data; eval is then checked against the labels found there.
             task.fit(splits.splits.get("train"))
+            if task.num_outputs is None and "train" in splits.splits:
+                problems.add(f"tasks.{name}: no label occurs in the training split ({splits.sources['train']}), so "
+                             "the head would have no outputs. Declare 'labels', or check the label column.")
         for split in ("eval", "test"):
             dataset = splits.splits.get(split)
             if dataset is not None:

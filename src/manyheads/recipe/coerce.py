@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..errors import ProblemCollector
+from ..errors import ProblemCollector, shown
 
 _MISSING = object()
 
@@ -55,32 +55,32 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError(f"'{key}': got {value!r}, expected {_type_name(hint)}")
+        raise ValueError(f"'{key}': got {shown(value)}, expected {_type_name(hint)}")
     if origin is Literal:
         choices = typing.get_args(hint)
         if value in choices:
             return value
-        raise ValueError(f"'{key}': got {value!r}, valid choices are {list(choices)}")
+        raise ValueError(f"'{key}': got {shown(value)}, valid choices are {list(choices)}")
     if origin in (list, tuple):
         (item,) = typing.get_args(hint)[:1] or (Any,)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"'{key}': got {value!r}, expected a list")
+            raise ValueError(f"'{key}': got {shown(value)}, expected a list")
         return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"'{key}': got {value!r}, expected a mapping")
+            raise ValueError(f"'{key}': got {shown(value)}, expected a mapping")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"'{key}': got {value!r}, expected true or false")
+        raise ValueError(f"'{key}': got {shown(value)}, expected true or false")
     if hint is int:
         if isinstance(value, bool):
-            raise ValueError(f"'{key}': got {value!r}, expected an integer")
+            raise ValueError(f"'{key}': got {shown(value)}, expected an integer")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -90,18 +90,18 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ValueError(f"'{key}': got {value!r}, expected an integer")
+        raise ValueError(f"'{key}': got {shown(value)}, expected an integer")
     if hint is float:
         if isinstance(value, bool):
-            raise ValueError(f"'{key}': got {value!r}, expected a number")
+            raise ValueError(f"'{key}': got {shown(value)}, expected a number")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"'{key}': got {value!r}, expected a number") from None
+            raise ValueError(f"'{key}': got {shown(value)}, expected a number") from None
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ValueError(f"'{key}': got {value!r}, expected a string")
+        raise ValueError(f"'{key}': got {shown(value)}, expected a string")
     if dataclasses.is_dataclass(hint):
         raise TypeError("use build_dataclass for nested dataclasses")
     return value
@@ -133,7 +133,7 @@ def build_dataclass(cls: type, raw: Any, where: str, problems: ProblemCollector,
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.add(f"{where}: expected a mapping of keys, got {raw!r}.")
+        problems.add(f"{where}: expected a mapping of keys, got {shown(raw)}.")
         return None
     hints = field_hints(cls)
     required = {

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..balancing import group_step_problems, weighting_problems
-from ..errors import ConfigError, ProblemCollector
+from ..errors import ConfigError, ProblemCollector, shown
 from ..metrics import best_metric_problem
 from ..tasks import TASK_TYPES, Task, resolve_task_type
 from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
@@ -141,7 +141,7 @@ class RunConfig:
 def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: ProblemCollector) -> TaskEntry | None:
     where = f"tasks[{index}]"
     if not isinstance(raw, dict):
-        problems.add(f"{where}: expected a mapping with name, type, data, ..., got {raw!r}.")
+        problems.add(f"{where}: expected a mapping with name, type, data, ..., got {shown(raw)}.")
         return None
     raw = dict(raw)
     name = raw.get("name", f"#{index}")
@@ -152,7 +152,7 @@ def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: Pr
     except ValueError:
         task_cls = None
     if task_cls is None:
-        problems.add(f"{where}.type: unknown task type {task_type!r}.{suggest(str(task_type), TASK_TYPES)} "
+        problems.add(f"{where}.type: unknown task type {shown(task_type)}.{suggest(str(task_type), TASK_TYPES)} "
                      f"Valid types: {', '.join(TASK_TYPES)}, or the import path of a Task subclass.")
         return None
     hints = field_hints(task_cls)
@@ -336,6 +336,9 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
         raise ConfigError(f"{path}: config file not found. Check the path.")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}). Save "
+                          "the config as UTF-8.") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -7,12 +7,13 @@ file and row it comes from, so `validate` can report all of them at once.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, ProblemCollector
+from ..errors import ConfigError, ProblemCollector, shown
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -27,8 +28,6 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
 
 def read_squad(path: Path, encoding: str = "utf-8") -> Dataset:
     """Official SQuAD v1.1 JSON -> one row per question: id, title, context, question, answers."""
-    import json
-
     from datasets import Dataset
 
     with open(path, encoding=encoding) as handle:
@@ -118,8 +117,36 @@ def read_conll(path: Path, tag_column: int = -1, encoding: str = "utf-8") -> Dat
     return Dataset.from_dict(sentences)
 
 
+def _has_blank_lines(path: Path, encoding: str) -> bool:
+    with open(path, encoding=encoding) as handle:
+        return any(not line.strip() for line in handle)
+
+
+def text_problem(path: Path, fmt: str, encoding: str) -> str | None:
+    """The first line of a text file that does not decode with `encoding`, or (JSONL) is not one JSON value;
+    None when the file is fine. Read line by line: the file is read again by the loader anyway."""
+    if fmt == "parquet":
+        return None
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                return (f"{path}: line {number} is not valid {encoding} (byte {raw[err.start]:#04x}). Set the "
+                        f"task's data.encoding to the file's encoding (e.g. latin-1), or convert the file to UTF-8.")
+            except LookupError:
+                return f"{path}: unknown encoding {encoding!r} in data.encoding. Use e.g. utf-8 or latin-1."
+            if fmt == "jsonl" and line.strip():
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    return (f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}): "
+                            f"{shown(line.strip())}. Fix or remove that line.")
+    return None
+
+
 def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
-    from datasets import load_dataset
+    from datasets import Dataset, load_dataset
 
     if fmt == "conll":
         return read_conll(path, data.tag_column, data.encoding)
@@ -139,6 +166,10 @@ def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
         # Keep text cells as text: pandas would turn "NA"/"null" sentences into NaN.
         kwargs["keep_default_na"] = False
         return load_dataset("csv", data_files=str(path), split="train", **kwargs)
+    if fmt == "jsonl" and _has_blank_lines(path, data.encoding):
+        # datasets' JSON reader fails on blank lines with a message that names neither file nor line.
+        with open(path, encoding=data.encoding) as handle:
+            return Dataset.from_list([json.loads(line) for line in handle if line.strip()])
     if fmt in ("json", "jsonl"):
         return load_dataset("json", data_files=str(path), split="train", encoding=data.encoding)
     return load_dataset("parquet", data_files=str(path), split="train")
@@ -159,6 +190,10 @@ def _load_local(task: TaskEntry, split: str, run: RunConfig, problems: ProblemCo
     if fmt is None:
         problems.add(f"{where}: cannot tell the format of {path.name}; set 'format' to one of "
                      f"{', '.join(FORMATS)}.")
+        return None
+    problem = text_problem(path, fmt, data.encoding)
+    if problem:
+        problems.add(problem)
         return None
     if fmt in ("csv", "tsv") and data.header and _count_lines(path, data.encoding, 2) < 2:
         # datasets reports a header-only file as 'Instruction "train" corresponds to no data!'.

@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from ..errors import ProblemCollector
+from ..errors import ProblemCollector, shown
 from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
 from .coerce import suggest
 
@@ -42,9 +42,9 @@ def _typed(key: str, value: Any, action: argparse.Action) -> Any:
         try:
             value = action.type(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise ValueError(f"'training.{key}': got {value!r}, expected {_type_name(action)}") from None
+            raise ValueError(f"'training.{key}': got {shown(value)}, expected {_type_name(action)}") from None
     if choices and value is not None and str(getattr(value, "value", value)) not in choices:
-        raise ValueError(f"'training.{key}': got {value!r}, expected {_type_name(action)}")
+        raise ValueError(f"'training.{key}': got {shown(value)}, expected {_type_name(action)}")
     return value
 
 
@@ -53,7 +53,7 @@ def check_training(raw: Any, owned: dict[str, str], problems: ProblemCollector) 
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        problems.add(f"training: expected a mapping of TrainingArguments fields, got {raw!r}.")
+        problems.add(f"training: expected a mapping of TrainingArguments fields, got {shown(raw)}.")
         return {}
     actions = _actions()
     out: dict[str, Any] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import shown
 from ..importing import import_object
 from .base import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN, SequenceTask, Task
 from .classification import Classification
@@ -36,11 +37,11 @@ def resolve_task_type(name: str) -> type[Task]:
     try:
         cls = import_object(name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"task type {name!r} cannot be imported ({err}); valid: {', '.join(TASK_TYPES)}, or the "
+        raise ValueError(f"task type {shown(name)} cannot be imported ({err}); valid: {', '.join(TASK_TYPES)}, or the "
                          "import path of a Task subclass that is importable here (install or add its package "
                          "to PYTHONPATH).") from None
     if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ValueError(f"unknown task type {name!r}; valid: {', '.join(TASK_TYPES)}, or the import path of a "
+        raise ValueError(f"unknown task type {shown(name)}; valid: {', '.join(TASK_TYPES)}, or the import path of a "
                          "manyheads Task subclass ('my_package.tasks.MyTask').")
     return cls
 

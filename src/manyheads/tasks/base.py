@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 from .heads import POOLING, SequenceHead, resolve_pooling
-from .labels import LabelReader, read_label_names
+from .labels import LabelReader, label_key, read_label_names
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -85,7 +85,11 @@ class Task:
             self.text = [self.text]
         self.label_names = read_label_names(self.label_names)
         if self.labels is not None:
-            self.labels = [str(v) for v in self.labels]
+            bad = [v for v in self.labels if isinstance(v, bool) or not isinstance(v, (str, int, float))]
+            if bad:
+                raise ConfigError(f"labels: {shown(bad[0])} is not a label name; give names (strings) or numbers.",
+                                  where=f"{type(self).__name__}(name={self.name!r})")
+            self.labels = [label_key(v) for v in self.labels]
         # What `fit` learns from the training split; saved with the settings, never written into them.
         self.fitted: dict[str, Any] = {}
         problems = self.check()
@@ -109,6 +113,13 @@ class Task:
             problems.append(f"weight: got {self.weight}; a loss weight must be a finite number >= 0.")
         if self.max_length < 1:
             problems.append(f"max_length: got {self.max_length}; it must be >= 1.")
+        for key in ("labels", "label_names"):
+            values = getattr(self, key)
+            if not isinstance(values, list):
+                continue
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                problems.append(f"{key}: {shown(repeated)} appear more than once; each label once, in head order.")
         return problems
 
     def settings(self) -> dict[str, Any]:
@@ -167,7 +178,7 @@ class Task:
         for column in self.text:
             for row, value in enumerate(dataset[column]):
                 if not isinstance(value, str):
-                    return [f"{source}: data row {row + 1}, column '{column}': text cell is {value!r}, not a "
+                    return [f"{source}: data row {row + 1}, column '{column}': text cell is {shown(value)}, not a "
                             "string. Fill or drop that row."]
         return []
 

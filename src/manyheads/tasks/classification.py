@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -11,11 +13,22 @@ import torch
 from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_fscore_support
 from torch import nn
 
+from ..errors import shown
 from .base import SequenceTask, softmax
-from .labels import sorted_labels
+from .labels import label_key, sorted_labels
 
 if TYPE_CHECKING:
     from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(label_key(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _is_empty(value: Any) -> bool:
@@ -44,7 +57,11 @@ class Classification(SequenceTask):
             problems.append("label: a classification task needs the name of its label column.")
         weights = self.class_weights
         if isinstance(weights, str) and weights != "auto":
-            problems.append(f"class_weights: got {weights!r}; use 'auto', a list, or a {{label: weight}} mapping.")
+            problems.append(f"class_weights: got {shown(weights)}; use 'auto', a list, or a {{label: weight}} mapping.")
+        values = list(weights.values()) if isinstance(weights, dict) else weights if isinstance(weights, list) else []
+        if values and (any(not math.isfinite(float(w)) or float(w) < 0 for w in values) or not any(values)):
+            problems.append(f"class_weights: got {shown(weights)}; each weight must be a finite number >= 0, and "
+                            "not all of them 0.")
         declared = self.label_list or None
         if isinstance(weights, list) and declared and len(weights) != len(declared):
             problems.append(f"class_weights: {len(weights)} weights for {len(declared)} labels; give one per label.")
@@ -57,7 +74,9 @@ class Classification(SequenceTask):
         problems = super().check_data(split, dataset, source)
         declared = self.label_list or None
         column = self.label
-        for row, value in enumerate(dataset[column]):
+        values = dataset[column]
+        first = next((v for v in values if not _is_empty(v)), None)
+        for row, value in enumerate(values):
             where = f"{source}: data row {row + 1}, column '{column}'"
             if _is_empty(value):
                 return problems + [f"{where}: the label is empty. Fill or drop that row."]
@@ -65,9 +84,12 @@ class Classification(SequenceTask):
                 name = self._label_of(value)
             except ValueError as err:
                 return problems + [f"{where}: {err}. Fix the row or label_names."]
+            if _is_number(value) != _is_number(first):
+                return problems + [f"{where}: label {shown(value)} mixes with {shown(first)} (row 1): a label column "
+                                   "holds names or numbers, not both. Fix the row (or map numbers with label_names)."]
             if declared is not None and name not in declared:
                 # The declared list as the user wrote it (its order is the head's order).
-                return problems + [f"{where}: label {value!r} is not in the declared labels {list(declared)}. "
+                return problems + [f"{where}: label {shown(value)} is not in the declared labels {list(declared)}. "
                                    "Add it to 'labels' or fix the row."]
         return problems
 
@@ -77,6 +99,10 @@ class Classification(SequenceTask):
             labels = sorted_labels([self._label_of(v) for v in train[self.label]])
         if labels is not None:
             self.fitted["labels"] = list(labels)
+        if train is not None and len({self._label_of(v) for v in train[self.label]}) == 1:
+            logger.warning("manyheads: task '%s': every training row has the label %r, so the head can only learn "
+                           "to predict it. Check the label column and the data split.", self.name,
+                           self._label_of(train[self.label][0]))
         weights = self.class_weights
         if weights == "auto" and train is not None:
             counts = Counter(self._label_of(v) for v in train[self.label])

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import shown
+
 
 def label_key(value: Any) -> str:
     """A label as a string: 1.0 and 1 are "1"."""
@@ -64,5 +66,5 @@ class LabelReader:
         if isinstance(value, str) and self.separator is not None:
             value = [part for part in value.split(self.separator) if part.strip()]
         if not isinstance(value, list):
-            raise TypeError(f"expected a list of labels, got {value!r}")
+            raise TypeError(f"expected a list of labels, got {shown(value)}")
         return [self.name(v) for v in value]

@@ -7,6 +7,7 @@ column per label (`label_columns: [toxic, obscene, ...]`, the column names being
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
+from ..errors import shown
 from .base import SequenceTask, sigmoid
 from .labels import sorted_labels
 
@@ -48,6 +50,9 @@ class MultiLabel(SequenceTask):
         problems = super().check()
         if isinstance(self.pos_weight, str) and self.pos_weight != "auto":
             problems.append(f"pos_weight: got {self.pos_weight!r}; use 'auto' or one number per label.")
+        if isinstance(self.pos_weight, list) and any(not math.isfinite(float(w)) or float(w) <= 0
+                                                     for w in self.pos_weight):
+            problems.append(f"pos_weight: got {shown(self.pos_weight)}; each weight must be a finite number > 0.")
         if not 0.0 < self.threshold < 1.0:
             problems.append(f"threshold: got {self.threshold}; it must be between 0 and 1.")
         if self.label_columns and self.labels and list(self.labels) != list(self.label_columns):
@@ -66,7 +71,7 @@ class MultiLabel(SequenceTask):
                 bad = next(((r, v) for r, v in enumerate(dataset[column]) if v not in (0, 1)), None)
                 if bad:
                     problems.append(f"{source}: data row {bad[0] + 1}, column '{column}': multi-label value "
-                                    f"{bad[1]!r} is not 0 or 1. Use 0/1 per label column.")
+                                    f"{shown(bad[1])} is not 0 or 1. Use 0/1 per label column.")
             return problems
         declared = self.label_list or None
         reader = self.reader
@@ -75,15 +80,15 @@ class MultiLabel(SequenceTask):
             try:
                 names = reader.many(value)
             except TypeError:
-                return problems + [f"{where}: expected a list of labels, got {value!r}. Use a JSON list, "
+                return problems + [f"{where}: expected a list of labels, got {shown(value)}. Use a JSON list, "
                                    "'label_separator' for delimited strings such as \"4,27\", or 'label_columns' "
                                    "for 0/1 columns."]
             except ValueError as err:
                 return problems + [f"{where}: {err}. Fix the row or label_names."]
             unknown = [v for v in names if declared is not None and v not in declared]
             if unknown:
-                return problems + [f"{where}: label {unknown[0]!r} is not in the declared labels {list(declared)}. "
-                                   "Add it to 'labels' or fix the row."]
+                return problems + [f"{where}: label {shown(unknown[0])} is not in the declared labels "
+                                   f"{list(declared)}. Add it to 'labels' or fix the row."]
         return problems
 
     def fit(self, train: Dataset | None) -> None:

@@ -22,6 +22,7 @@ import torch
 from scipy.special import logsumexp
 from torch import nn
 
+from ..errors import shown
 from .base import Task
 from .heads import SpanHead
 
@@ -138,8 +139,9 @@ class QuestionAnswering(Task):
             if not texts:
                 return [f"{source}: data row {row + 1}: no answer. Extractive QA needs one per question."]
             if context[starts[0]:starts[0] + len(texts[0])] != texts[0]:
-                return [f"{source}: data row {row + 1}: answer {texts[0]!r} not found at offset {starts[0]} of the "
-                        f"context (found {context[starts[0]:starts[0] + len(texts[0])]!r}). Fix answer_start."]
+                found = context[starts[0]:starts[0] + len(texts[0])]
+                return [f"{source}: data row {row + 1}: answer {shown(texts[0])} not found at offset {starts[0]} "
+                        f"of the context (found {shown(found)}). Fix answer_start."]
         return problems
 
     # ----- features -----

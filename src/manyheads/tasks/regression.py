@@ -11,6 +11,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from torch import nn
 
+from ..errors import shown
 from .base import SequenceTask
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Regression(SequenceTask):
             if number is None or not math.isfinite(number):
                 what = "not a number" if number is None else "not finite"
                 return problems + [f"{source}: data row {row + 1}, column '{self.label}': regression target "
-                                   f"{value!r} is {what}. Fix or drop that row."]
+                                   f"{shown(value)} is {what}. Fix or drop that row."]
         return problems
 
     @property

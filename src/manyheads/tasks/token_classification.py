@@ -18,6 +18,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2, IOBES
 from torch import nn
 
+from ..errors import shown
 from .base import Task, softmax, words_with_spans
 from .heads import TokenHead
 from .labels import sorted_labels
@@ -80,7 +81,8 @@ class TokenClassification(Task):
         column = self.text[0]
         for row, words in enumerate(dataset[column]):
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                return [f"{source}: data row {row + 1}, column '{column}': expected a list of words, got {words!r}."]
+                return [f"{source}: data row {row + 1}, column '{column}': expected a list of words, got "
+                        f"{shown(words)}."]
         return []
 
     def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
@@ -100,7 +102,7 @@ class TokenClassification(Task):
                 return [f"{where}, column '{tags_col}': {err}. Fix the row or label_names."]
             unknown = [t for t in names if declared is not None and t not in declared]
             if unknown:
-                return [f"{where}, column '{tags_col}': tag {unknown[0]!r} is not in the declared labels "
+                return [f"{where}, column '{tags_col}': tag {shown(unknown[0])} is not in the declared labels "
                         f"{list(declared)}. Add it to 'labels' or fix the row."]
         return []
 
