@@ -129,9 +129,15 @@ def _remove_checkpoints(output_dir: str) -> None:
         return  # one process deletes; the others would race it
     for folder in checkpoints(output_dir):
         shutil.rmtree(folder)
-    state = os.path.join(output_dir, "trainer_state.json")
-    if os.path.isfile(state):
-        os.remove(state)
+    # Results of the old run that the new one may not rewrite (no eval split, diagnostics off): `report` would
+    # show them as the new run's.
+    for name in ("trainer_state.json", "eval_results.json", "test_results.json"):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    for name in ("diagnostics", "report"):
+        if os.path.isdir(os.path.join(output_dir, name)):
+            shutil.rmtree(os.path.join(output_dir, name))
 
 
 def train_and_report(run: Any, resume: str | None = None, overwrite: bool = False,

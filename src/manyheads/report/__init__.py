@@ -23,6 +23,7 @@ from .figures import (
     draw_relative_update,
     draw_train_loss,
     draw_weights_and_sampling,
+    plain_text,
 )
 from .html import render
 
@@ -47,7 +48,8 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
     data = load_run(run_dir)
     folder = Path(output_dir) if output_dir is not None else Path(run_dir) / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    figures = [(SECTIONS[draw], draw(data, folder)) for draw in DRAWERS]
+    with plain_text():  # task names and labels are text, never matplotlib math ("$x$" in a name)
+        figures = [(SECTIONS[draw], draw(data, folder)) for draw in DRAWERS]
     index = folder / "index.html"
     index.write_text(render(data, figures, str(folder)), encoding="utf-8")
     return index

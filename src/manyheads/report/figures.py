@@ -6,7 +6,9 @@ draw (that text goes into the report instead of the figure).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,15 @@ def _matplotlib() -> tuple[Any, Any]:
         raise ImportError("manyheads report draws its figures with matplotlib, which is not installed: "
                           "pip install 'manyheads[report]' (or pip install matplotlib)") from None
     return MplFigure, FigureCanvasAgg
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Matplotlib reads "$...$" in any label as math (and raises on bad math): off while drawing a report."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
 
 
 def _new(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Any, Any]:

@@ -1,0 +1,55 @@
+"""Smaller reliability cases: the report draws any text, --overwrite removes the old run's results, a training
+split with one class is warned about."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+from datasets import Dataset
+
+from manyheads import Classification
+from manyheads.cli.main import main
+from manyheads.report.figures import plain_text
+
+from .conftest import base_config
+
+
+def test_report_figures_draw_dollar_signs_as_text(tmp_path):
+    from matplotlib.figure import Figure
+
+    def draw() -> None:
+        figure = Figure()
+        axes = figure.subplots()
+        axes.plot([0, 1], [0, 1], label=r"$\x$")
+        axes.legend()
+        figure.savefig(tmp_path / "f.png")
+
+    with pytest.raises(ValueError):
+        draw()  # matplotlib's math parser rejects it
+    with plain_text():
+        draw()
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_overwrite_removes_the_old_runs_results(tmp_path, tiny_model_dir, data_dir, capsys):
+    out = tmp_path / "out"
+    raw = base_config(tiny_model_dir, data_dir, out, max_steps=2)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(config)]) == 0
+    assert (out / "eval_results.json").is_file() and (out / "diagnostics" / "run.json").is_file()
+    for task in raw["tasks"]:
+        task["data"].pop("eval")
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(config), "--overwrite"]) == 0
+    assert not (out / "eval_results.json").exists()  # `report` would show the old run's metrics as this one's
+    assert (out / "diagnostics" / "run.json").is_file()  # the new run's own
+
+
+def test_a_training_split_with_one_class_is_warned_about(caplog):
+    task = Classification(name="s")
+    with caplog.at_level(logging.WARNING, logger="manyheads"):
+        task.fit(Dataset.from_dict({"text": ["a", "b"], "label": ["pos", "pos"]}))
+    assert "task 's': every training row has the label 'pos'" in caplog.text
