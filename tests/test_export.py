@@ -91,6 +91,27 @@ def test_token_classification_export_matches_pipeline_entities(saved_model, tmp_
     assert found > 0  # the comparison covered real entities
 
 
+def test_token_predictions_split_punctuation_as_the_stock_pipeline_does(saved_model, tmp_path):
+    """Raw text with punctuation: "box," is the words "box" and ",", as in CoNLL training data and in the stock
+    pipeline, so an entity ends at "box" unless the punctuation itself is tagged."""
+    out = tmp_path / "ner"
+    export_task(saved_model, "ner", out)
+    rng = np.random.default_rng(4)
+    texts = [" ".join(f"{w}{rng.choice(['', ',', '.', '!'], p=[0.4, 0.2, 0.2, 0.2])}"
+                      for w in rng.choice(COLORS + FILLER + ["box"], size=8)) for _ in range(40)]
+    ours = MultiTaskPredictor(saved_model).predict([{"text": t} for t in texts], tasks=["ner"])
+    tagger = pipeline("token-classification", model=str(out), aggregation_strategy="first", device="cpu")
+    found = 0
+    for text, o in zip(texts, ours):
+        theirs = {(e["entity_group"], e["start"], e["end"]) for e in tagger(text)}
+        mine = {(e["type"], e["start"], e["end"]) for e in o["ner"]["entities"]}
+        assert theirs == mine, text
+        assert all(e["text"] == text[e["start"]:e["end"]] for e in o["ner"]["entities"])
+        assert len(o["ner"]["words"]) == len(o["ner"]["tags"]) == len(text.split()) + sum(map(text.count, ",.!"))
+        found += len(mine)
+    assert found > 0
+
+
 def test_question_answering_export_gives_the_same_answers(saved_model, tmp_path):
     out = tmp_path / "qa"
     assert export_task(saved_model, "qa", out) == "BertForQuestionAnswering"

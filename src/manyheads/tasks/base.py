@@ -255,7 +255,9 @@ class Task:
         for k, text in enumerate(columns[0]):
             meta: dict[str, Any] = {"row": k}
             if with_words:
-                meta.update(text=text, word_ids=word_ids_from_offsets(text, offsets[k].tolist()))
+                words, spans = split_words(text, tokenizer)
+                meta.update(text=text, words=words, spans=spans,
+                            word_ids=word_ids_from_spans(spans, offsets[k].tolist()))
             metas.append(meta)
         return encoded, metas
 
@@ -278,18 +280,26 @@ class SequenceTask(Task):
         return problems
 
 
-_WORD = re.compile(r"\S+")
+# Runs of letters/digits, or one punctuation mark: how BERT-style tokenizers (and CoNLL files) split words.
+_WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Whitespace words of raw text and their character spans."""
+def split_words(text: str, tokenizer: Any = None) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words of raw text and their character spans, split as the tokenizer splits words (its pre-tokenizer),
+    so "Chicago." is "Chicago" and "." as in training data; a pre-tokenizer that rewrites words (byte-level
+    BPE's "Ġ") or none gives the same rule by regular expression."""
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if pre is not None:
+        pieces = pre.pre_tokenize_str(text)
+        if all(text[start:end] == word for word, (start, end) in pieces):
+            return [word for word, _ in pieces], [tuple(span) for _, span in pieces]
     matches = list(_WORD.finditer(text))
     return [m.group() for m in matches], [m.span() for m in matches]
 
 
-def word_ids_from_offsets(text: str, offsets: list[list[int]]) -> list[int | None]:
-    """Whitespace-word index of each token from its character offsets (None for special/padding tokens)."""
-    starts = [s for s, _ in words_with_spans(text)[1]]
+def word_ids_from_spans(spans: list[tuple[int, int]], offsets: list[list[int]]) -> list[int | None]:
+    """Word index of each token from its character offsets (None for special/padding tokens)."""
+    starts = [s for s, _ in spans]
     ids: list[int | None] = []
     for begin, end in offsets:
         word = bisect.bisect_right(starts, begin) - 1 if begin != end else -1

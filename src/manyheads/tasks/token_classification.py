@@ -19,7 +19,7 @@ from seqeval.scheme import IOB2, IOBES
 from torch import nn
 
 from ..errors import shown
-from .base import Task, softmax, words_with_spans
+from .base import Task, softmax
 from .heads import TokenHead
 from .labels import sorted_labels
 
@@ -177,7 +177,7 @@ class TokenClassification(Task):
             raise ValueError("token classification needs the text and token offsets of each row")
         results = []
         for row_logits, meta in zip(logits, inputs):
-            words, spans = words_with_spans(meta["text"])
+            words, spans = meta["words"], meta["spans"]
             probs = softmax(row_logits.astype(np.float64))
             word_tags, word_scores = ["O"] * len(words), [0.0] * len(words)
             seen = set()
