@@ -53,3 +53,33 @@ def test_a_training_split_with_one_class_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="manyheads"):
         task.fit(Dataset.from_dict({"text": ["a", "b"], "label": ["pos", "pos"]}))
     assert "task 's': every training row has the label 'pos'" in caplog.text
+
+
+def test_disk_full_during_a_save_is_one_line_and_the_last_checkpoint_stays(tmp_path, tiny_model_dir, data_dir,
+                                                                            capsys, monkeypatch):
+    import errno
+
+    from manyheads.checkpoints import is_complete
+    from manyheads.trainer import MultiTaskTrainer
+
+    out = tmp_path / "out"
+    raw = base_config(tiny_model_dir, data_dir, out, max_steps=9, save_strategy="steps", save_steps=3)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    save, calls = MultiTaskTrainer._save_optimizer_and_scheduler, []
+
+    def full_disk(self, output_dir):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, output_dir)
+
+    monkeypatch.setattr(MultiTaskTrainer, "_save_optimizer_and_scheduler", full_disk)
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 4
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: disk full while writing to {out} (No space left on device); the latest complete "
+                      f"checkpoint, {out / 'checkpoint-3'}, is intact. Free space, then resume with --resume."]
+    assert is_complete(str(out / "checkpoint-3")) and not is_complete(str(out / "checkpoint-6"))
+    monkeypatch.setattr(MultiTaskTrainer, "_save_optimizer_and_scheduler", save)
+    assert main(["train", str(config), "--resume"]) == 0

@@ -3,14 +3,15 @@
 Everything that can be checked is checked before anything is written: the config, the data, the encoder
 folder, and the output folder (which must not hold another run unless `--resume` or `--overwrite` says what
 to do with it). Exit codes: 0 done; 2 bad input, nothing written; 3 too many consecutive non-finite losses
-(the last checkpoint is intact); 143 preempted by SIGTERM, with a complete checkpoint to resume from
-(`manyheads.preemption`).
+(the last checkpoint is intact); 4 disk full while saving (the last complete checkpoint is intact); 143
+preempted by SIGTERM, with a complete checkpoint to resume from (`manyheads.preemption`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -23,6 +24,8 @@ from typing import Any
 
 from .common import format_table, metrics_rows, quiet_libraries
 
+# A save ran out of disk space (ENOSPC / EDQUOT); earlier complete checkpoints are left as they were.
+DISK_FULL_EXIT_CODE = 4
 HELP = "Train a multi-task model from a YAML config (flags override config fields)."
 # Files that only a run writes: an output folder holding one of them (or a checkpoint) holds another run.
 RUN_FILES = ("trainer_state.json", "config.json", "model.safetensors", "model.safetensors.index.json",
@@ -147,7 +150,8 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     A SIGTERM during training saves a checkpoint and raises `RunStopped` (exit code 143); too many
     consecutive non-finite losses raise `RunStopped` (exit code 3). `command` is shown in the resume hint.
     """
-    from ..errors import ConfigError
+    from ..checkpoints import latest_complete_checkpoint
+    from ..errors import ConfigError, RunStopped
     from ..output_lock import OutputLock
     from ..recipe.build import prepare_data
     from ..recipe.resume import resume_problems
@@ -161,7 +165,15 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
             raise ConfigError(problems)
     # One process holds the folder for the whole run (the other ranks of a distributed run share it).
     with OutputLock(output_dir) if _main_rank() else contextlib.nullcontext():
-        return _train_locked(run, prepared, output_dir, resume, overwrite, command)
+        try:
+            return _train_locked(run, prepared, output_dir, resume, overwrite, command)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            last = latest_complete_checkpoint(output_dir)
+            where = f"the latest complete checkpoint, {last}, is intact" if last else "no checkpoint had been saved"
+            raise RunStopped(f"disk full while writing to {output_dir} ({err.strerror}); {where}. Free space, then "
+                             "resume with --resume.", exit_code=DISK_FULL_EXIT_CODE) from None
 
 
 def _main_rank() -> bool:
