@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from manyheads.checkpoints import is_complete
@@ -81,10 +82,12 @@ def test_kill_during_save_then_resume_from_newest_complete(tmp_path, tiny_model_
     assert_same_weights(run, tmp_path / "uninterrupted")
 
 
+@pytest.mark.parametrize("kill_in", ["optimizer", "marker"])
 def test_save_total_limit_never_leaves_the_run_without_a_complete_checkpoint(tmp_path, tiny_model_dir, data_dir,
-                                                                              capsys, monkeypatch):
-    """With save_total_limit 1, the old checkpoint is deleted only after the new one is marked complete: a kill
-    between Trainer's save and the marker leaves checkpoint-3 complete (it used to be deleted by then)."""
+                                                                              capsys, monkeypatch, kill_in):
+    """With save_total_limit 1, the old checkpoint is deleted only after the new one is marked complete: a kill in
+    the middle of Trainer's save, or between it and the marker, leaves checkpoint-3 complete (it used to be
+    deleted by then)."""
     run = tmp_path / "run"
     raw = base_config(tiny_model_dir, data_dir, run, max_steps=9, save_strategy="steps", save_steps=3,
                       logging_steps=3, save_total_limit=1)
@@ -92,12 +95,12 @@ def test_save_total_limit_never_leaves_the_run_without_a_complete_checkpoint(tmp
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
     script = tmp_path / "train_and_die.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KILL_AT_SAVE": "2", "KILL_IN": "marker"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KILL_AT_SAVE": "2", "KILL_IN": kill_in}
     done = subprocess.run([sys.executable, str(script), "train", str(config)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert is_complete(str(run / "checkpoint-3"))
-    assert (run / "checkpoint-6" / "balancing.pt").is_file() and not is_complete(str(run / "checkpoint-6"))
+    assert (run / "checkpoint-6" / "model.safetensors").is_file() and not is_complete(str(run / "checkpoint-6"))
     steps = count_optimizer_steps(monkeypatch)
     assert main(["train", str(config), "--resume"]) == 0
     assert steps == [6]  # the resume started from checkpoint-3: steps 4..9
