@@ -355,13 +355,18 @@ def check_output(name: str, code: int, err: str, out_text: str, before, after) -
     assert after == before, f"{name}: the output folder changed"
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_caught_before_training(name, tmp_path, tiny_model_dir, data_dir, models, capsys):
+def run_case(command: str, name: str, tmp_path: Path, tiny_model_dir: str, data_dir: Path, models: dict,
+             capsys) -> None:
     path, ctx = write_case(name, tmp_path, tiny_model_dir, data_dir, models)
     before = snapshot(ctx.out)
-    code = main(["train", str(path), *ctx.argv])
+    code = main([command, str(path), *ctx.argv])
     captured = capsys.readouterr()
     check_output(name, code, captured.err, captured.out, before, snapshot(ctx.out))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_caught_before_training(name, tmp_path, tiny_model_dir, data_dir, models, capsys):
+    run_case("train", name, tmp_path, tiny_model_dir, data_dir, models, capsys)
 
 
 def test_corpus_covers_the_issue_list():
@@ -404,8 +409,4 @@ ROUND_2 = [name for name in CASES if list(CASES).index(name) >= list(CASES).inde
 
 @pytest.mark.parametrize("name", [n for n in ROUND_2 if not n.startswith("resume")])
 def test_validate_reports_what_train_would_refuse(name, tmp_path, tiny_model_dir, data_dir, models, capsys):
-    path, ctx = write_case(name, tmp_path, tiny_model_dir, data_dir, models)
-    before = snapshot(ctx.out)
-    code = main(["validate", str(path), *ctx.argv])
-    captured = capsys.readouterr()
-    check_output(name, code, captured.err, captured.out, before, snapshot(ctx.out))
+    run_case("validate", name, tmp_path, tiny_model_dir, data_dir, models, capsys)
