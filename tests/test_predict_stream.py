@@ -100,6 +100,7 @@ def test_unreadable_files_name_the_file_and_line(model_dir, tmp_path, capsys):
         "list.jsonl": (b'{"text": "good"}\n["good"]\n', "list.jsonl:2: expected a JSON object of fields"),
         "short.csv": (b'text,other\ngood,bad\n"a, b"\n', "short.csv:3: values in this row: 1; columns in the header "
                                                         "(line 1): 2 ['text', 'other']; every row needs one value"),
+        "twice.csv": (b"text,text\na,b\n", "twice.csv:1: the header names ['text'] more than once"),
         "long.tsv": (b"text\tother\ngood\tbad\tred\n", "long.tsv:2: values in this row: 3; columns in the "
                                                    "header (line 1): 2 ['text', 'other']; quote a value that holds"),
         "broken.json": (b'[{"text": "good"},\n {"text": }]', "broken.json:2: not valid JSON"),
@@ -138,6 +139,8 @@ BAD_ROWS = [
     ({"text": ["good", "red"]}, [], "field 'text' (task 'sentiment') is a list; give a string"),
     ({"text": "good", "other": True}, ["--task", "match"], "field 'other' (task 'match') is a boolean (true)"),
     ({"text": "good"}, ["--task", "match"], "field 'other' (task 'match') is missing; the row has ['text']"),
+    ({"other": "x"}, ["--task", "ner"], "field 'tokens' (task 'ner') is missing (a plain 'text' field would do "
+                                        "too); the row has ['other']"),
     ({"tokens": ["the", 7]}, ["--task", "ner"], "field 'tokens' (task 'ner') is a list of words holding a number "
                                                 "(7); every word must be a string"),
     ({"id": 4}, [], "no task can read this row: its fields are ['id']; the tasks read sentiment: 'text'; "

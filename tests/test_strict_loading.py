@@ -79,7 +79,7 @@ def test_cli_commands_refuse_a_damaged_model_with_one_line(saved, tmp_path, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and f"{folder}: " in errors[0] and "Traceback" not in err, err
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder}: ") and "Traceback" not in err, err
     assert re.search(message, errors[0])
     assert list(output.iterdir()) == []  # nothing written
 

@@ -134,7 +134,7 @@ class MultiTaskPredictor:
         fields of no task is an error. A field that is there but is not text (null, a number, a list where a
         string is expected) is an error of the tasks that read it.
         """
-        names = list(tasks) if tasks else self.tasks
+        names = list(dict.fromkeys(tasks)) if tasks else self.tasks
         self._check_names(names)
         plan = RowPlan()
         for name in names:
@@ -185,8 +185,8 @@ class MultiTaskPredictor:
         columns = self.model.tasks[name].text
         missing = [c for c in columns if c not in record]
         what = f"field {missing[0]!r}" if len(missing) == 1 else "fields " + ", ".join(map(repr, missing))
-        alternative = " (or a plain 'text' field)" if len(columns) == 1 else ""
-        return (f"{where}: {what}{alternative} (task {name!r}) {'is' if len(missing) == 1 else 'are'} missing; "
+        alternative = " (a plain 'text' field would do too)" if len(columns) == 1 else ""
+        return (f"{where}: {what} (task {name!r}) {'is' if len(missing) == 1 else 'are'} missing{alternative}; "
                 f"the row has {shown(sorted(record))}")
 
     def _value_problems(self, record: Mapping[str, Any], columns: Sequence[str], tasks: Sequence[str],
@@ -367,6 +367,10 @@ def _csv_records(path: str, delimiter: str) -> Iterator[tuple[str, dict[str, Any
                 continue
             if header is None:
                 header, header_line = row, start
+                twice = sorted({name for name in header if header.count(name) > 1})
+                if twice:
+                    raise ConfigError(f"{path}:{start}: the header names {shown(twice)} more than once; give each "
+                                      "column its own name")
                 continue
             where = f"{path}:{start}"
             if len(row) != len(header):

@@ -28,7 +28,8 @@ PARTIAL = ".partial"
 EPILOG = """\
 Streaming: JSONL is read line by line and CSV/TSV row by row (a .json list is read whole: use JSONL for big
 inputs). Rows are predicted in chunks of --chunk_rows and written to OUTPUT.partial as each chunk is done;
-OUTPUT.partial is renamed to OUTPUT when every row is done. A run that stops early leaves no OUTPUT.
+OUTPUT.partial is renamed to OUTPUT when every row is done: OUTPUT never holds a partial result (a killed run
+leaves OUTPUT.partial; a run stopped by an error removes it).
 
 Which tasks run on a row: with --task, exactly those, and each must be able to read every row; without it,
 every task whose input fields the row has (a single-text task also reads a plain 'text' field), and a row
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     quiet_libraries()
     try:
         predictor = MultiTaskPredictor(args.model_dir, device=args.device, batch_size=args.batch_size)
+    except ConfigError:
+        raise  # already names the folder and the fix (e.g. strict loading's ModelLoadError)
     except (OSError, ValueError) as err:
         raise ConfigError(f"MODEL_DIR: could not load the model in {args.model_dir}: {err}") from None
     unknown = [t for t in args.task or [] if t not in predictor.tasks]

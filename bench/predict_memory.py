@@ -1,0 +1,273 @@
+"""Peak memory and speed of `manyheads predict` as the input grows, before and after streaming (not a test).
+
+What is measured
+    Peak resident memory (VmHWM of the process; ru_maxrss off Linux) and wall-clock time of one fresh
+    `manyheads predict` process per run, on generated JSONL inputs of `--rows` sizes (default 20,000 and
+    200,000 rows; a 0-row input gives the start-up cost: imports and the model). Each run calls the CLI's
+    `main(["predict", ...])` in a fresh interpreter (`--probe`), which then reads its own VmHWM.
+
+    Two versions run on the same inputs, alternating at each size:
+
+    - before: `src/manyheads/inference.py` and `src/manyheads/cli/predict.py` as in `--before_ref` (default:
+      the last revision before streaming), put into a temporary copy of the package (the rest of the package
+      as in the working tree) and run through PYTHONPATH; it reads every row into memory and writes the
+      output at the end;
+    - after: the working tree; it streams (chunks of `--chunk_rows`, written as they are done).
+
+    The model is a tiny random BERT (2 layers, hidden 32, 0 training steps) with a single-text classification
+    task and a pair task, saved with a word-level tokenizer: the measurement is about row handling (reading,
+    checking, batching, writing), not the encoder, and the tiny encoder keeps the 200k-row runs to minutes on
+    a 2-core CPU. With a real encoder the same rows take longer and its weights add a constant to every run.
+
+    Target: after, peak RSS at the largest size within 1.2x of the second largest (200k vs 20k).
+    Check: both versions' outputs have one line per row, and their labels and scores are compared row by row.
+
+Run from the repository root (see bench/README.md):
+
+    python bench/predict_memory.py            # appends its section to bench/RESULTS.md
+    python bench/predict_memory.py --quick    # 0/500/5,000 rows; results to bench/out/RESULTS-quick.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import DEFAULT_RESULTS, QUICK_RESULTS, REPO, command_line, header_lines, max_rss_mb, now, publish
+
+PROBE_FLAG = "--probe"  # internal: `predict_memory.py --probe SPEC.json` (one fresh predict process)
+VERSIONS = ("before", "after")
+TARGET = 1.2  # after: peak RSS at the largest size / at the second largest
+WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "weak", "red", "green", "blue", "yellow", "the",
+         "a", "item", "was", "very", "it", "is", "and", "thing", "box", "not", "really", "quite", "big", "small"]
+TASKS = {"sentiment": ["sentence1"], "match": ["sentence1", "sentence2"]}
+FILES = ("src/manyheads/inference.py", "src/manyheads/cli/predict.py")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000],
+                        help="input sizes (default: 20000 200000; a 0-row start-up run is added)")
+    parser.add_argument("--batch_size", type=int, default=32, help="rows per encoder pass (default: 32)")
+    parser.add_argument("--chunk_rows", type=int, default=None, help="after: --chunk_rows (default: the CLI's)")
+    parser.add_argument("--before_ref", default=None,
+                        help="git revision of the 'before' files (default: the newest one whose inference.py has "
+                             "no streaming reader, `def iter_records`)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each predict process (default: 1, steadier on a shared 2-core machine)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows and the model (default: 0)")
+    parser.add_argument("--results", default=None,
+                        help=f"markdown file the section is appended to (default: {DEFAULT_RESULTS}; with --quick: "
+                             f"{QUICK_RESULTS})")
+    parser.add_argument("--no_write", action="store_true", help="print only; do not touch the results file")
+    parser.add_argument("--quick", action="store_true", help="0/500/5,000 rows; results go to bench/out/")
+    if parser.parse_args(argv).quick:  # smoke sizes; an explicit --rows still wins
+        parser.set_defaults(rows=[500, 5_000])
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.rows) or min(args.batch_size, args.threads, args.chunk_rows or 1) < 1:
+        parser.error("--rows, --batch_size, --chunk_rows and --threads must be >= 1")
+    args.rows = sorted(set(args.rows))
+    args.results = args.results or str(QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
+    return args
+
+
+# ----- set-up: model, inputs, the 'before' package -----
+def build_model(folder: Path, seed: int) -> None:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from manyheads import Classification, MultiTaskModel
+
+    torch.manual_seed(seed)
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=128)
+    tasks = [Classification(name=name, text=columns, labels=["no", "yes"], max_length=128)
+             for name, columns in TASKS.items()]
+    MultiTaskModel.from_encoder(BertModel(config), tasks).save_pretrained(folder)
+    BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=128).save_pretrained(folder)
+
+
+def write_rows(path: Path, rows: int, seed: int) -> None:
+    """JSONL of `rows` records `{"sentence1": ..., "sentence2": ...}`, 5 to 20 words each."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as out:
+        for _ in range(rows):
+            record = {c: " ".join(rng.choices(WORDS, k=rng.randint(5, 20))) for c in ("sentence1", "sentence2")}
+            out.write(json.dumps(record) + "\n")
+
+
+def git(*command: str) -> str:
+    done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(command)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def default_before_ref() -> str:
+    """The newest revision of inference.py without the streaming reader: the code before streaming, whether
+    the change is committed yet or not."""
+    for commit in git("log", "--format=%H", "--", FILES[0]).split():
+        if "def iter_records" not in git("show", f"{commit}:{FILES[0]}"):
+            return commit
+    raise SystemExit(f"no revision of {FILES[0]} without iter_records; give --before_ref")
+
+
+def before_package(workdir: Path, ref: str) -> Path:
+    """A copy of the working tree's package with the predict files of `ref`; returns the PYTHONPATH entry."""
+    root = workdir / "before"
+    shutil.copytree(REPO / "src" / "manyheads", root / "manyheads", ignore=shutil.ignore_patterns("__pycache__"))
+    for file in FILES:
+        (root / file.removeprefix("src/")).write_text(git("show", f"{ref}:{file}"), encoding="utf-8")
+    return root
+
+
+# ----- one run: a fresh interpreter calling the CLI -----
+def probe(spec_path: str) -> int:
+    """Subprocess body: `manyheads predict` in this process, then its peak RSS and wall clock as JSON."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    start = time.perf_counter()
+    import torch
+
+    import manyheads
+    from manyheads.cli.main import main as cli
+
+    torch.set_num_threads(spec["threads"])
+    code = cli(spec["argv"])
+    seconds = time.perf_counter() - start
+    print(json.dumps({"rc": code, "seconds": seconds, "peak_mb": max_rss_mb(), "package": manyheads.__file__}))
+    return 0
+
+
+def run_version(version: str, path_entry: Path, model: Path, rows_file: Path, out: Path, args: argparse.Namespace,
+                workdir: Path) -> dict[str, Any]:
+    argv = ["predict", str(model), "--input", str(rows_file), "--output", str(out),
+            "--batch_size", str(args.batch_size), "--device", "cpu"]
+    if version == "after" and args.chunk_rows:
+        argv += ["--chunk_rows", str(args.chunk_rows)]
+    spec = workdir / f"probe-{version}.json"
+    spec.write_text(json.dumps({"argv": argv, "threads": args.threads}), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path_entry), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), PROBE_FLAG, str(spec)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{version} run on {rows_file.name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise SystemExit(f"{version}: manyheads predict exited {result['rc']}:\n{done.stderr[-4000:]}")
+    if not result["package"].startswith(str(path_entry)):
+        raise SystemExit(f"{version}: ran the package at {result['package']}, not the one in {path_entry}")
+    return result
+
+
+def compare(before: Path, after: Path, rows: int) -> dict[str, Any]:
+    """Row by row: line counts, labels that differ, the largest score difference, over every task."""
+    differ, worst, lines = 0, 0.0, [0, 0]
+    with before.open(encoding="utf-8") as a, after.open(encoding="utf-8") as b:
+        for line_a, line_b in zip(a, b):
+            x, y = json.loads(line_a), json.loads(line_b)
+            lines = [lines[0] + 1, lines[1] + 1]
+            for task in TASKS:
+                differ += x[task]["label"] != y[task]["label"]
+                worst = max(worst, *(abs(x[task]["scores"][k] - y[task]["scores"][k]) for k in x[task]["scores"]))
+        lines[0] += sum(1 for _ in a)
+        lines[1] += sum(1 for _ in b)
+    if lines != [rows, rows]:
+        raise SystemExit(f"output lines {lines} for {rows} rows: the comparison is invalid")
+    return {"label_differences": differ, "worst_score_difference": worst}
+
+
+# ----- report -----
+def report(args: argparse.Namespace, runs: dict[tuple[str, int], dict[str, Any]], checks: dict[int, dict[str, Any]],
+           revision: str, command: str, date: str, load_before: tuple, load_after: tuple) -> str:
+    sizes = [0, *args.rows]
+    table = ["| version | rows | peak RSS MB | above start-up MB | wall s | rows/s (wall) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for version in VERSIONS:
+        base = runs[(version, 0)]
+        for n in sizes:
+            run = runs[(version, n)]
+            speed = f"{n / run['seconds']:,.0f}" if n else "—"
+            table.append(f"| {version} | {n:,} | {run['peak_mb']:.0f} | {run['peak_mb'] - base['peak_mb']:+.0f} | "
+                         f"{run['seconds']:.1f} | {speed} |")
+    small, large = args.rows[-2] if len(args.rows) > 1 else 0, args.rows[-1]
+    ratio = {v: runs[(v, large)]["peak_mb"] / runs[(v, small)]["peak_mb"] for v in VERSIONS}
+    marginal = {}
+    for v in VERSIONS:
+        extra = runs[(v, large)]["seconds"] - runs[(v, small)]["seconds"]
+        marginal[v] = f"{(large - small) / extra:,.0f}" if extra > 0 else "n/a (not slower: load noise)"
+    verdict = "met" if ratio["after"] <= TARGET else "not met"
+    check = "; ".join(f"{n:,} rows: {c['label_differences']} labels differ, largest score difference "
+                      f"{c['worst_score_difference']:.1e}" for n, c in checks.items())
+    chunk = args.chunk_rows or "the CLI's default"
+    tasks = ", ".join(f"{name} ({' + '.join(columns)})" for name, columns in TASKS.items())
+    lines = [
+        *header_lines("predict: peak memory and rows/s as the input grows, before and after streaming", command,
+                      date, load_before, load_after),
+        f"- settings: tiny random BERT (2 layers, hidden 32, 0 training steps; tiny because the measurement is "
+        f"about row handling, not the encoder), tasks {tasks}, 2 labels each; generated JSONL rows of 5–20 words "
+        f"per field (seed {args.seed}); batch {args.batch_size}, after: chunk rows {chunk}; device cpu, torch "
+        f"threads {args.threads}; before = `{FILES[0]}` and `{FILES[1]}` of {revision} in a copy of the package; "
+        "one fresh process per run, sizes in increasing order, before and after alternating",
+        "",
+        *table,
+        "",
+        f"- peak RSS {large:,} / {small:,} rows: before **{ratio['before']:.2f}×**, after **{ratio['after']:.2f}×**; "
+        f"target after <= {TARGET}×: **{verdict}**",
+        f"- rows/s between {small:,} and {large:,} rows (start-up cancels out): before {marginal['before']}, "
+        f"after {marginal['after']}",
+        "- peak RSS: VmHWM of the predict process (imports, model, reading, predicting, writing); wall s: from "
+        "before `import manyheads` to the CLI's return (interpreter start-up excluded)",
+        f"- check (before vs after outputs, both tasks): {check}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if len(raw) == 2 and raw[0] == PROBE_FLAG:
+        return probe(raw[1])
+    args = parse_args(argv)
+    command = command_line("predict_memory.py", argv)
+    date = now()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="manyheads-bench-predict-") as tmp:
+        workdir = Path(tmp)
+        model = workdir / "model"
+        build_model(model, args.seed)
+        revision = args.before_ref or default_before_ref()
+        paths = {"before": before_package(workdir, revision), "after": REPO / "src"}
+        runs: dict[tuple[str, int], dict[str, Any]] = {}
+        checks: dict[int, dict[str, Any]] = {}
+        for n in [0, *args.rows]:
+            rows_file = workdir / f"rows-{n}.jsonl"
+            write_rows(rows_file, n, args.seed)
+            outputs = {v: workdir / f"out-{v}-{n}.jsonl" for v in VERSIONS}
+            for version in VERSIONS:
+                runs[(version, n)] = result = run_version(version, paths[version], model, rows_file,
+                                                          outputs[version], args, workdir)
+                print(f"  {version:6s} {n:>9,} rows: peak RSS {result['peak_mb']:7.0f} MB, "
+                      f"{result['seconds']:7.1f} s", flush=True)
+            if n:
+                checks[n] = compare(outputs["before"], outputs["after"], n)
+            for path in (rows_file, *outputs.values()):
+                path.unlink()
+    load_after = os.getloadavg()
+    revision = git("rev-parse", "--short", revision).strip()
+    publish(args, report(args, runs, checks, revision, command, date, load_before, load_after))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
