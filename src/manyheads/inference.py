@@ -164,22 +164,32 @@ class MultiTaskPredictor:
         `plan_row` first.
         """
         jobs: dict[tuple, list[int]] = defaultdict(list)
+        # Rows with the same tasks and fields group the same way: worked out once per kind of row, not per row
+        # (this loop runs for every input row; the rest runs per batch).
+        plans: dict[tuple, list[tuple]] = {}
         for i, (record, names) in enumerate(zip(records, row_tasks)):
-            self._check_names(names)
-            by_encoding: dict[tuple, list[str]] = defaultdict(list)
-            for name in names:
-                columns = self._columns(name, record)
-                if columns is None:
-                    raise ValueError(self._missing(record, name, f"row {i}"))
-                task = self.model.tasks[name]
-                by_encoding[(columns, task.max_length, task.prediction_encoding())].append(name)
-            for (columns, _, _), group in by_encoding.items():
-                jobs[(columns, tuple(group))].append(i)
+            key = (tuple(names), tuple(record))
+            if key not in plans:
+                plans[key] = self._encoding_groups(record, names, f"row {i}")
+            for job in plans[key]:
+                jobs[job].append(i)
         results: list[dict[str, Any]] = [{} for _ in records]
         for (columns, group), rows in jobs.items():
             self._predict_group([records[i] for i in rows], rows, columns, list(group), results)
         order = {name: k for k, name in enumerate(self.model.tasks)}
         return [dict(sorted(row.items(), key=lambda item: order[item[0]])) for row in results]
+
+    def _encoding_groups(self, record: Mapping[str, Any], names: Sequence[str], where: str) -> list[tuple]:
+        """(columns, tasks) of each encoder pass that `names` need on a row with `record`'s fields."""
+        self._check_names(names)
+        by_encoding: dict[tuple, list[str]] = defaultdict(list)
+        for name in names:
+            columns = self._columns(name, record)
+            if columns is None:
+                raise ValueError(self._missing(record, name, where))
+            task = self.model.tasks[name]
+            by_encoding[(columns, task.max_length, task.prediction_encoding())].append(name)
+        return [(columns, tuple(group)) for (columns, _, _), group in by_encoding.items()]
 
     def _missing(self, record: Mapping[str, Any], name: str, where: str) -> str:
         columns = self.model.tasks[name].text

@@ -1,4 +1,4 @@
-"""Diagnostics callbacks: update monitor, task-gradient conflict, and the run info `manyheads report` reads.
+"""Diagnostics callbacks: update monitor and task-gradient conflict (they observe, never change training).
 
 From a recipe (`diagnostics:` section) `manyheads.recipe.build_trainer` adds them itself. From Python:
 
