@@ -138,6 +138,23 @@ def _checkpoint(tasks: list, corrupt: bool = False):
     return build
 
 
+def _other_encoder_checkpoint(ctx: Ctx) -> None:
+    """checkpoint-4 of the same task and labels on an encoder of another size."""
+    from transformers import BertConfig, BertModel
+
+    from manyheads import MultiTaskModel
+    from manyheads.checkpoints import mark_complete
+
+    ctx.only(0, labels=["neg", "pos"])
+    folder = ctx.out / "checkpoint-4"
+    encoder = BertModel(BertConfig(vocab_size=30, hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=20, max_position_embeddings=64))
+    MultiTaskModel.from_encoder(encoder, [_classification("sentiment", ["neg", "pos"])]).save_pretrained(folder)
+    (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
+    mark_complete(str(folder))
+    ctx.argv.append("--resume")
+
+
 def _classification(name: str, labels: list[str]):
     from manyheads import Classification
 
@@ -281,6 +298,9 @@ CASES: dict[str, Case] = {
     "resume_from_a_checkpoint_with_other_labels": Case(
         lambda c: (c.only(0, labels=["pos", "neg"]), _checkpoint([_classification("sentiment", ["neg", "pos"])])(c)),
         ("--resume:", "task 'sentiment' has labels ['neg', 'pos'] in the checkpoint but ['pos', 'neg']")),
+    "resume_from_a_checkpoint_of_another_encoder": Case(_other_encoder_checkpoint,
+                                                        ("--resume:", "the checkpoint's encoder differs from model",
+                                                         "hidden_size, num_hidden_layers", "vocab_size")),
     "resume_from_a_corrupted_checkpoint": Case(
         lambda c: (c.only(0, labels=["neg", "pos"]),
                    _checkpoint([_classification("sentiment", ["neg", "pos"])], corrupt=True)(c)),

@@ -83,3 +83,34 @@ def test_disk_full_during_a_save_is_one_line_and_the_last_checkpoint_stays(tmp_p
     assert is_complete(str(out / "checkpoint-3")) and not is_complete(str(out / "checkpoint-6"))
     monkeypatch.setattr(MultiTaskTrainer, "_save_optimizer_and_scheduler", save)
     assert main(["train", str(config), "--resume"]) == 0
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused(tmp_path, tiny_model_dir, data_dir, capsys, monkeypatch):
+    """Read-only folders are simulated (this suite runs as root, for whom every folder is writable)."""
+    import os
+
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    raw = base_config(tiny_model_dir, data_dir, locked / "run")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    for command in ("train", "validate"):
+        capsys.readouterr()
+        assert main([command, str(config)]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: output_dir: {locked} is not writable by this user. Give another --output_dir or "
+                          "fix its permissions."]
+    assert list(locked.iterdir()) == []
+
+
+def test_a_jsonl_file_with_blank_lines_trains(tmp_path, tiny_model_dir, data_dir):
+    from manyheads.recipe import build_config, prepare_data
+
+    lines = (data_dir / "train.jsonl").read_text().splitlines()
+    (data_dir / "gaps.jsonl").write_text("\n".join(line + "\n" for line in lines), encoding="utf-8")
+    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
+    raw["tasks"] = [{**raw["tasks"][0], "data": {"train": "gaps.jsonl"}}]
+    prepared = prepare_data(build_config(raw))
+    assert len(prepared.train["sentiment"]) == len(lines)
