@@ -55,6 +55,7 @@ from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
 from .errors import ConfigError
 from .metrics import aggregate_score, best_metric_problem, check_metric_functions, metric_function_for, user_metrics
+from .model_card import render_card, write_card
 from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
 from .training_args import as_multitask_arguments
@@ -343,6 +344,28 @@ class MultiTaskTrainer(Trainer):
             if self.group_step is not None:
                 logs.update({k: v for k, v in self.group_step.pop_statistics().items() if not k.startswith("weight_")})
         super().log(logs, start_time)
+
+    # ----- saving -----
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self._write_card(output_dir or self.args.output_dir)
+
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, **kwargs: Any) -> None:
+        """The manyheads model card (every task, its labels and latest metrics) in `output_dir/README.md`; used by
+        `push_to_hub` like Trainer's own card. Dataset arguments of the stock signature are accepted and unused."""
+        if self.is_world_process_zero():
+            self._write_card(self.args.output_dir, language=language, license=license, model_name=model_name,
+                             base_model=finetuned_from, extra_tags=[tags] if isinstance(tags, str) else tags or [])
+
+    def _write_card(self, folder: str, **options: Any) -> None:
+        # The newest evaluation's metrics (one log entry holds every task's, plus eval_average).
+        latest = next((entry for entry in reversed(self.state.log_history) if "eval_average" in entry), {})
+        module = self.accelerator.unwrap_model(self.model)
+        os.makedirs(folder, exist_ok=True)
+        write_card(folder, render_card(module.tasks, module.config.encoder, latest, self.args.to_dict(), **options))
 
     # ----- checkpoints -----
     def _save_checkpoint(self, model: Any, trial: Any) -> None:

@@ -218,6 +218,7 @@ def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, 
             print(f"eval_average: {metrics['eval_average']:.4f}")
             with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as handle:
                 json.dump(metrics, handle, indent=2)
+            trainer.create_model_card()  # again, now with the final metrics
     # The whole log history (after the last checkpoint too, and with save_strategy: no) for `manyheads report`.
     trainer.save_state()
     if main_process:

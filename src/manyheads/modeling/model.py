@@ -18,6 +18,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
+from ..model_card import render_card, write_card
 from ..tasks import Task, task_from_spec
 from .config import MultiTaskConfig
 
@@ -162,8 +163,12 @@ class MultiTaskModel(PreTrainedModel):
         self.config.tasks = [task.spec() for task in self.tasks.values()]
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the model card (README.md: tasks, labels, encoder, usage;
+        `MultiTaskTrainer` rewrites it with the evaluation metrics and training settings)."""
         self.sync_config()
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_card(save_directory, render_card(self.tasks, self.config.encoder))
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only heads reach here with fresh weights; same scheme as BERT's heads.
