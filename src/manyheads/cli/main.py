@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..errors import ConfigError, RunStopped
-from . import demo, env, evaluate, export, predict, report, train, validate
+from . import demo, env, evaluate, export, predict, report, serve, train, validate
 
 # Each command module has `add_arguments(parser)`, `run(args, extra) -> int` and a one-line `HELP`.
 COMMANDS = {
@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": demo,
     "env": env,
     "report": report,
+    "serve": serve,
 }
 
 
