@@ -1,0 +1,459 @@
+"""An HTTP server for a saved model: `POST /predict` runs every task (or the named ones) on a list of records.
+
+`serve("out/model", port=8000)`, or `create_app(MultiTaskPredictor("out/model"))` for any ASGI server.
+Concurrent requests are batched: a request is queued as pieces of at most `max_batch_size` rows; one worker
+takes the oldest piece plus the pieces that run the same tasks and arrive within `max_wait_ms` of it, up to
+`max_batch_size` rows, and predicts them in one `predict_rows` call, on one thread that owns the predictor (a
+torch model is not re-entrant here), so the event loop keeps answering `/health` during a long batch. A request
+runs the tasks of `MultiTaskPredictor.predict`: those named in `tasks`, else every task that reads all its records.
+
+Errors are JSON `{"error": "<one line>"}`: 400 body not JSON; 413 body over `max_body_bytes` or more than
+`max_request_rows` records; 422 JSON that is not a valid request (names the key or `records[i]` and field);
+404/405 route or method; 503 server not started or shutting down; 500 a failure on the server (its traceback
+goes to the server log only). Needs `pip install "manyheads[serve]"` (starlette, uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import signal
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, shown
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+
+    from .inference import MultiTaskPredictor
+
+logger = logging.getLogger(__name__)
+INSTALL_HINT = 'pip install "manyheads[serve]"'
+EXAMPLE = '{"records": [{"text": "..."}], "tasks": ["optional", "task names"]}'
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Batching and request limits (the CLI's `--max_batch_size` ... options)."""
+
+    max_batch_size: int = 32  # rows per predict call: the worker's batch
+    max_wait_ms: float = 5.0  # how long the oldest queued piece waits for others to fill its batch
+    max_request_rows: int = 256  # records per request; more is a 413
+    max_body_bytes: int = 1 << 20  # request body size; more is a 413
+
+    def problems(self, prefix: str = "") -> list[str]:
+        """Every bad value as a message naming `prefix + name` (`--` for the CLI)."""
+        minimum = {"max_batch_size": 1, "max_wait_ms": 0, "max_request_rows": 1, "max_body_bytes": 2}
+        return [f"{prefix}{name}: got {shown(value)}; give a number >= {minimum[name]}, e.g. "
+                f"{getattr(Limits, name)}." for name, value in asdict(self).items()
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum[name]]
+
+
+def missing_dependencies() -> str | None:
+    """A message naming the serving packages that are not installed, with the install hint; None if all are."""
+    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
+    return f"the server needs {' and '.join(missing)}: {INSTALL_HINT}" if missing else None
+
+
+class RequestError(Exception):
+    """A request that gets an error response: its HTTP status and one-line message."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+# ----- dynamic batching -----
+@dataclass(eq=False)  # compared by identity: a piece is one queue entry
+class _Piece:
+    """Up to `max_batch_size` consecutive records of one request, all running `tasks`."""
+
+    request: int
+    tasks: tuple[str, ...]
+    records: list[dict[str, Any]]
+    future: asyncio.Future
+    arrived: float
+
+
+@dataclass
+class BatchStats:
+    """What the worker has done; `sizes` and `requests` hold the rows and requests of the recent batches."""
+
+    batches: int = 0
+    rows: int = 0
+    sizes: deque = field(default_factory=lambda: deque(maxlen=1000))
+    requests: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class Batcher:
+    """Queues the rows of concurrent requests and predicts them in shared batches on one worker thread.
+
+    Started and stopped on the event loop that serves the requests (the app's lifespan).
+    """
+
+    def __init__(self, predictor: MultiTaskPredictor, limits: Limits):
+        self.predictor = predictor
+        self.limits = limits
+        self.stats = BatchStats()
+        self._pending: list[_Piece] = []
+        self._running: list[_Piece] = []
+        self._ids = itertools.count()
+        self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._arrived: asyncio.Event | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch or being predicted."""
+        return sum(len(p.records) for p in self._pending + self._running)
+
+    async def start(self) -> None:
+        # Made here, not in __init__: they belong to the loop that serves (a test client may start the app twice).
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manyheads-predict")
+        self._worker = asyncio.create_task(self._work(), name="manyheads-batcher")
+
+    async def stop(self) -> None:
+        """Fail what is still queued (uvicorn has already let in-flight requests finish) and free the thread."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._fail(self._pending + self._running, RequestError(503, "the server is shutting down; send the "
+                                                                     "request again once it is back"))
+        self._pending, self._running = [], []
+        if self._executor is not None:
+            # A batch already on the thread cannot be interrupted; do not wait for it here.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, tasks: tuple[str, ...], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The predictions of `records` (each running `tasks`), in order, once the worker has run them."""
+        if not self.ready or self._arrived is None:
+            raise RequestError(503, "the server is not running: serve the app with its lifespan on "
+                                    "(starlette's TestClient: use it as `with TestClient(app) as client`)")
+        loop = asyncio.get_running_loop()
+        request, size = next(self._ids), self.limits.max_batch_size
+        pieces = [_Piece(request, tasks, records[i:i + size], loop.create_future(), loop.time())
+                  for i in range(0, len(records), size)]
+        self._pending.extend(pieces)
+        self._arrived.set()
+        parts = await asyncio.gather(*(piece.future for piece in pieces))
+        return [prediction for part in parts for prediction in part]
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                batch = await self._next_batch()
+                if batch:
+                    await self._run(batch)
+            except Exception:  # a bug here must not leave the queued requests waiting forever
+                logger.exception("the batch worker failed; failing the queued requests")
+                self._fail(self._pending + self._running, RequestError(500, "the server failed while batching; "
+                                                                            "the server log has the details"))
+                self._pending, self._running = [], []
+
+    async def _next_batch(self) -> list[_Piece]:
+        """Wait for a piece, then until its batch is full or it has waited `max_wait_ms`; take that batch."""
+        assert self._arrived is not None  # set by start()
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        loop = asyncio.get_running_loop()
+        first = self._pending[0]
+        deadline = first.arrived + self.limits.max_wait_ms / 1000
+        # The deadline counts from the piece's arrival: a piece that queued while a batch ran does not wait again.
+        while sum(len(p.records) for p in self._pending if p.tasks == first.tasks) < self.limits.max_batch_size \
+                and loop.time() < deadline:
+            self._arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11
+                await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+        batch, rows = [], 0
+        for piece in self._pending:
+            if piece.tasks == first.tasks and not piece.future.done() and rows + len(piece.records) <= \
+                    self.limits.max_batch_size:
+                batch.append(piece)
+                rows += len(piece.records)
+        # Pieces whose request is gone (cancelled) are dropped with the batch's pieces.
+        self._pending = [p for p in self._pending if not (p in batch or p.future.done())]
+        return batch
+
+    async def _run(self, batch: list[_Piece]) -> None:
+        records = [record for piece in batch for record in piece.records]
+        row_tasks = [list(batch[0].tasks)] * len(records)
+        self._running = batch  # stop() fails these if the worker is cancelled while they run
+        loop = asyncio.get_running_loop()
+        try:
+            predictions = await loop.run_in_executor(self._executor, self.predictor.predict_rows, records, row_tasks)
+        except Exception as err:
+            # The traceback is for the server's log; the client gets one line without internals.
+            logger.exception("prediction failed on a batch of %d rows (tasks %s)", len(records), list(batch[0].tasks))
+            self._fail(batch, RequestError(500, f"prediction failed on the server ({type(err).__name__}); the "
+                                                "server log has the details"))
+            self._running = []
+            return
+        self._running = []
+        start = 0
+        for piece in batch:
+            if not piece.future.done():
+                piece.future.set_result(predictions[start:start + len(piece.records)])
+            start += len(piece.records)
+        self.stats.batches += 1
+        self.stats.rows += len(records)
+        self.stats.sizes.append(len(records))
+        self.stats.requests.append(len({piece.request for piece in batch}))
+
+    @staticmethod
+    def _fail(pieces: list[_Piece], error: RequestError) -> None:
+        for piece in pieces:
+            if not piece.future.done():
+                piece.future.set_exception(error)
+
+
+# ----- reading and checking a request -----
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused (413) as soon as Content-Length or the bytes read so far pass `max_bytes`."""
+    def too_big(size: str) -> RequestError:
+        return RequestError(413, f"request body: {size} bytes, over the limit of {max_bytes} (max_body_bytes); "
+                                 "send fewer or shorter records per request")
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_big(declared)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_big(f"more than {max_bytes}")
+    return bytes(body)
+
+
+def parse_request(body: bytes, model_tasks: list[str], max_rows: int) -> tuple[list[dict], list[str] | None]:
+    """`(records, tasks)` of a `/predict` body; `RequestError` (400, 413, 422) naming the key and the fix."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        what = f"{err.msg} at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else \
+            type(err).__name__
+        raise RequestError(400, f"request body: not valid JSON ({what}); send an object like {EXAMPLE}") from None
+    if not isinstance(data, dict):
+        raise RequestError(422, f"request body: got {_kind(data)}; send an object like {EXAMPLE}")
+    unknown = sorted(set(data) - {"records", "tasks"})
+    if unknown:
+        raise RequestError(422, f"request body: unknown key(s) {shown(unknown)}; the keys are 'records' and "
+                                "'tasks' (optional)")
+    if "records" not in data:
+        raise RequestError(422, f"records: missing; send an object like {EXAMPLE}")
+    records = data["records"]
+    if not isinstance(records, list):
+        raise RequestError(422, f"records: got {_kind(records)}; give a list of records, e.g. [{{\"text\": \"...\"}}]")
+    if not records:
+        raise RequestError(422, "records: the list is empty; give at least one record")
+    if len(records) > max_rows:
+        raise RequestError(413, f"records: {len(records)} records, over the limit of {max_rows} per request "
+                                "(max_request_rows); split them over several requests")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise RequestError(422, f"records[{i}]: got {_kind(record)}; each record is an object of field: text, "
+                                    "e.g. {\"text\": \"...\"}")
+    tasks = data.get("tasks")
+    if tasks is None:
+        return records, None
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise RequestError(422, f"tasks: got {shown(tasks)}; give a non-empty list of task names from {model_tasks}, "
+                                "or leave 'tasks' out to run every task that can read the records")
+    unknown = [t for t in tasks if t not in model_tasks]
+    if unknown:
+        raise RequestError(422, f"tasks: unknown task(s) {shown(unknown)}; this model has {model_tasks}")
+    return records, tasks
+
+
+def request_tasks(predictor: MultiTaskPredictor, records: list[dict], tasks: list[str] | None) -> tuple[str, ...]:
+    """The tasks to run on every record (those of `MultiTaskPredictor.predict`), in the model's order; a record
+    that one of them cannot read is a 422 naming `records[i]` and the field."""
+    if tasks is None:
+        plans = [predictor.plan_row(record, None, where=f"records[{i}]") for i, record in enumerate(records)]
+        for plan in plans:
+            if plan.error:
+                raise RequestError(422, plan.error)
+        # The tasks whose fields every record has (a bad value is reported below, as `predict` raises it).
+        readable = [set(plan.tasks) | set(plan.errors) for plan in plans]
+        tasks = [name for name in predictor.tasks if all(name in names for names in readable)]
+        if not tasks:
+            common, i = readable[0], 0
+            while common & readable[i + 1]:  # stops: the tasks common to all of them are none
+                common, i = common & readable[i + 1], i + 1
+            first = "records[0]" if i == 0 else f"records[0] to records[{i}]"
+            raise RequestError(422, f"records: no task can read every record: records[{i + 1}] is read by "
+                                    f"{_ordered(readable[i + 1], predictor)}, {first} by "
+                                    f"{_ordered(common, predictor)}; send them in separate requests, or name "
+                                    "the 'tasks' to run")
+    for i, record in enumerate(records):
+        plan = predictor.plan_row(record, tasks, where=f"records[{i}]")
+        if plan.problems:
+            raise RequestError(422, plan.problems[0])
+    return tuple(name for name in predictor.tasks if name in tasks)
+
+
+def _ordered(names: set[str], predictor: MultiTaskPredictor) -> list[str]:
+    return [name for name in predictor.tasks if name in names]
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def describe(predictor: MultiTaskPredictor, backend: str, limits: Limits) -> dict[str, Any]:
+    """What `GET /` answers: the tasks with their input fields and labels, the routes and the limits."""
+    specs = getattr(getattr(predictor, "model", None), "tasks", {})
+    tasks = []
+    for name in predictor.tasks:
+        task = specs.get(name)
+        entry: dict[str, Any] = {"name": name}
+        if task is not None:
+            entry.update(type=task.type, inputs=list(task.text))
+            if task.label_list:
+                entry["labels"] = task.label_list
+        tasks.append(entry)
+    return {"backend": backend, "tasks": tasks, "limits": asdict(limits),
+            "inputs": "a record gives each input field of a task as text; a single-text task also reads a plain "
+                      "'text' field",
+            "routes": {"GET /": "this description", "GET /health": "tasks, backend, ready",
+                       "POST /predict": f"{EXAMPLE} -> {{\"predictions\": [{{task: prediction}}, ...]}}"}}
+
+
+# ----- the app -----
+def create_app(predictor: MultiTaskPredictor, *, backend: str | None = None, max_batch_size: int = 32,
+               max_wait_ms: float = 5.0, max_request_rows: int = 256, max_body_bytes: int = 1 << 20) -> Starlette:
+    """A starlette app serving `predictor`: `GET /`, `GET /health`, `POST /predict` (see the module docstring).
+
+    `backend` is only reported (default: the predictor's `backend`, else "torch"). The batch worker starts with
+    the app's lifespan; `app.state.batcher.stats` counts the batches and their sizes.
+    """
+    if missing := missing_dependencies():
+        raise ConfigError(missing)
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    limits = Limits(max_batch_size, max_wait_ms, max_request_rows, max_body_bytes)
+    if limits.problems():
+        raise ConfigError(limits.problems())
+    backend = backend or getattr(predictor, "backend", "torch")
+    batcher = Batcher(predictor, limits)
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def index(request: Request) -> JSONResponse:
+        return JSONResponse(describe(predictor, backend, limits))
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ready": batcher.ready, "backend": backend, "tasks": predictor.tasks,
+                             "queued_rows": batcher.queued_rows, "batches": batcher.stats.batches})
+
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            body = await read_body(request, limits.max_body_bytes)
+            records, tasks = parse_request(body, predictor.tasks, limits.max_request_rows)
+            predictions = await batcher.submit(request_tasks(predictor, records, tasks), records)
+        except RequestError as err:
+            return error(err.status, str(err))
+        return JSONResponse({"predictions": predictions})
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
+        path = request.url.path
+        if exc.status_code == 404:
+            message = f"no route {path}; the routes are GET /, GET /health and POST /predict"
+        elif exc.status_code == 405:
+            message = f"{request.method} {path}: method not allowed; use {(exc.headers or {}).get('Allow', 'GET')}"
+        else:
+            message = str(exc.detail)
+        return error(exc.status_code, message, exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback (server side) after this response is sent.
+        return error(500, f"internal server error ({type(exc).__name__}); the server log has the details")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = Starlette(routes=[Route("/", index, methods=["GET"]), Route("/health", health, methods=["GET"]),
+                            Route("/predict", predict, methods=["POST"])],
+                    exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
+    app.state.batcher = batcher
+    return app
+
+
+def load_predictor(model_dir: str | os.PathLike, backend: str = "torch", device: str | None = None,
+                   batch_size: int = 32) -> MultiTaskPredictor:
+    from .inference import MultiTaskPredictor
+
+    # `backend` is passed only when it is not the default, so this works with predictors that predate it.
+    options: dict[str, Any] = {} if backend == "torch" else {"backend": backend}
+    return MultiTaskPredictor(model_dir, device=device, batch_size=batch_size, **options)
+
+
+def serve(model: MultiTaskPredictor | str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
+          backend: str = "torch", device: str | None = None, shutdown_timeout: float = 10.0,
+          log_level: str = "info", **limits: Any) -> None:
+    """Serve `model` (a predictor, or a saved model folder) with uvicorn until SIGINT/SIGTERM.
+
+    On a signal the server stops accepting connections, lets in-flight requests finish (for at most
+    `shutdown_timeout` seconds), then returns. `limits`: the `Limits` fields, as for `create_app`.
+    """
+    if missing := missing_dependencies():
+        raise ConfigError(missing)
+    import uvicorn
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_predictor(model, backend, device, limits.get("max_batch_size", Limits.max_batch_size))
+    app = create_app(model, backend=getattr(model, "backend", backend), **limits)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"][__name__] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level, log_config=log_config,
+                            timeout_graceful_shutdown=shutdown_timeout)
+    server = uvicorn.Server(config)
+    with _signals_stop(server):
+        server.run()
+
+
+@contextlib.contextmanager
+def _signals_stop(server: Any):
+    """uvicorn catches SIGINT/SIGTERM while it serves and, once shut down, raises the signal again for the handler
+    that was there before: with this one, that ends `serve` normally (exit code 0) instead of killing the process
+    (exit 143). A signal in the moment before uvicorn takes over stops the server at its first tick."""
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
