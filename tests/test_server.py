@@ -357,7 +357,6 @@ def test_a_real_server_finishes_its_in_flight_request_and_exits_0_on_sigterm(mod
 
 
 def test_the_onnx_backend_serves_the_same_predictions(model_dir, predictor, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
     from manyheads.server import load_predictor
 
     assert main(["export", model_dir, "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 0, \
