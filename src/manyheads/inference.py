@@ -9,13 +9,11 @@ caller can stream a file of any size through `MultiTaskPredictor.plan_row` and `
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +21,10 @@ from transformers import AutoTokenizer
 
 from .errors import ConfigError, shown
 from .modeling.model import MultiTaskModel
+from .records import kind_of
+
+if TYPE_CHECKING:
+    from .onnx_runtime import OnnxMultiTaskModel
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -52,20 +54,40 @@ class RowPlan:
 
 
 class MultiTaskPredictor:
-    """All-heads inference for a trained `MultiTaskModel`.
+    """All-heads inference for a trained `MultiTaskModel`, in PyTorch or from its ONNX export.
 
     Args:
-        model: a `MultiTaskModel`, or the folder it was saved to (with its tokenizer).
+        model: a `MultiTaskModel`, or the folder it was saved to (with its tokenizer); with `backend="onnx"`,
+            a folder written by `manyheads export --format onnx` (its config.json gives tasks and labels).
         tokenizer: required when `model` is an object.
-        device: defaults to CUDA when available, else CPU.
+        device: defaults to CUDA when available, else CPU (the ONNX backend: CPU unless given cuda[:N]).
         batch_size: rows per encoder pass.
+        backend: "torch" or "onnx" (ONNX Runtime; `pip install "manyheads[onnx]"`).
+        onnx_file: the ONNX folder's graph to run, e.g. "model_int8.onnx" (default "model.onnx").
     """
 
     def __init__(self, model: MultiTaskModel | str | os.PathLike, tokenizer: Any = None,
-                 device: str | torch.device | None = None, batch_size: int = 32):
+                 device: str | torch.device | None = None, batch_size: int = 32, backend: str = "torch",
+                 onnx_file: str | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size: got {batch_size}; give the number of rows per encoder pass (>= 1).")
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend: got {backend!r}; valid: 'torch', 'onnx'.")
+        self.backend, self.batch_size = backend, batch_size
+        self.model: MultiTaskModel | OnnxMultiTaskModel
+        if backend == "onnx":
+            from .onnx_runtime import load_onnx_folder  # here: onnxruntime is optional for `import manyheads`
+
+            self.model, self.tokenizer = load_onnx_folder(model, tokenizer, onnx_file, device)
+            self.device = torch.device("cpu")  # ONNX Runtime takes its inputs from host memory
+            return
+        if onnx_file is not None:
+            raise ValueError("onnx_file: only the ONNX backend reads a graph file; pass backend='onnx'.")
         if isinstance(model, (str, os.PathLike)):
+            if os.path.isfile(os.path.join(model, "manyheads_onnx.json")) and not os.path.isfile(
+                    os.path.join(model, "model.safetensors")):  # else a missing-weights error would mislead
+                raise ConfigError(f"MODEL_DIR: {model} is an ONNX export without PyTorch weights; predict from it "
+                                  "with backend='onnx' (--backend onnx).")
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = MultiTaskModel.from_pretrained(model)
         if tokenizer is None:
@@ -73,7 +95,6 @@ class MultiTaskPredictor:
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
 
     @property
     def tasks(self) -> list[str]:
@@ -202,10 +223,13 @@ class MultiTaskPredictor:
     def _value_problems(self, record: Mapping[str, Any], columns: Sequence[str], tasks: Sequence[str],
                         where: str) -> str | None:
         """The first field of `columns` that is not text for these tasks, as a message; None when all are."""
-        # Token tasks (word-level output) also take the words of a row as a list, as in their training data.
-        words = all(self.model.tasks[name].needs_word_ids for name in tasks)
         for column in columns:
-            problem = _text_problem(record[column], words)
+            value = record[column]
+            if isinstance(value, str):
+                continue  # the usual case, checked first: this runs for every row of a prediction
+            # Token tasks (word-level output) also take the words of a row as a list, as in their training data.
+            words = all(self.model.tasks[name].needs_word_ids for name in tasks)
+            problem = _text_problem(value, words)
             if problem:
                 names = ("task " if len(tasks) == 1 else "tasks ") + ", ".join(map(repr, tasks))
                 return f"{where}: field {column!r} ({names}) {problem}"
@@ -237,7 +261,7 @@ class MultiTaskPredictor:
             outputs = self.model.forward_all(**encoded.to(self.device), tasks=tasks)
             real = encoded["attention_mask"].sum(1).tolist()
             for name, value in outputs.items():
-                value = value.float().cpu().numpy()
+                value = value if isinstance(value, np.ndarray) else value.float().cpu().numpy()  # ONNX: numpy
                 logits[name].extend(v[:n] if v.ndim == 2 else v for v, n in zip(value, real))
             for meta in chunk_metas:
                 metas.append({**meta, "row": int(rows[meta["row"]])})
@@ -259,133 +283,5 @@ def _text_problem(value: Any, words_ok: bool) -> str | None:
         bad = next((w for w in value if not isinstance(w, str)), None)
         if bad is None:
             return None
-        return f"is a list of words holding {_kind(bad)}; every word must be a string"
-    return f"is {_kind(value)}; {wanted}"
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({json.dumps(value)})"
-    if isinstance(value, (int, float)):
-        return f"a number ({shown(value)})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
-# ----- reading rows from a file -----
-def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
-    """`(where, record)` for each row of a CSV/TSV/JSONL/JSON file, read lazily; `where` is `file:line` (the
-    line the row starts on, the CSV header being line 1) or `file: item N` for a JSON list.
-
-    JSONL is read line by line (blank lines are skipped), CSV/TSV (`.tsv` and `.txt` are tab-separated) row by
-    row; a `.json` file (a list of records, or one record) is read whole. The file must be UTF-8. A line that
-    cannot be decoded or parsed, or a CSV row with the wrong number of fields, raises `ConfigError` naming
-    the file and line.
-    """
-    name = str(path)
-    if name.endswith(".jsonl"):
-        return _jsonl_records(name)
-    if name.endswith(".json"):
-        return _json_records(name)
-    return _csv_records(name, "\t" if name.endswith((".tsv", ".txt")) else ",")
-
-
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV/JSONL/JSON file as dicts (all of them in memory; `iter_records` streams)."""
-    return [record for _, record in iter_records(path)]
-
-
-def _lines(handle: Iterable[bytes], path: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a binary file, decoded one line at a time so that an error names its line."""
-    for number, raw in enumerate(handle, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(_not_utf8(path, number, raw, err.start)) from None
-        yield number, text.removeprefix("\ufeff") if number == 1 else text  # a byte-order mark is no data
-
-
-def _not_utf8(path: str, number: int, raw: bytes, offset: int) -> str:
-    column = len(raw[:offset].decode("utf-8", errors="replace")) + 1
-    stem, ext = os.path.splitext(path)
-    return (f"{path}:{number}: not UTF-8 text (byte {raw[offset]:#04x} at column {column}); the input must be "
-            f"UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {path} > {stem}.utf8{ext}` (latin1/cp1252 is "
-            "the usual encoding of such files; `file -i` guesses it)")
-
-
-def _record(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a JSON object of fields, e.g. {{\"text\": \"...\"}}; got "
-                          f"{_kind(value)}")
-    return value
-
-
-def _jsonl_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as handle:
-        for number, line in _lines(handle, path):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                value = json.loads(line.rstrip("\r\n"))  # so that a column of the error is on this line
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line of a "
-                                  "JSONL file holds one JSON object, e.g. {\"text\": \"...\"}") from None
-            yield where, _record(value, where)
-
-
-def _json_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        start = raw.rfind(b"\n", 0, err.start) + 1
-        end = raw.find(b"\n", err.start)
-        line = raw[start:end if end >= 0 else len(raw)]
-        raise ConfigError(_not_utf8(path, raw.count(b"\n", 0, err.start) + 1, line, err.start - start)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}); a .json input "
-                          "holds one list of records, e.g. [{\"text\": \"...\"}]") from None
-    for number, value in enumerate(data if isinstance(data, list) else [data], start=1):
-        where = f"{path}: item {number}"
-        yield where, _record(value, where)
-
-
-def _csv_records(path: str, delimiter: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as handle:
-        # One decoded line per item, so `reader.line_num` is the file's line number.
-        reader = csv.reader((text for _, text in _lines(handle, path)), delimiter=delimiter)
-        header: list[str] | None = None
-        end = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                raise ConfigError(f"{path}:{reader.line_num}: {err}") from None
-            start, end = end + 1, reader.line_num
-            if not row:  # a blank line
-                continue
-            if header is None:
-                header, header_line = row, start
-                twice = sorted({name for name in header if header.count(name) > 1})
-                if twice:
-                    raise ConfigError(f"{path}:{start}: the header names {shown(twice)} more than once; give each "
-                                      "column its own name")
-                continue
-            where = f"{path}:{start}"
-            if len(row) != len(header):
-                fix = ("every row needs one value per column" if len(row) < len(header) else
-                       f"quote a value that holds the delimiter {delimiter!r}")
-                raise ConfigError(f"{where}: values in this row: {len(row)}; columns in the header (line "
-                                  f"{header_line}): {len(header)} {shown(header)}; {fix}")
-            yield where, dict(zip(header, row))
+        return f"is a list of words holding {kind_of(bad)}; every word must be a string"
+    return f"is {kind_of(value)}; {wanted}"

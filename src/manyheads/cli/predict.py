@@ -1,8 +1,11 @@
-"""`manyheads predict MODEL_DIR --input FILE --output FILE.jsonl [--task NAME ...]`.
+"""`manyheads predict MODEL_DIR --input FILE --output FILE.jsonl [--task NAME ...] [--backend torch|onnx]`.
 
 Streams: rows are read lazily, checked, predicted and written in chunks of `--chunk_rows`, so memory does
 not grow with the input. Lines go to `OUTPUT.partial` as they are done; the file takes its final name only
 when every row is done, so `OUTPUT` never holds a partial result.
+
+`--backend onnx` runs a folder written by `manyheads export --format onnx` in ONNX Runtime, with the same
+outputs; `--onnx_file model_int8.onnx` picks its int8 graph.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # The epilog's examples are JSON lines: keep its line breaks.
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("model_dir", help="folder written by 'manyheads train'")
+    parser.add_argument("model_dir", help="folder written by 'manyheads train' (--backend onnx: by 'manyheads export "
+                                            "--format onnx')")
     parser.add_argument("--input", required=True,
                         help="UTF-8 CSV, TSV (.tsv/.txt), JSONL or JSON (a list, read whole) file of records")
     parser.add_argument("--output", required=True,
@@ -66,7 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on_error", choices=["fail", "skip"], default="fail",
                         help="a row whose fields a task cannot read: stop (fail) or mark it with an \"error\" "
                              "and go on (skip); see below")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1 ... (default: cuda if available; --backend onnx: cpu)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                        help="torch: the saved PyTorch model; onnx: ONNX Runtime on a folder written by 'manyheads "
+                             "export --format onnx' (same outputs; needs pip install \"manyheads[onnx]\")")
+    parser.add_argument("--onnx_file", default=None,
+                        help="--backend onnx: the graph in MODEL_DIR to run, e.g. model_int8.onnx "
+                             "(default: model.onnx)")
 
 
 class BadRow(ConfigError):
@@ -82,14 +93,16 @@ class Summary:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..inference import MultiTaskPredictor, iter_records
+    from ..inference import MultiTaskPredictor
+    from ..records import iter_records
 
     problems = _argument_problems(args)
     if problems:
         raise ConfigError(problems)
     quiet_libraries()
     try:
-        predictor = MultiTaskPredictor(args.model_dir, device=args.device, batch_size=args.batch_size)
+        predictor = MultiTaskPredictor(args.model_dir, device=args.device, batch_size=args.batch_size,
+                                       backend=args.backend, onnx_file=args.onnx_file)
     except ConfigError:
         raise  # already names the folder and the fix (e.g. strict loading's ModelLoadError)
     except (OSError, ValueError) as err:
@@ -141,6 +154,9 @@ def _argument_problems(args: argparse.Namespace) -> list[str]:
     elif not os.path.isdir(folder):
         problems.append(f"--output: folder {folder} does not exist; create it (mkdir -p {folder}) or choose "
                         "another path.")
+    if args.onnx_file is not None and args.backend != "onnx":
+        problems.append(f"--onnx_file: {args.onnx_file} is a graph of an ONNX export; add --backend onnx (and give "
+                        "the folder written by 'manyheads export --format onnx').")
     model_problem = _model_dir_problem(args.model_dir)
     if model_problem:
         problems.append(model_problem)
