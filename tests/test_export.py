@@ -18,19 +18,18 @@ from .test_question_answering import squad_file, synthetic_articles
 from .test_token_classification import colour_rows, write_conll
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, tiny_model_dir):
-    """A briefly trained model with one task of every type, saved."""
+def train_every_type(folder, tiny_model_dir: str, steps: int, with_pair: bool) -> str:
+    """A briefly trained model with one task of every type (two poolings; the pair task `match` optional),
+    saved in `folder/model`."""
     from .conftest import review_rows as rows
     from .conftest import write_jsonl
 
-    folder = tmp_path_factory.mktemp("export")
     write_jsonl(folder / "train.jsonl", rows(64, 1))
     write_jsonl(folder / "eval.jsonl", rows(24, 2))
     write_conll(folder / "ner.conll", colour_rows(48, 1))
     squad_file(folder / "squad.json", synthetic_articles(6, 0))
-    raw = base_config(tiny_model_dir, folder, folder / "out", max_steps=20, learning_rate=5e-3)
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] != "match"] + [
+    raw = base_config(tiny_model_dir, folder, folder / "out", max_steps=steps, learning_rate=5e-3)
+    raw["tasks"] = [t for t in raw["tasks"] if with_pair or t["name"] != "match"] + [
         {"name": "ner", "type": "token_classification", "text": "tokens", "label": "tags",
          "data": {"train": "ner.conll", "tag_column": 1}},
         {"name": "qa", "type": "question_answering", "text": ["question", "context"], "label": "answers",
@@ -42,6 +41,12 @@ def saved_model(tmp_path_factory, tiny_model_dir):
     trainer.train()
     trainer.save_model(str(folder / "model"))
     return str(folder / "model")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, tiny_model_dir):
+    """A briefly trained model with one task of every type, saved (no pair task: no stock model reads pairs here)."""
+    return train_every_type(tmp_path_factory.mktemp("export"), tiny_model_dir, steps=20, with_pair=False)
 
 
 def inputs(n=50, seed=0):

@@ -25,8 +25,7 @@ from manyheads.onnx_runtime import MANIFEST, OnnxMultiTaskModel
 from manyheads.recipe import build_config, build_trainer
 
 from .conftest import BAD, COLORS, FILLER, GOOD, base_config, review_rows, write_jsonl
-from .test_question_answering import squad_file, synthetic_articles
-from .test_token_classification import colour_rows, write_conll
+from .test_export import train_every_type
 
 TOLERANCE = 1e-4
 
@@ -34,24 +33,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir) -> str:
     """A briefly trained model with one task of every encoder type (two poolings, a pair task), saved."""
-    folder = tmp_path_factory.mktemp("onnx-model")
-    write_jsonl(folder / "train.jsonl", review_rows(64, 1))
-    write_jsonl(folder / "eval.jsonl", review_rows(24, 2))
-    write_conll(folder / "ner.conll", colour_rows(48, 1))
-    squad_file(folder / "squad.json", synthetic_articles(6, 0))
-    raw = base_config(tiny_model_dir, folder, folder / "out", max_steps=24, learning_rate=5e-3)
-    raw["tasks"] += [  # sentiment (pooler), match (a pair), colors (multilabel), score (regression), and:
-        {"name": "ner", "type": "token_classification", "text": "tokens", "label": "tags",
-         "data": {"train": "ner.conll", "tag_column": 1}},
-        {"name": "qa", "type": "question_answering", "text": ["question", "context"], "label": "answers",
-         "max_length": 24, "doc_stride": 8, "data": {"train": "squad.json", "format": "squad"}},
-        {"name": "mean", "type": "classification", "text": "text", "label": "sentiment", "pooling": "mean",
-         "data": {"train": "train.jsonl"}},
-    ]
-    trainer = build_trainer(build_config(raw))
-    trainer.train()
-    trainer.save_model(str(folder / "model"))
-    return str(folder / "model")
+    return train_every_type(tmp_path_factory.mktemp("onnx-model"), tiny_model_dir, steps=24, with_pair=True)
 
 
 @pytest.fixture(scope="module")
