@@ -359,11 +359,16 @@ def test_a_real_server_finishes_its_in_flight_request_and_exits_0_on_sigterm(mod
 def test_the_onnx_backend_serves_the_same_predictions(model_dir, predictor, tmp_path, capsys):
     from manyheads.server import load_predictor
 
-    assert main(["export", model_dir, "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 0, \
-        capsys.readouterr().err
+    assert main(["export", model_dir, "--format", "onnx", "--output", str(tmp_path / "onnx"), "--quantize",
+                 "int8"]) == 0, capsys.readouterr().err
     records = texts(3, 21, pair=True)
     with TestClient(create_app(load_predictor(tmp_path / "onnx", backend="onnx", device="cpu"))) as test_client:
         assert test_client.get("/health").json()["backend"] == "onnx"
         response = test_client.post("/predict", json={"records": records})
     assert response.status_code == 200, response.text
     assert_same(response.json()["predictions"], predictor.predict(records))
+    int8 = load_predictor(tmp_path / "onnx", backend="onnx", device="cpu", onnx_file="model_int8.onnx")
+    with TestClient(create_app(int8, backend="onnx")) as test_client:
+        response = test_client.post("/predict", json={"records": records})
+    assert response.status_code == 200 and len(response.json()["predictions"]) == len(records)
+    assert int8.model.file.endswith("model_int8.onnx")

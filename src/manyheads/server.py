@@ -230,12 +230,11 @@ def create_app(predictor: MultiTaskPredictor, *, backend: str | None = None, max
 
 
 def load_predictor(model_dir: str | os.PathLike, backend: str = "torch", device: str | None = None,
-                   batch_size: int = 32) -> MultiTaskPredictor:
+                   batch_size: int = 32, onnx_file: str | None = None) -> MultiTaskPredictor:
+    """The predictor of a saved model folder (torch) or of its ONNX export (`onnx_file`: e.g. the int8 graph)."""
     from .inference import MultiTaskPredictor
 
-    # `backend` is passed only when it is not the default, so this works with predictors that predate it.
-    options: dict[str, Any] = {} if backend == "torch" else {"backend": backend}
-    return MultiTaskPredictor(model_dir, device=device, batch_size=batch_size, **options)
+    return MultiTaskPredictor(model_dir, device=device, batch_size=batch_size, backend=backend, onnx_file=onnx_file)
 
 
 def serve(model: MultiTaskPredictor | str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="run the model with torch, or with ONNX Runtime (needs an ONNX export)")
+    parser.add_argument("--onnx_file", default=None,
+                        help="with --backend onnx: the graph to run, e.g. model_int8.onnx (default: model.onnx)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--max_batch_size", type=int, default=32, help="rows per batch (one encoder pass)")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
@@ -64,14 +66,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(problems)
     quiet_libraries()
     try:
-        predictor = load_predictor(args.model_dir, args.backend, args.device, args.max_batch_size)
+        predictor = load_predictor(args.model_dir, args.backend, args.device, args.max_batch_size, args.onnx_file)
     except ConfigError:
         raise  # already names the folder and the fix
-    except TypeError as err:
-        if args.backend == "torch":
-            raise
-        raise ConfigError(f"--backend {args.backend}: this version of manyheads cannot load it ({err}); use "
-                          "--backend torch.") from None
     except (OSError, ValueError, ImportError) as err:
         raise ConfigError(f"MODEL_DIR: could not load the model in {args.model_dir} (--backend {args.backend}): "
                           f"{err}") from None
