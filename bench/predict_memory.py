@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32, help="rows per encoder pass (default: 32)")
     parser.add_argument("--chunk_rows", type=int, default=None, help="after: --chunk_rows (default: the CLI's)")
     parser.add_argument("--before_ref", default=None,
-                        help="git revision of the 'before' files (default: the newest one whose inference.py has "
-                             "no streaming reader, `def iter_records`)")
+                        help="git revision of the 'before' files (default: the newest revision of cli/predict.py "
+                             "without chunked streaming, `chunk_rows`)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each predict process (default: 1, steadier on a shared 2-core machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows and the model (default: 0)")
@@ -114,12 +114,13 @@ def git(*command: str) -> str:
 
 
 def default_before_ref() -> str:
-    """The newest revision of inference.py without the streaming reader: the code before streaming, whether
-    the change is committed yet or not."""
-    for commit in git("log", "--format=%H", "--", FILES[0]).split():
-        if "def iter_records" not in git("show", f"{commit}:{FILES[0]}"):
+    """The newest revision of the predict command without chunked streaming (no `--chunk_rows`): the code
+    before streaming, whether the change is committed yet or not. (The predict command, not inference.py: the
+    streaming reader later moved out of inference.py into records.py.)"""
+    for commit in git("log", "--format=%H", "--", FILES[1]).split():
+        if "chunk_rows" not in git("show", f"{commit}:{FILES[1]}"):
             return commit
-    raise SystemExit(f"no revision of {FILES[0]} without iter_records; give --before_ref")
+    raise SystemExit(f"no revision of {FILES[1]} without chunk_rows; give --before_ref")
 
 
 def before_package(workdir: Path, ref: str) -> Path:

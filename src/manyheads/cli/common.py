@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -44,3 +45,24 @@ def metrics_rows(metrics: dict[str, float], tasks: list[str], prefix: str = "eva
         values = {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
         rows.append({"task": task, **{k: v for k, v in values.items() if k not in ("runtime",)}})
     return rows
+
+
+def model_dir_problem(path: str) -> str | None:
+    """Why `path` is not a saved manyheads model folder (for predict and serve), or None."""
+    hint = "give the folder written by 'manyheads train' (or trainer.save_model)"
+    if not os.path.exists(path):
+        return f"MODEL_DIR: folder not found: {path}; {hint}."
+    if not os.path.isdir(path):
+        return f"MODEL_DIR: {path} is a file, not a folder; {hint}."
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return f"MODEL_DIR: {path} holds no manyheads model (no config.json); {hint}."
+    try:
+        with open(config, encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"MODEL_DIR: {config} cannot be read ({err}); {hint}."
+    if model_type != "manyheads":
+        return (f"MODEL_DIR: {path} holds a {model_type!r} model, not a manyheads one (model_type 'manyheads' in "
+                f"config.json); {hint}.")
+    return None

@@ -20,7 +20,7 @@ from itertools import islice
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .common import quiet_libraries
+from .common import model_dir_problem, quiet_libraries
 
 if TYPE_CHECKING:
     from ..inference import MultiTaskPredictor
@@ -157,30 +157,10 @@ def _argument_problems(args: argparse.Namespace) -> list[str]:
     if args.onnx_file is not None and args.backend != "onnx":
         problems.append(f"--onnx_file: {args.onnx_file} is a graph of an ONNX export; add --backend onnx (and give "
                         "the folder written by 'manyheads export --format onnx').")
-    model_problem = _model_dir_problem(args.model_dir)
+    model_problem = model_dir_problem(args.model_dir)
     if model_problem:
         problems.append(model_problem)
     return problems
-
-
-def _model_dir_problem(path: str) -> str | None:
-    hint = "give the folder written by 'manyheads train' (or trainer.save_model)"
-    if not os.path.exists(path):
-        return f"MODEL_DIR: folder not found: {path}; {hint}."
-    if not os.path.isdir(path):
-        return f"MODEL_DIR: {path} is a file, not a folder; {hint}."
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return f"MODEL_DIR: {path} holds no manyheads model (no config.json); {hint}."
-    try:
-        with open(config, encoding="utf-8") as handle:
-            model_type = json.load(handle).get("model_type")
-    except (OSError, ValueError, AttributeError) as err:
-        return f"MODEL_DIR: {config} cannot be read ({err}); {hint}."
-    if model_type != "manyheads":
-        return (f"MODEL_DIR: {path} holds a {model_type!r} model, not a manyheads one (model_type 'manyheads' in "
-                f"config.json); {hint}.")
-    return None
 
 
 def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -6,8 +6,7 @@ import argparse
 import socket
 
 from ..errors import ConfigError
-from .common import quiet_libraries
-from .predict import _model_dir_problem
+from .common import model_dir_problem, quiet_libraries
 
 HELP = "Serve a saved model over HTTP (POST /predict, GET /health), batching concurrent requests."
 EPILOG = """\
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..server import Limits, load_predictor, missing_dependencies, serve
 
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_request_rows, args.max_body_bytes)
-    problems = [p for p in (missing_dependencies(), _model_dir_problem(args.model_dir)) if p] + limits.problems("--")
+    problems = [p for p in (missing_dependencies(), model_dir_problem(args.model_dir)) if p] + limits.problems("--")
     if not 0 <= args.port <= 65535:
         problems.append(f"--port: got {args.port}; give a port from 0 to 65535, e.g. 8000.")
     if not args.shutdown_timeout > 0:
