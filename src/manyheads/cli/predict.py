@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from ..inference import MultiTaskPredictor
 
 HELP = "Predict every task (or the chosen ones) for each row of a CSV/TSV/JSONL file, one encoder pass per batch."
-CHUNK_ROWS = 1024  # rows read, checked and predicted together: bounds memory, still sorts well by length
+CHUNK_ROWS = 8192  # rows read, checked and predicted together: bounds memory; large enough that sorting
+# rows by length within a chunk pads about as little as sorting the whole input (1024 was 6 % slower)
 PARTIAL = ".partial"
 EPILOG = """\
 Streaming: JSONL is read line by line and CSV/TSV row by row (a .json list is read whole: use JSONL for big
