@@ -1,4 +1,4 @@
-"""Predict every task from ONE encoder pass per batch, and read the rows to predict from a file lazily.
+"""Predict every task from ONE encoder pass per batch (PyTorch, or an ONNX export: `onnx_runtime.py`).
 
 Tasks that read the same input columns with the same `max_length` share one encoder pass; the heads of
 all of them run on that pass. Batches are sorted by length and padded dynamically.

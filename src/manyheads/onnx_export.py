@@ -1,4 +1,4 @@
-"""Export the shared encoder and every head of a `MultiTaskModel` as ONE ONNX graph, and run such a graph.
+"""Export the shared encoder and every head of a `MultiTaskModel` as ONE ONNX graph (run by `onnx_runtime.py`).
 
 An exported folder (`manyheads export MODEL_DIR --format onnx --output DIR [--quantize int8]`):
 ```
