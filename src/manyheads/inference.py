@@ -3,7 +3,7 @@
 Tasks that read the same input columns with the same `max_length` share one encoder pass; the heads of
 all of them run on that pass. Batches are sorted by length and padded dynamically.
 
-`iter_records` reads CSV/TSV/JSONL row by row (a JSON list whole) and names each row's file and line, so a
+`records.iter_records` reads CSV/TSV/JSONL row by row (a JSON list whole) and names each row's file and line, so a
 caller can stream a file of any size through `MultiTaskPredictor.plan_row` and `predict_rows` in chunks.
 """
 
