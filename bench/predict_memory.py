@@ -42,7 +42,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_RESULTS, QUICK_RESULTS, REPO, command_line, header_lines, max_rss_mb, now, publish
+from _common import (
+    DEFAULT_RESULTS,
+    QUICK_RESULTS,
+    REPO,
+    add_output_arguments,
+    command_line,
+    header_lines,
+    max_rss_mb,
+    now,
+    publish,
+)
 
 PROBE_FLAG = "--probe"  # internal: `predict_memory.py --probe SPEC.json` (one fresh predict process)
 VERSIONS = ("before", "after")
@@ -65,11 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each predict process (default: 1, steadier on a shared 2-core machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows and the model (default: 0)")
-    parser.add_argument("--results", default=None,
-                        help=f"markdown file the section is appended to (default: {DEFAULT_RESULTS}; with --quick: "
-                             f"{QUICK_RESULTS})")
-    parser.add_argument("--no_write", action="store_true", help="print only; do not touch the results file")
-    parser.add_argument("--quick", action="store_true", help="0/500/5,000 rows; results go to bench/out/")
+    add_output_arguments(parser, "0/500/5,000 rows")
     if parser.parse_args(argv).quick:  # smoke sizes; an explicit --rows still wins
         parser.set_defaults(rows=[500, 5_000])
     args = parser.parse_args(argv)

@@ -73,6 +73,7 @@ from _common import (
     DEFAULT_RESULTS,
     OUT_DIR,
     QUICK_RESULTS,
+    add_output_arguments,
     command_line,
     cpu_model,
     default_model,
@@ -129,13 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batched requests of the server's concurrent load pass (cycling over the batches)")
     parser.add_argument("--time_limit", type=float, default=120.0,
                         help="seconds after which a server pass starts no new request")
-    parser.add_argument("--results", default=None,
-                        help=f"markdown file the section is appended to (default: {DEFAULT_RESULTS}; with "
-                             f"--quick: {QUICK_RESULTS})")
-    parser.add_argument("--no_write", action="store_true", help="print only; do not touch the results file")
-    parser.add_argument("--quick", action="store_true",
-                        help="10 training steps, 1 round, tiny passes (explicit options still win); results go "
-                             "to bench/out/")
+    add_output_arguments(parser, "10 training steps, 1 round, tiny passes (explicit options still win)")
     if parser.parse_args(argv).quick:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)

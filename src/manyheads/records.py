@@ -141,5 +141,7 @@ def kind_of(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
+    if isinstance(value, str):
+        return "a string"
     return f"a {type(value).__name__}"
 

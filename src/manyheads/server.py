@@ -27,6 +27,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, shown
+from .records import kind_of
 from .server_batcher import Batcher, Limits, RequestError
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def parse_request(body: bytes, model_tasks: list[str], max_rows: int) -> tuple[l
             type(err).__name__
         raise RequestError(400, f"request body: not valid JSON ({what}); send an object like {EXAMPLE}") from None
     if not isinstance(data, dict):
-        raise RequestError(422, f"request body: got {_kind(data)}; send an object like {EXAMPLE}")
+        raise RequestError(422, f"request body: got {kind_of(data)}; send an object like {EXAMPLE}")
     unknown = sorted(set(data) - {"records", "tasks"})
     if unknown:
         raise RequestError(422, f"request body: unknown key(s) {shown(unknown)}; the keys are 'records' and "
@@ -82,7 +83,8 @@ def parse_request(body: bytes, model_tasks: list[str], max_rows: int) -> tuple[l
         raise RequestError(422, f"records: missing; send an object like {EXAMPLE}")
     records = data["records"]
     if not isinstance(records, list):
-        raise RequestError(422, f"records: got {_kind(records)}; give a list of records, e.g. [{{\"text\": \"...\"}}]")
+        raise RequestError(422, f"records: got {kind_of(records)}; give a list of records, "
+                                'e.g. [{"text": "..."}]')
     if not records:
         raise RequestError(422, "records: the list is empty; give at least one record")
     if len(records) > max_rows:
@@ -90,7 +92,7 @@ def parse_request(body: bytes, model_tasks: list[str], max_rows: int) -> tuple[l
                                 "(max_request_rows); split them over several requests")
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise RequestError(422, f"records[{i}]: got {_kind(record)}; each record is an object of field: text, "
+            raise RequestError(422, f"records[{i}]: got {kind_of(record)}; each record is an object of field: text, "
                                     "e.g. {\"text\": \"...\"}")
     tasks = data.get("tasks")
     if tasks is None:
@@ -133,11 +135,6 @@ def request_tasks(predictor: MultiTaskPredictor, records: list[dict], tasks: lis
 
 def _ordered(names: set[str], predictor: MultiTaskPredictor) -> list[str]:
     return [name for name in predictor.tasks if name in names]
-
-
-def _kind(value: Any) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return kinds.get(type(value), "a number")
 
 
 def describe(predictor: MultiTaskPredictor, backend: str, limits: Limits) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -98,11 +97,6 @@ class MultiTaskTrainingArguments(TrainingArguments):
                              "task per micro-batch itself. Use sampling_strategy (and group_by_length) instead.")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"'max_nonfinite_steps' is {self.max_nonfinite_steps}; it must be >= 1")
-
-    def multitask_options(self) -> dict[str, Any]:
-        """The multi-task fields only (for logs and reports)."""
-        names = [f for f in type(self).__dataclass_fields__ if f not in TrainingArguments.__dataclass_fields__]
-        return {name: getattr(self, name) for name in names}
 
 
 def as_multitask_arguments(args: TrainingArguments | None) -> MultiTaskTrainingArguments | None:
