@@ -59,6 +59,10 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
         jobs[method] = raw_config(tiny_model_dir, data, root / method, {"weighting": method,
                                   "weighting_kwargs": {"period": 2} if method == "dwa" else {}}, max_steps=6,
                                   logging_steps=2)
+    # Soft and hybrid sharing: per-task adapters, each micro-batch (the same task on both ranks) runs its own.
+    for mode in ("lora", "hybrid"):
+        jobs[mode] = raw_config(tiny_model_dir, data, root / mode, max_steps=6, logging_steps=2)
+        jobs[mode]["sharing"] = {"mode": mode, "r": 4, "alpha": 8, "dropout": 0.0}  # dropout masks differ by rank
     # Resume in epoch 3 (10 rows per task: 2 steps per task per epoch), mid-epoch, with accumulation.
     for name in ("resume_full", "resume_from_7"):
         jobs[name] = raw_config(tiny_model_dir, data, root / name, strategy="temperature", max_steps=12,
@@ -159,3 +163,24 @@ def test_equal_weighting_ddp_matches_one_process_and_evaluates_each_example_once
         torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4, msg=key)
     single_metrics = reference.evaluate()
     assert ranks[0]["metrics"]["eval_average"] == pytest.approx(single_metrics["eval_average"], abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["lora", "hybrid"])
+def test_adapters_train_under_ddp_and_match_one_process(mode, ddp_runs, tiny_model_dir, tmp_path):
+    from manyheads.modeling.adapters import is_adapter_parameter
+
+    data, _, records = ddp_runs
+    ranks, weights = records[mode]
+    assert ranks[0]["seen"] == ranks[1]["seen"] and ranks[0]["checksum"] == ranks[1]["checksum"]
+    raw = raw_config(tiny_model_dir, data, tmp_path / "single", batch=8, max_steps=6, logging_steps=2)
+    raw["sharing"] = {"mode": mode, "r": 4, "alpha": 8, "dropout": 0.0}  # dropout masks differ by rank
+    reference = build_trainer(build_config(raw))
+    initial = {k: v.clone() for k, v in reference.model.state_dict().items()}
+    reference.train()
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    lora_b = [k for k in weights if is_adapter_parameter(k) and "lora_B" in k]
+    assert lora_b and all(not torch.equal(weights[k], initial[k]) for k in lora_b)  # every adapter trained
+    base = [k for k in weights if k.startswith("encoder.") and not is_adapter_parameter(k)]
+    unchanged = all(torch.equal(weights[k], initial[k]) for k in base)
+    assert unchanged == (mode == "lora")

@@ -13,6 +13,7 @@ from .data.collator import MultiTaskCollator
 from .data.strategies import SAMPLING_STRATEGIES, SamplingStrategy
 from .errors import ConfigError
 from .inference import MultiTaskPredictor
+from .modeling.adapters import SHARING_MODES, Sharing
 from .modeling.config import MultiTaskConfig
 from .modeling.model import MultiTaskModel, MultiTaskOutput
 from .tasks import (
@@ -50,6 +51,8 @@ __all__ = [
     "Regression",
     "SAMPLING_STRATEGIES",
     "SamplingStrategy",
+    "SHARING_MODES",
+    "Sharing",
     "SequenceTask",
     "TASK_TYPES",
     "Task",

@@ -57,7 +57,7 @@ def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     prefix = stock.base_model_prefix
     stock_keys = set(stock.state_dict())
     encoder_keys = {k for k in stock_keys if k.startswith(prefix + ".")}
-    state = {f"{prefix}.{k}": v for k, v in model.encoder.state_dict().items() if f"{prefix}.{k}" in encoder_keys}
+    state = {f"{prefix}.{k}": v for k, v in model.encoder_state(task_name).items() if f"{prefix}.{k}" in encoder_keys}
     head_state = task.export_head_state({k: v.detach().clone() for k, v in head.state_dict().items()})
     wanted = stock_keys - encoder_keys
     layout = next((m for m in _HEAD_LAYOUTS if set(m) == set(head_state) and set(m.values()) == wanted), None)

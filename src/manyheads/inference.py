@@ -100,6 +100,16 @@ class MultiTaskPredictor:
     def tasks(self) -> list[str]:
         return list(self.model.tasks)
 
+    def passes_note(self, tasks: Sequence[str] | None = None) -> str | None:
+        """With per-task adapters (soft or hybrid sharing), how many encoder passes a row predicted for `tasks`
+        (default: all) costs; None when all of them share one pass."""
+        passes = getattr(self.model, "encoder_passes", None)
+        groups = passes(tasks) if passes is not None else [list(tasks or self.tasks)]
+        if len(groups) <= 1:
+            return None
+        return (f"sharing '{self.model.sharing.mode}': each task's adapter needs its own encoder pass, so every "
+                f"row costs {len(groups)} passes ({' | '.join(', '.join(g) for g in groups)}) instead of one")
+
     def _columns(self, task: str, available: Iterable[str]) -> tuple[str, ...] | None:
         """The input columns `task` reads from these fields, or None when it cannot run on them."""
         columns = tuple(self.model.tasks[task].text)

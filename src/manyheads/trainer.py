@@ -56,6 +56,7 @@ from .data.strategies import SamplingStrategy, resolve_strategy
 from .errors import ConfigError
 from .metrics import aggregate_score, best_metric_problem, check_metric_functions, metric_function_for, user_metrics
 from .model_card import render_card, write_card
+from .modeling.adapters import is_adapter_parameter
 from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
 from .training_args import as_multitask_arguments
@@ -157,11 +158,12 @@ class MultiTaskTrainer(Trainer):
         self._weighting_grads_stale = False
         self.group_step = None
         if aggregator is not None:
-            frozen = not any(p.requires_grad for p in model.encoder.parameters())
+            frozen = not model.shared_parameters()
             sharded = "fsdp" if args.fsdp else ("deepspeed" if args.deepspeed else None)
             problems = group_step_problems(aggregator, args.gradient_aggregator_kwargs, len(self.tasks),
                                            group_size=args.task_group_size, group_by_length=args.group_by_length,
-                                           fp16=args.fp16, sharded=sharded, encoder_frozen=frozen)
+                                           fp16=args.fp16, sharded=sharded, encoder_frozen=frozen,
+                                           sharing=model.sharing.mode)
             if problems:
                 raise ConfigError(problems)
             built = build_aggregator(aggregator, len(self.tasks), args.gradient_aggregator_kwargs)
@@ -317,6 +319,8 @@ class MultiTaskTrainer(Trainer):
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         user_supplied = self.optimizer is not None
         optimizer = super().create_optimizer(model)
+        if not user_supplied and self.args.adapter_learning_rate is not None:
+            self._adapters_at_own_rate(optimizer, self.args.adapter_learning_rate)
         params = [p for p in self.weighting.parameters() if p.requires_grad]
         if params and user_supplied:
             # The user's scheduler was built for the user's parameter groups: adding one now breaks it. The
@@ -326,6 +330,26 @@ class MultiTaskTrainer(Trainer):
             # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
             optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
         return optimizer
+
+    def _adapters_at_own_rate(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
+        """Move the task adapters' parameters out of Trainer's groups into groups of their own at `lr` (same weight
+        decay as where they came from), before the scheduler is built on the groups' rates."""
+        module = self.accelerator.unwrap_model(self.model)
+        adapters = {id(p) for n, p in module.named_parameters() if is_adapter_parameter(n)}
+        if not adapters:
+            logger.warning("manyheads: adapter_learning_rate is set but the model has no adapters (sharing '%s'); "
+                           "it is unused.", module.sharing.mode)
+            return
+        groups = []
+        for group in optimizer.param_groups:
+            own = [p for p in group["params"] if id(p) in adapters]
+            rest = [p for p in group["params"] if id(p) not in adapters]
+            options = {k: v for k, v in group.items() if k != "params"}
+            groups += [{**options, "params": rest}] if rest else []
+            groups += [{**options, "params": own, "lr": lr}] if own else []
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         warmup = self.args.get_warmup_steps(num_training_steps)

@@ -65,6 +65,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
         "help": "Tasks per task-group step of a gradient aggregator (default: all tasks)."})
     max_nonfinite_steps: int = field(default=3, metadata={
         "help": "Consecutive optimizer steps with a NaN/inf loss that are skipped before the run stops."})
+    adapter_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the task adapters (sharing 'lora' / 'hybrid'); default: learning_rate. LoRA "
+                "usually wants ~10x the full fine-tuning rate (e.g. 5e-4 next to 3e-5 for the shared encoder)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Round each micro-batch's padded length up to a multiple of this (8 helps tensor cores)."})
 
@@ -95,6 +98,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
         elif self.train_sampling_strategy not in ("random", None):
             raise ValueError(f"'train_sampling_strategy' is {self.train_sampling_strategy!r}; manyheads samples one "
                              "task per micro-batch itself. Use sampling_strategy (and group_by_length) instead.")
+        if self.adapter_learning_rate is not None and not self.adapter_learning_rate > 0:
+            raise ValueError(f"'adapter_learning_rate' is {self.adapter_learning_rate}; give a learning rate > 0, "
+                             "or leave it unset to use learning_rate.")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"'max_nonfinite_steps' is {self.max_nonfinite_steps}; it must be >= 1")
 

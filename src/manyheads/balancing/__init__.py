@@ -125,7 +125,7 @@ def weighting_problems(weighting: Any, kwargs: dict[str, Any] | None, task_weigh
 
 def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks: int, *, group_size: int | None = None,
                         group_by_length: bool = False, fp16: bool = False, sharded: str | None = None,
-                        encoder_frozen: bool = False) -> list[str]:
+                        encoder_frozen: bool = False, sharing: str = "hard") -> list[str]:
     """What keeps a gradient aggregator from serving a run, each with the fix (checked by the trainer and the
     recipe alike)."""
     name = aggregator if isinstance(aggregator, str) else type(aggregator).__name__
@@ -139,7 +139,11 @@ def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks:
     if group_by_length:
         problems.append(f"sampling.group_by_length cannot serve task-group steps (aggregator '{name}'): each step "
                         "draws one batch of every task. Set group_by_length: false.")
-    if encoder_frozen:
+    if sharing == "lora":
+        problems.append(f"aggregator '{name}' rewrites the shared encoder's gradient, but sharing 'lora' freezes the "
+                        "encoder: each task trains only its own adapter and head, so there is nothing shared to "
+                        "aggregate. Use sharing 'hybrid' (shared encoder + adapters), or remove 'aggregator'.")
+    elif encoder_frozen:
         problems.append(f"aggregator '{name}' rewrites the shared encoder's gradient, but freeze.encoder is true. "
                         "Unfreeze the encoder or remove 'aggregator'.")
     if fp16:

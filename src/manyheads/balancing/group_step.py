@@ -37,10 +37,12 @@ class TaskGroupStep:
         self.tasks = list(model.tasks)
         self.seed = int(seed)
         self.aggregator = aggregator
-        self.shared = [p for p in model.encoder.parameters() if p.requires_grad]
+        # Shared: the encoder's own weights. A task's head and adapter (soft sharing) only ever get that task's
+        # gradient, so they are left out of the aggregation like heads.
+        self.shared = [p for _, p in model.shared_parameters()]
         if not self.shared:
             raise ValueError("gradient aggregation needs trainable shared parameters; the encoder is frozen")
-        self.heads = {name: [p for p in model.heads[name].parameters() if p.requires_grad] for name in self.tasks}
+        self.heads = {name: [p for _, p in model.task_parameters(name)] for name in self.tasks}
         self.numels = [p.numel() for p in self.shared]
         self.rows: torch.Tensor | None = None
         self.seen = torch.zeros(len(self.tasks), dtype=torch.bool)

@@ -49,8 +49,11 @@ def make_probe_batches(datasets: dict[str, Any], collator: Callable[[list[dict[s
 
 
 def shared_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
-    """Trainable parameters of the shared encoder (everything but the heads of a model without `encoder`)."""
+    """Trainable parameters of the shared encoder (everything but the heads of a model without `encoder`); task
+    adapters (soft sharing) are not shared."""
     module = unwrap(model)
+    if hasattr(module, "shared_parameters"):
+        return module.shared_parameters()
     encoder = getattr(module, "encoder", None)
     if encoder is not None:
         return [(f"encoder.{n}", p) for n, p in encoder.named_parameters() if p.requires_grad]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ..modeling.adapters import adapter_of, is_adapter_parameter
 from .base import MONITOR_FILE, DiagnosticCallback, unwrap
 
 logger = logging.get_logger(__name__)
@@ -41,7 +42,8 @@ def parameter_groups(model: Any) -> dict[str, list[tuple[str, torch.nn.Parameter
     """Trainable parameters of a `MultiTaskModel` by group, in model order.
 
     Groups: `embeddings`, `layer.<i>.attention` and `layer.<i>.ffn` (everything else in layer i: feed-forward
-    and its norms), `encoder.other` (pooler, final norm), `head.<task>`. A model without `encoder` and `heads`
+    and its norms), `encoder.other` (pooler, final norm), `adapter.<task>` (soft sharing: every LoRA weight of
+    the task's adapter), `head.<task>`. A model without `encoder` and `heads`
     is grouped by its top-level modules.
     """
     module = unwrap(model)
@@ -67,6 +69,8 @@ def parameter_groups(model: Any) -> dict[str, list[tuple[str, torch.nn.Parameter
             continue
         if name.startswith("heads."):
             group = "head." + name[len("heads."):].split(".")[0]
+        elif is_adapter_parameter(name):
+            group = f"adapter.{adapter_of(name)}"
         elif id(param) in embedding_ids:
             group = "embeddings"
         elif id(param) in layer_of:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     unknown = [t for t in args.task or [] if t not in predictor.tasks]
     if unknown:
         raise ConfigError(f"--task: {unknown} not in this model; its tasks are {predictor.tasks}.")
+    note = predictor.passes_note(args.task)
+    if note:
+        print(f"note: {note}.", file=sys.stderr)
     chunk_rows = args.chunk_rows or max(CHUNK_ROWS, args.batch_size)
     partial = args.output + PARTIAL
     try:

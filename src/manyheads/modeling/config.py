@@ -13,13 +13,17 @@ class MultiTaskConfig(PretrainedConfig):
     Args:
         encoder (`dict`): the shared encoder's config (`PretrainedConfig.to_dict()`, with its `model_type`).
         tasks (`list[dict]`): one spec per task (`TaskConfig.spec()`: name, type, labels, options, ...).
+        sharing (`dict`): how the tasks share the encoder (`Sharing.to_dict()`: mode and LoRA settings); absent in
+            folders saved before soft sharing existed, which are `hard`.
     """
 
     model_type = "manyheads"
 
-    def __init__(self, encoder: dict[str, Any] | None = None, tasks: list[dict[str, Any]] | None = None, **kwargs):
+    def __init__(self, encoder: dict[str, Any] | None = None, tasks: list[dict[str, Any]] | None = None,
+                 sharing: dict[str, Any] | None = None, **kwargs):
         self.encoder = dict(encoder or {})
         self.tasks = list(tasks or [])
+        self.sharing = dict(sharing or {"mode": "hard"})
         super().__init__(**kwargs)
 
     def encoder_config(self) -> PretrainedConfig:

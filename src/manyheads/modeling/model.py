@@ -6,6 +6,7 @@ model state to route it; that keeps every DDP rank on the same head at the same 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -20,6 +21,18 @@ from transformers.utils import ModelOutput
 from ..errors import ConfigError
 from ..model_card import render_card, write_card
 from ..tasks import Task, task_from_spec
+from .adapters import (
+    NO_ADAPTER,
+    Sharing,
+    active_adapters,
+    adapter_of,
+    add_adapters,
+    is_adapter_parameter,
+    lora_layers,
+    merged_encoder_state,
+    per_row_adapters,
+    set_trainable,
+)
 from .config import MultiTaskConfig
 
 
@@ -81,6 +94,9 @@ class MultiTaskModel(PreTrainedModel):
 
     A task whose labels are not known yet (neither declared nor fitted) gets its head once `MultiTaskTrainer` has
     fitted it on the training data (`add_missing_heads`).
+
+    `sharing` (`from_encoder(..., sharing="lora")`) gives every task its own LoRA adapter inside the encoder
+    (`manyheads.modeling.adapters`): each forward runs the adapter of the task it is for.
     """
 
     config_class = MultiTaskConfig
@@ -97,13 +113,21 @@ class MultiTaskModel(PreTrainedModel):
         self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
         task_list = list(tasks) if tasks is not None else [task_from_spec(spec) for spec in config.tasks]
         self.tasks: dict[str, Task] = {task.name: task for task in task_list}
+        self.sharing = Sharing.from_value(config.sharing)
+        if self.sharing.adapters:
+            add_adapters(self.encoder, self.sharing, [t.name for t in task_list if t.adapter])
+        # A plain list, not registered as submodules: the layers already belong to the encoder.
+        self._lora_layers = lora_layers(self.encoder)
         self.heads = nn.ModuleDict()
         self.add_missing_heads(initialize=False)
         self.post_init()
 
     @classmethod
-    def from_encoder(cls, name_or_path: str | PreTrainedModel, tasks: Iterable[Task], **kwargs: Any) -> MultiTaskModel:
-        """Pretrained encoder weights (any `AutoModel`, or an encoder object), freshly initialised heads."""
+    def from_encoder(cls, name_or_path: str | PreTrainedModel, tasks: Iterable[Task],
+                     sharing: Sharing | str | dict[str, Any] | None = None, **kwargs: Any) -> MultiTaskModel:
+        """Pretrained encoder weights (any `AutoModel`, or an encoder object), freshly initialised heads (and
+        adapters, with `sharing="lora"` / `"hybrid"` or a `Sharing`)."""
+        sharing = Sharing.from_value(sharing)  # checked before the weights load
         encoder = name_or_path if isinstance(name_or_path, PreTrainedModel) else AutoModel.from_pretrained(
             name_or_path, **kwargs)
         tasks = list(tasks)
@@ -112,7 +136,7 @@ class MultiTaskModel(PreTrainedModel):
         if duplicates:
             raise ValueError(f"task names must be unique; {duplicates} are used more than once.")
         config = MultiTaskConfig(encoder=encoder.config.to_dict(), tasks=[t.spec() for t in tasks],
-                                 pad_token_id=getattr(encoder.config, "pad_token_id", None))
+                                 sharing=sharing.to_dict(), pad_token_id=getattr(encoder.config, "pad_token_id", None))
         return cls(config, encoder=encoder, tasks=tasks)
 
     @classmethod
@@ -142,6 +166,8 @@ class MultiTaskModel(PreTrainedModel):
         problems = load_problems(info)
         if problems:
             raise ModelLoadError([f"{where}: {p}" for p in problems])
+        if model.sharing.adapters:
+            set_trainable(model.encoder, model.sharing)
         return (model, info) if want_info else model
 
     def add_missing_heads(self, initialize: bool = True) -> list[str]:
@@ -208,6 +234,10 @@ class MultiTaskModel(PreTrainedModel):
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         return outputs.last_hidden_state, getattr(outputs, "pooler_output", None)
 
+    def _adapters_of(self, names: Iterable[str]) -> list[str]:
+        """The adapters that run for these tasks (a task without one runs on the plain encoder)."""
+        return [name for name in names if self._lora_layers and self.tasks[name].adapter]
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -217,12 +247,22 @@ class MultiTaskModel(PreTrainedModel):
         task: str | list[str] | None = None,
         **kwargs: Any,
     ) -> MultiTaskOutput:
-        """Run the encoder and the head of `task`; with `labels`, also that task's loss."""
+        """Run the encoder (with `task`'s adapter, if it has one) and the head of `task`; with `labels`, also that
+        task's loss."""
         name = self._task_name(task)
-        sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
+        with active_adapters(self._lora_layers, self._adapters_of([name])):
+            sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
         logits = self.heads[name](sequence_output, pooled, attention_mask)
         loss = self.tasks[name].loss(logits, labels) if labels is not None else None
         return MultiTaskOutput(loss=loss, logits=logits)
+
+    def encoder_passes(self, tasks: Iterable[str] | None = None) -> list[list[str]]:
+        """The tasks that share each encoder pass in `forward_all`: all of them with hard sharing; with adapters, one
+        pass per task that has one, plus one for the tasks without."""
+        names = [self._task_name(name) for name in (tasks if tasks is not None else self.tasks)]
+        adapted = set(self._adapters_of(names))
+        plain = [name for name in names if name not in adapted]
+        return [[name] for name in names if name in adapted] + ([plain] if plain else [])
 
     def forward_all(
         self,
@@ -231,10 +271,61 @@ class MultiTaskModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         tasks: Iterable[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits of every task in `tasks` (default: all) from ONE encoder pass."""
-        sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
+        """Logits of every task in `tasks` (default: all) from ONE encoder pass (with adapters: one pass per
+        adapter, see `encoder_passes`)."""
         names = list(tasks) if tasks is not None else list(self.tasks)
-        return {name: self.heads[self._task_name(name)](sequence_output, pooled, attention_mask) for name in names}
+        logits = {}
+        for group in self.encoder_passes(names):
+            with active_adapters(self._lora_layers, self._adapters_of(group)):
+                sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
+            for name in group:
+                logits[name] = self.heads[name](sequence_output, pooled, attention_mask)
+        return {name: logits[self._task_name(name)] for name in names}
+
+    def forward_mixed(
+        self,
+        input_ids: torch.Tensor,
+        row_tasks: list[str],
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> dict[str, tuple[list[int], torch.Tensor]]:
+        """A batch whose rows belong to different tasks, in ONE encoder pass: row i runs through the adapter of
+        `row_tasks[i]` (PEFT's mixed-adapter batch) and that task's head. Returns `{task: (rows, logits)}`."""
+        if len(row_tasks) != len(input_ids):
+            raise ValueError(f"row_tasks has {len(row_tasks)} names for {len(input_ids)} rows; give one per row.")
+        names = [self._task_name(name) for name in row_tasks]
+        adapted = set(self._adapters_of(set(names)))
+        routing = [name if name in adapted else NO_ADAPTER for name in names]
+        context = per_row_adapters(self._lora_layers, routing) if adapted else contextlib.nullcontext()
+        with context:
+            sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
+        outputs = {}
+        for name in dict.fromkeys(names):
+            rows = [i for i, row_task in enumerate(names) if row_task == name]
+            index = torch.tensor(rows, device=sequence_output.device)
+            mask = attention_mask[index] if attention_mask is not None else None
+            outputs[name] = (rows, self.heads[name](sequence_output[index],
+                                                    pooled[index] if pooled is not None else None, mask))
+        return outputs
+
+    # ----- parameters by role -----
+    def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The trainable parameters every task updates: the encoder's own weights (never an adapter)."""
+        return [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()
+                if p.requires_grad and not is_adapter_parameter(n)]
+
+    def task_parameters(self, task: str) -> list[tuple[str, nn.Parameter]]:
+        """The trainable parameters only `task` updates: its head and its adapter."""
+        own = [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()
+               if p.requires_grad and adapter_of(n) == task]
+        return own + [(f"heads.{task}.{n}", p) for n, p in self.heads[task].named_parameters() if p.requires_grad]
+
+    def encoder_state(self, task: str | None = None) -> dict[str, torch.Tensor]:
+        """The encoder's weights under a stock encoder's names, with `task`'s adapter merged in (if it has one):
+        what an exported single-task model holds."""
+        if not self._lora_layers:
+            return self.encoder.state_dict()
+        return merged_encoder_state(self.encoder, task if task in self._adapters_of([task]) else None)
 
     # ----- freezing -----
     def encoder_layers(self) -> nn.ModuleList:
@@ -259,4 +350,7 @@ class MultiTaskModel(PreTrainedModel):
                 raise ValueError(f"freeze.layers is {layers} but the encoder has {len(stack)} layers")
             frozen.extend(stack[:layers])
         for module in frozen:
-            module.requires_grad_(False)
+            for name, param in module.named_parameters():
+                # Adapters are what trains under soft sharing: freezing the encoder's layers leaves them training.
+                if not is_adapter_parameter(name):
+                    param.requires_grad_(False)

@@ -175,7 +175,7 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
 def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> MultiTaskModel:
     """The pretrained encoder with fresh heads (seeded), frozen as the config asks."""
     set_seed(seed)
-    model = MultiTaskModel.from_encoder(run.model, list(tasks.values()))
+    model = MultiTaskModel.from_encoder(run.model, list(tasks.values()), sharing=run.sharing)
     model.freeze(run.freeze.encoder, run.freeze.embeddings, run.freeze.layers)
     return model
 

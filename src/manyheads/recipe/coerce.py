@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..errors import ProblemCollector, shown
+from ..errors import ConfigError, ProblemCollector, shown
 
 _MISSING = object()
 
@@ -169,6 +169,10 @@ def build_dataclass(cls: type, raw: Any, where: str, problems: ProblemCollector,
         return None
     try:
         return cls(**kwargs)
+    except ConfigError as err:  # several problems, each its own line under this key
+        for detail in err.details:
+            problems.add(f"{where}: {detail}")
+        return None
     except ValueError as err:
         problems.add(f"{where}: {err}")
         return None

@@ -20,6 +20,7 @@ import yaml
 from ..balancing import group_step_problems, weighting_problems
 from ..errors import ConfigError, ProblemCollector, shown
 from ..metrics import best_metric_problem
+from ..modeling.adapters import Sharing
 from ..tasks import TASK_TYPES, Task, resolve_task_type
 from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
 from .coerce import build_dataclass, coerce, field_hints, parse_scalar, suggest
@@ -29,7 +30,7 @@ from .training import check_training, training_fields
 
 QUOTING = ("minimal", "none", "all", "nonnumeric")
 SECTIONS = {"sampling": SamplingConfig, "freeze": FreezeConfig, "balancing": BalancingConfig,
-            "diagnostics": DiagnosticsConfig}
+            "diagnostics": DiagnosticsConfig, "sharing": Sharing}
 
 
 def _owned_keys() -> dict[str, str]:
@@ -109,6 +110,7 @@ class RunConfig:
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     balancing: BalancingConfig = field(default_factory=BalancingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    sharing: Sharing = field(default_factory=Sharing)
     training: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     max_length: int = 128
@@ -238,6 +240,8 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     training = check_training(raw_training, OWNED_TRAINING_KEYS, problems)
     # Sections are built on their own so that a bad one still leaves a usable run for the data checks.
     sections = {}
+    if isinstance(raw.get("sharing"), str):
+        raw["sharing"] = {"mode": raw["sharing"]}  # `sharing: lora`, the short form
     for key, section_cls in SECTIONS.items():
         built = build_dataclass(section_cls, raw.pop(key, None), f"config.{key}", problems)
         sections[key] = built if built is not None else section_cls()
@@ -250,6 +254,10 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     run.training = training
     _check_best_metric(run, problems)
     _check_balancing(run, problems)
+    if run.sharing.mode == "lora" and run.diagnostics.conflict_every:
+        problems.add("diagnostics.conflict_every: gradient conflict is measured on the shared encoder, which "
+                     "sharing 'lora' freezes (each task trains only its adapter). Set conflict_every: 0, or use "
+                     "sharing 'hybrid'.")
     if arguments_ok:
         _check_training_arguments(run, problems)
     return run
@@ -281,7 +289,7 @@ def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:
         found += group_step_problems(balancing.aggregator, balancing.aggregator_kwargs, len(run.tasks),
                                      group_size=balancing.group_size, group_by_length=run.sampling.group_by_length,
                                      fp16=bool(training.get("fp16")), sharded=sharded,
-                                     encoder_frozen=run.freeze.encoder)
+                                     encoder_frozen=run.freeze.encoder, sharing=run.sharing.mode)
     for message in found:
         problems.add(f"balancing: {message}")
 

@@ -61,6 +61,8 @@ class Task:
         max_length: tokens per input (longer inputs are truncated).
         weight: static loss weight (used by the `static` weighting).
         main_metric: the metric that enters `eval_average` (default: the type's first).
+        adapter: with soft or hybrid sharing (`Sharing`), whether this task gets its own LoRA adapter; False runs
+            it on the shared encoder alone.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Task:
     max_length: int = 128
     weight: float = 1.0
     main_metric: str | None = None
+    adapter: bool = True
 
     type_name: ClassVar[str] = ""
     # Metric names this type reports and whether higher is better, in the order they are printed.
