@@ -269,3 +269,33 @@ def test_onnx_export_runs_one_pass_per_adapter_and_matches(trained_lora, tokeniz
     for a, b in zip(ours, onnx):
         assert a["sentiment"]["label"] == b["sentiment"]["label"]
         assert a["score"]["score"] == pytest.approx(b["score"]["score"], abs=1e-5)
+
+
+def test_cli_train_export_predict_with_lora(tmp_path, tiny_model_dir, data_dir, capsys):
+    import json
+
+    import yaml
+
+    from manyheads.cli.main import main
+
+    raw = base_config(tiny_model_dir, data_dir, tmp_path / "run", max_steps=6)
+    raw["tasks"] = raw["tasks"][:2]  # sentiment, match
+    raw["sharing"] = {"mode": "lora", "r": 4}
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(config)]) == 0
+    assert "trainable (sharing 'lora': 2 adapters, " in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "run"), "--task", "sentiment", "--output", str(tmp_path / "stock")]) == 0
+    from transformers import AutoModelForSequenceClassification
+
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "stock")
+    assert not any("lora" in k for k in stock.state_dict())
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": r["text"], "other": r["other"]}) + "\n" for r in review_rows(5, 6)),
+                    encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), "--input", str(rows), "--output", str(tmp_path / "out.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "sharing 'lora'" in err and "2 passes (sentiment | match)" in err
+    predicted = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(predicted) == 5 and all({"sentiment", "match"} <= set(p) for p in predicted)

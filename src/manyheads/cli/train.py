@@ -123,6 +123,21 @@ def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> st
     return checkpoint
 
 
+def parameter_line(model: Any) -> str:
+    """`model: 22.7M parameters, 0.59M trainable (sharing 'lora': 5 adapters, 0.37M)`."""
+    from ..modeling.adapters import is_adapter_parameter
+
+    named = list(model.named_parameters())
+    total = sum(p.numel() for _, p in named)
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
+    line = f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable"
+    adapters = sum(p.numel() for n, p in named if is_adapter_parameter(n))
+    if adapters:
+        count = sum(1 for task in model.tasks.values() if task.adapter)
+        line += f" (sharing '{model.sharing.mode}': {count} adapters, {adapters / 1e6:.2f}M)"
+    return line
+
+
 def _remove_checkpoints(output_dir: str) -> None:
     """--overwrite: the old run's checkpoints go, so that neither --resume nor save_total_limit's rotation can
     mix them with the new run's. Other files are replaced as the new run writes them."""
@@ -194,6 +209,8 @@ def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, 
     resume_hint = f"{command} --resume" if command else "the same command with --resume"
     with Preemption() as preemption:
         trainer = build_trainer(run, prepared)
+        if trainer.is_world_process_zero():
+            print(parameter_line(trainer.model))
         preempted = PreemptionCallback(preemption)
         trainer.add_callback(preempted)
         try:

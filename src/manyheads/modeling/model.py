@@ -149,9 +149,12 @@ class MultiTaskModel(PreTrainedModel):
         kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, by task, instead of a bare RuntimeError
         where = str(pretrained_model_name_or_path)
         # transformers' own load report would print the problems as a table before ours; they are raised below.
-        report = logging.getLogger("transformers.modeling_utils")
-        level = report.level
-        report.setLevel(logging.ERROR)
+        # transformers' tensor-parallel check lists every weight as "not sharded" for a model without a TP plan.
+        reports = [logging.getLogger(name) for name in ("transformers.modeling_utils",
+                                                        "transformers.distributed.tensor_parallel")]
+        levels = [report.level for report in reports]
+        for report in reports:
+            report.setLevel(logging.ERROR)
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                   **kwargs)
@@ -162,7 +165,8 @@ class MultiTaskModel(PreTrainedModel):
             raise ModelLoadError(f"{where}: the weight file cannot be read ({first}); it is truncated or corrupted. "
                                  "Copy the model folder again, or re-save it with save_pretrained.") from None
         finally:
-            report.setLevel(level)
+            for report, level in zip(reports, levels):
+                report.setLevel(level)
         problems = load_problems(info)
         if problems:
             raise ModelLoadError([f"{where}: {p}" for p in problems])
