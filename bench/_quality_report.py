@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from _common import GLUE_TASKS, display_path, header_lines
+
+from manyheads.recipe import compare_table
 
 SINGLE, FINETUNE = "single", "mt_finetune"
 CONFIGS: dict[str, str] = {
@@ -26,27 +26,12 @@ SMALL_BASELINE = 0.1  # a single-task mean below this (|S_t|) turns small differ
 METRIC_NAMES = {"accuracy": "acc", "f1": "macro-F1", "mcc": "MCC", "spearman": "Spearman", "pearson": "Pearson"}
 
 
-# ----- statistics -----
-@dataclass
-class Stat:
-    values: list[float]
+# ----- statistics (the arithmetic of `manyheads compare`: manyheads.recipe.compare_table) -----
+class Stat(compare_table.Stat):
+    """Values over seeds, shown ×100 with one decimal (the study's tables)."""
 
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def sd(self) -> float:
-        return statistics.stdev(self.values) if self.n > 1 else float("nan")
-
-    def text(self, scale: float = 100.0) -> str:
-        if not self.values:
-            return "–"
-        return f"{scale * self.mean:.1f}" + (f" ± {scale * self.sd:.1f}" if self.n > 1 else "")
+    def text(self, scale: float = 100.0, digits: int = 1) -> str:
+        return super().text(scale, digits)
 
 
 def greater_is_better(task: str) -> bool:
@@ -70,13 +55,14 @@ def table_stats(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[
         out[config] = stats
     baseline = out.get(SINGLE)
     usable = delta_tasks(baseline, tasks)
+    single_means = {t: baseline[t].mean for t in usable}
+    better = {t: greater_is_better(t) for t in usable}
     for config, stats in out.items():
         deltas = []
         for r in by_config[config] if usable else []:
             if all("main" in r["tasks"][t] for t in usable):
-                deltas.append(statistics.fmean(
-                    (1 if greater_is_better(t) else -1) * (r["tasks"][t]["main"] - baseline[t].mean)
-                    / abs(baseline[t].mean) for t in usable))
+                delta, _ = compare_table.delta_mtl({t: r["tasks"][t]["main"] for t in usable}, single_means, better)
+                deltas.append(delta)
         stats["delta"] = Stat(deltas)
     return out
 
@@ -106,13 +92,14 @@ def delta_note(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]
 
 
 def difference_text(a: Stat, b: Stat) -> str:
-    """'+1.2 points, clear' / 'within the seeds' spread': clear when |a - b| > 2 standard errors."""
+    """'+1.2 points (larger than the seeds' spread: ...)' / '(within the seeds' spread: ...)', by the verdict rule of
+    `manyheads compare` (Welch's t-test over seeds, p < 0.05)."""
     diff = 100 * (a.mean - b.mean)
     if a.n < 2 or b.n < 2:
         return f"{diff:+.1f} points (one seed: spread unknown)"
-    se = 100 * math.sqrt(a.sd**2 / a.n + b.sd**2 / b.n)
-    verdict = "larger than the seeds' spread" if abs(diff) > 2 * se else "within the seeds' spread"
-    return f"{diff:+.1f} points ({verdict}: 2 standard errors = {2 * se:.1f})"
+    verdict = compare_table.compare_values(a.values, b.values)
+    where = "larger than the seeds' spread" if verdict.clear else "within the seeds' spread"
+    return f"{diff:+.1f} points ({where}: Welch's t-test p = {verdict.p_value:.2g})"
 
 
 def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[str]:

@@ -1,10 +1,30 @@
-"""Helpers shared by CLI commands: quiet library logging and plain-text tables."""
+"""Helpers shared by CLI commands: running one with its exit code, quiet library logging, plain-text tables."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from typing import Any
+
+
+def run_command(command: Any, args: argparse.Namespace, extra: list[str]) -> int:
+    """Run a command module's `run(args, extra)`; bad input is one `error:` line per problem and exit code 2, a
+    run stopped early (`RunStopped`) its line and its own exit code."""
+    from ..errors import ConfigError, RunStopped
+
+    try:
+        return command.run(args, extra)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except RunStopped as err:
+        # Every rank of a distributed run stops the same way: one line is enough.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{err.prefix}: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def quiet_libraries() -> None:

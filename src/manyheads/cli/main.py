@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from ..errors import ConfigError, RunStopped
-from . import demo, env, evaluate, export, predict, report, serve, train, validate
+from . import compare, demo, env, evaluate, export, predict, report, serve, train, validate
+from .common import run_command
 
 # Each command module has `add_arguments(parser)`, `run(args, extra) -> int` and a one-line `HELP`.
 COMMANDS = {
     "train": train,
+    "compare": compare,
     "evaluate": evaluate,
     "predict": predict,
     "export": export,
@@ -34,21 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # Only `train`, `evaluate` and `validate` take free `--key value` overrides of the config.
+    # Only `train`, `compare`, `evaluate` and `validate` take free `--key value` overrides of the config.
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return COMMANDS[args.command].run(args, extra)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    except RunStopped as err:
-        # Every rank of a distributed run stops the same way: one line is enough.
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{err.prefix}: {err}", file=sys.stderr)
-        return err.exit_code
-
+    return run_command(COMMANDS[args.command], args, extra)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,8 @@ HELP = "Write RUN_DIR/report/index.html with figures of a run's losses, metrics,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a run's output_dir (trainer_state.json there or in a checkpoint-N/)")
+    parser.add_argument("run_dir", help="a run's output_dir (trainer_state.json there or in a checkpoint-N/), or the "
+                        "output_dir of manyheads compare (compare.json)")
     parser.add_argument("--output", help="folder of the report (default: RUN_DIR/report)")
 
 

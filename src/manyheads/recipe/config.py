@@ -219,7 +219,7 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
         problems.add(f"config: expected a mapping at the top level, got {type(raw).__name__}.")
         return None
     raw = dict(raw)
-    _apply_overrides(raw, overrides or [], problems)
+    apply_overrides(raw, overrides or [], problems)
     raw_tasks = raw.pop("tasks", None)
     raw_training = raw.pop("training", None)
     try:
@@ -294,7 +294,7 @@ def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:
         problems.add(f"balancing: {message}")
 
 
-def _apply_overrides(raw: dict[str, Any], overrides: list[str], problems: ProblemCollector) -> None:
+def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: ProblemCollector) -> None:
     """`--max_steps 20 --output_dir x --sampling.strategy uniform` onto the parsed YAML. Values of
     TrainingArguments fields stay text (typed later by their field: `--eval_strategy no` stays "no"); others are
     read as YAML scalars."""
@@ -355,5 +355,5 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
     return raw, str(path.parent.resolve())
 
 
-__all__ = ["FILE_FORMATS", "DataConfig", "RENAMED_ARGUMENTS", "RunConfig", "TaskEntry", "build_config",
-           "collect_config", "load_config", "read_yaml"]
+__all__ = ["FILE_FORMATS", "DataConfig", "RENAMED_ARGUMENTS", "RunConfig", "TaskEntry", "apply_overrides",
+           "build_config", "collect_config", "load_config", "read_yaml"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
+from .comparison import load_comparison
 from .data import RunData, load_run
 from .figures import (
     DRAWERS,
@@ -25,7 +27,7 @@ from .figures import (
     draw_weights_and_sampling,
     plain_text,
 )
-from .html import render
+from .html import render, render_comparison
 
 __all__ = ["Figure", "RunData", "build_report", "load_run"]
 
@@ -42,14 +44,24 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
     """Write `index.html` and its PNGs to `output_dir` (default `RUN_DIR/report`); return the page's path.
 
     Raises:
-        ConfigError: `run_dir` is not a run folder (no trainer_state.json there or in a checkpoint).
+        ConfigError: `run_dir` is neither a run folder (no trainer_state.json there or in a checkpoint) nor a
+            comparison folder (compare.json).
         ImportError: matplotlib is missing (install `manyheads[report]`).
     """
-    data = load_run(run_dir)
+    comparison = load_comparison(run_dir)
     folder = Path(output_dir) if output_dir is not None else Path(run_dir) / "report"
+    index = folder / "index.html"
+    try:
+        data = load_run(run_dir)
+    except ConfigError:
+        if comparison is None:
+            raise
+        # A comparison folder (`manyheads compare`) holds runs in subfolders, none of its own: its table only.
+        folder.mkdir(parents=True, exist_ok=True)
+        index.write_text(render_comparison(str(run_dir), comparison), encoding="utf-8")
+        return index
     folder.mkdir(parents=True, exist_ok=True)
     with plain_text():  # task names and labels are text, never matplotlib math ("$x$" in a name)
         figures = [(SECTIONS[draw], draw(data, folder)) for draw in DRAWERS]
-    index = folder / "index.html"
-    index.write_text(render(data, figures, str(folder)), encoding="utf-8")
+    index.write_text(render(data, figures, str(folder), comparison), encoding="utf-8")
     return index

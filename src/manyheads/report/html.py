@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from .comparison import comparison_html
 from .data import RunData
 from .figures import Figure
 
@@ -101,8 +102,10 @@ def config_text(data: RunData) -> str:
             + yaml.safe_dump({"tasks": data.tasks, **known}, sort_keys=False))
 
 
-def render(data: RunData, figures: list[tuple[str, Figure | str]], output_dir: str) -> str:
-    """The whole page; `figures` pairs a section title with its `Figure` or the reason it is missing."""
+def render(data: RunData, figures: list[tuple[str, Figure | str]], output_dir: str,
+           comparison: dict[str, Any] | None = None) -> str:
+    """The whole page; `figures` pairs a section title with its `Figure` or the reason it is missing;
+    `comparison` (a `compare.json` summary in the run folder) adds the multi-task vs single-task section."""
     title = f"manyheads report: {data.run_dir.resolve().name}"
     sources = [f"log history: {os.path.relpath(data.state_path, output_dir)}"]
     sources += [f"{what}: {len(items)} measurement(s)" for what, items in
@@ -113,6 +116,8 @@ def render(data: RunData, figures: list[tuple[str, Figure | str]], output_dir: s
              "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ul>",
              "<h2>Metrics: last, best and after training</h2>",
              table(metrics_rows(data), ("task", "metric", "better"))]
+    if comparison is not None:
+        parts.append(comparison_html(comparison, table))
     for section, figure in figures:
         parts.append(f"<h2>{html.escape(section)}</h2>")
         if isinstance(figure, Figure):
@@ -126,6 +131,19 @@ def render(data: RunData, figures: list[tuple[str, Figure | str]], output_dir: s
     if plan:
         parts += ["<h2>Task plan</h2>", table(plan, ("task", "type"))]
     parts += ["<h2>Run configuration</h2>", f"<pre>{html.escape(config_text(data))}</pre>"]
-    body = "\n".join(parts)
+    return page(title, "\n".join(parts))
+
+
+def render_comparison(folder: str, comparison: dict[str, Any]) -> str:
+    """The page of a comparison folder (`manyheads compare`'s output_dir), which holds no run of its own."""
+    title = f"manyheads comparison: {os.path.basename(os.path.abspath(folder))}"
+    body = "\n".join([f"<h1>{html.escape(title)}</h1>",
+                      f"<p>Config: {html.escape(str(comparison.get('config_file', '?')))}. Each run's own report: "
+                      "<code>manyheads report FOLDER/RUN/seed-N</code>.</p>",
+                      comparison_html(comparison, table)])
+    return page(title, body)
+
+
+def page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head>\n<body>\n{body}\n<script>{SCRIPT}</script>\n</body></html>\n")

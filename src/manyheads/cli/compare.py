@@ -1,0 +1,69 @@
+"""`manyheads compare CONFIG [--seeds 1 2 3] [--jobs N] [--output_dir DIR] [--key value ...]`: does multi-task
+help here?
+
+Trains the config's multi-task model and each task alone, at the same number of training examples per task and
+with the same recipe, for each seed; writes `compare.json` and `compare.md` (per task: mean ± sd of the main
+metric, the difference, whether it is beyond the seeds' spread, a verdict; ΔMTL; stored parameters). Running
+the same command again continues an interrupted comparison. See `manyheads.recipe.compare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import traceback
+from pathlib import Path
+from typing import IO
+
+HELP = "Multi-task vs each task alone, at equal examples seen, over seeds: does multi-task help here?"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config of the multi-task run (two or more tasks)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
+                        help="one run of each model per seed (default: 1 2 3); replaces training.seed")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained side by side, each in its own process (default: 1, one after the other in "
+                             "this process)")
+    parser.add_argument("--output_dir", default=None,
+                        help="the comparison's folder (default: runs/<config name>-compare); one subfolder per run")
+    parser.set_defaults(accepts_overrides=True)
+    parser.epilog = ("Flags after the config override it for every run, as in 'manyheads train': --max_steps 200 "
+                     "--data_dir data/")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..errors import ConfigError
+    from ..recipe.compare import plan_comparison, run_comparison
+    from ..recipe.compare_table import markdown_table
+    from .common import quiet_libraries
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: {args.jobs}; give 1 or more runs at a time.")
+    quiet_libraries()
+    output_dir = args.output_dir or os.path.join("runs", f"{Path(args.config).stem}-compare")
+    comparison = plan_comparison(args.config, extra, args.seeds, output_dir)
+    summary = run_comparison(comparison, jobs=args.jobs, echo=lambda line: print(line, flush=True),
+                             train_here=train_here)
+    print()
+    print("\n".join(markdown_table(summary)))
+    print(f"\ncomparison written to {Path(output_dir) / 'compare.json'} and compare.md")
+    return 0
+
+
+def train_here(argv: list[str], log: IO[str]) -> int:
+    """`manyheads train ...` in this process, its output going to `log`; the exit code (1 for a crash, whose
+    traceback goes to the log, so that the other runs go on)."""
+    from . import train
+    from .common import run_command
+
+    parser = argparse.ArgumentParser(prog="manyheads train")
+    train.add_arguments(parser)
+    args, extra = parser.parse_known_args(argv[1:])
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            return run_command(train, args, extra)
+        except Exception:  # a crash of one run (out of memory, a bug) is that run's failure
+            traceback.print_exc()
+            return 1

@@ -1,0 +1,280 @@
+"""The plan of `manyheads compare`: which runs, with which configs, and how many examples each task sees.
+
+For each seed: the recipe's multi-task run as written, and one run per task alone with the same recipe (same
+training arguments, max_length, task settings, data), trained on as many examples of its task as the
+multi-task run feeds it.
+
+Examples seen are counted exactly, not estimated: the multi-task run's batch sampler is a pure function of
+(seed, epoch), so the plan builds the same sampler `MultiTaskTrainer` builds (`MultiTaskBatchSampler`, or
+`TaskGroupBatchSampler` with a gradient aggregator) and walks the micro-batches `Trainer` will draw: `max_steps`
+optimizer steps (or `num_train_epochs` of them), `gradient_accumulation_steps` micro-batches each, fewer for the
+last step of an epoch, as `Trainer` does. Every micro-batch of a task is full (a task that runs out of examples
+is reshuffled and restarted), so a task's count is its micro-batches times the batch size. Counted in training
+*features*: a question-answering row split into several windows counts once per window. A single-task run then
+gets the smallest `max_steps` that reaches that count with the same batch size, so it sees at most one
+optimizer step's worth of examples (batch x accumulation) more. One process is assumed (`manyheads compare`
+starts plain `manyheads train` processes, not torchrun).
+
+What a single-task run changes in the recipe, and why:
+- `tasks`: the one task (its settings and data unchanged);
+- `balancing`: removed (equal weighting): weighting and aggregation are between tasks, and an aggregator with
+  one task is refused;
+- `sampling.strategy`: `proportional` (every strategy gives the same schedule for one task, but a user
+  function may not accept one task); `group_by_length` stays;
+- `training.max_steps`: as above; `training.metric_for_best_model`: `eval_average` (then the task's own main
+  metric) when it named another task's metric;
+- every run: `training.seed` is one of the comparison's seeds (a seed in the recipe is replaced), `output_dir`
+  its folder, `push_to_hub` off.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
+from ..errors import ConfigError, ProblemCollector
+from ..metrics import best_metric_problem
+from .build import prepare_data
+from .config import RunConfig, apply_overrides, build_config, read_yaml
+
+MULTI_TASK, SINGLE_TASK = "multi_task", "single_task"
+PLAN_FILE = "compare_plan.json"  # the comparison's identity (config hash) and its runs
+RESULT_FILE = "compare_result.json"  # written into a run's folder once it has finished and been evaluated
+RUN_CONFIG_FILE = "compare_run.yaml"  # the config `manyheads train` runs in that folder
+LOG_FILE = "train.log"
+
+
+@dataclass
+class PlannedRun:
+    """One training run of a comparison."""
+
+    name: str  # "mt" or "single-<task>"
+    kind: str  # MULTI_TASK or SINGLE_TASK
+    seed: int
+    tasks: list[str]
+    config: dict[str, Any]  # the raw recipe `manyheads train` gets (output_dir is set when it runs)
+    examples: dict[str, int]  # training examples (features) per task over the run
+    max_steps: int  # optimizer steps
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/seed-{self.seed}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} seed {self.seed}"
+
+
+@dataclass
+class Comparison:
+    """A planned comparison: where it lives, what it compares, and its identity."""
+
+    output_dir: Path
+    config_path: str
+    seeds: list[int]
+    run: RunConfig  # the multi-task recipe (validated)
+    config: dict[str, Any]  # its raw form, overrides applied, data paths absolute
+    runs: list[PlannedRun] = field(default_factory=list)
+
+    def folder(self, planned: PlannedRun) -> Path:
+        return self.output_dir / planned.name / f"seed-{planned.seed}"
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What must match for a folder to continue this comparison: config, seeds and planned examples."""
+        return {"config": self.config, "seeds": self.seeds,
+                "runs": {r.key: {"examples": r.examples, "max_steps": r.max_steps} for r in self.runs}}
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def micro_batches_per_epoch(batches_in_epoch: int, accumulation: int, max_steps: int) -> list[int]:
+    """Micro-batches `Trainer` draws in each epoch of a run of `max_steps` optimizer steps: an epoch has
+    ceil(batches / accumulation) steps, the last one taking only the epoch's remaining micro-batches."""
+    steps_per_epoch = max(math.ceil(batches_in_epoch / accumulation), 1)
+    out, left = [], max_steps
+    while left > 0:
+        steps = min(steps_per_epoch, left)
+        out.append(batches_in_epoch if steps == steps_per_epoch else steps * accumulation)
+        left -= steps
+    return out
+
+
+def total_steps(args: Any, batches_in_epoch: int) -> int:
+    """Optimizer steps of a run: `max_steps`, else `num_train_epochs` epochs (rounded up, as `Trainer` does)."""
+    if args.max_steps > 0:
+        return int(args.max_steps)
+    steps_per_epoch = max(math.ceil(batches_in_epoch / args.gradient_accumulation_steps), 1)
+    return math.ceil(args.num_train_epochs * steps_per_epoch)
+
+
+def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int) -> tuple[dict[str, int], int]:
+    """Training examples per task that the multi-task run with `seed` draws, and its optimizer steps."""
+    args = run.training_arguments(seed=seed)
+    common = {"batch_size": args.train_batch_size, "strategy": run.sampling.strategy,
+              "temperature": run.sampling.temperature,
+              "seed": args.data_seed if args.data_seed is not None else seed}
+    group = run.balancing.aggregator is not None
+    sampler = (TaskGroupBatchSampler(sizes, group_size=run.balancing.group_size, **common) if group
+               else MultiTaskBatchSampler(sizes, **common))
+    steps = total_steps(args, len(sampler))
+    counts = dict.fromkeys(sizes, 0)
+    for epoch, taken in enumerate(micro_batches_per_epoch(len(sampler), args.gradient_accumulation_steps, steps)):
+        if group:
+            for tasks in sampler.groups(epoch)[:taken]:
+                for t in tasks:
+                    counts[sampler.names[t]] += args.train_batch_size
+        else:
+            for t in sampler.task_order(epoch)[:taken]:
+                counts[sampler.names[t]] += args.train_batch_size
+    return counts, steps
+
+
+def single_task_steps(size: int, examples: int, batch_size: int, accumulation: int) -> int:
+    """The fewest optimizer steps with which a one-task run of `size` rows sees at least `examples` examples."""
+    batches = math.ceil(size / batch_size)
+    steps = max(1, math.ceil(examples / (batch_size * accumulation)))
+    while batch_size * sum(micro_batches_per_epoch(batches, accumulation, steps)) < examples:
+        steps += 1  # the short last step of each epoch (gradient accumulation) fell below the count
+    return steps
+
+
+def read_recipe(config_path: str, overrides: list[str]) -> dict[str, Any]:
+    """The raw recipe with the command-line overrides applied and its data folder made absolute (the per-run
+    configs are written elsewhere, and relative paths must still find the same files)."""
+    raw, config_dir = read_yaml(config_path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping at the top level, got {type(raw).__name__}.")
+    raw = copy.deepcopy(raw)
+    problems = ProblemCollector()
+    apply_overrides(raw, overrides, problems)
+    problems.raise_if_any()
+    data_dir = raw.get("data_dir")
+    raw["data_dir"] = os.path.abspath(os.path.expanduser(str(data_dir))) if data_dir is not None else config_dir
+    training = dict(raw.get("training") or {})
+    # Each run gets its own folder and its seed from --seeds.
+    training.pop("output_dir", None)
+    training.pop("seed", None)
+    if training.get("push_to_hub"):
+        training["push_to_hub"] = False  # a comparison's many runs would all push to one repository
+    raw["training"] = training
+    return raw
+
+
+def single_task_config(raw: dict[str, Any], run: RunConfig, task: str, max_steps: int) -> dict[str, Any]:
+    """The recipe of `task` alone (see the module docstring for what changes)."""
+    single = copy.deepcopy(raw)
+    single["tasks"] = [copy.deepcopy(t) for t in raw["tasks"] if isinstance(t, dict) and t.get("name") == task]
+    single.pop("balancing", None)
+    single["sampling"] = {**(single.get("sampling") or {}), "strategy": "proportional"}
+    training = single["training"]
+    training["max_steps"] = max_steps
+    if best_metric_problem(training.get("metric_for_best_model"), [run.task(task)], False):
+        training["metric_for_best_model"], training["greater_is_better"] = "eval_average", True
+    return single
+
+
+def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], output_dir: str | Path) -> Comparison:
+    """Read and check the recipe and its data, and plan every run (nothing is written).
+
+    Raises:
+        ConfigError: a bad config or data (every problem), fewer than two tasks, a task without training or
+            evaluation data, a task that the multi-task run never samples.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: {seeds}; give one or more different seeds, e.g. --seeds 1 2 3.")
+    raw = read_recipe(config_path, overrides)
+    run = build_config(raw, config_dir=str(Path(config_path).resolve().parent))
+    names = [e.name for e in run.tasks]
+    if len(names) < 2:
+        raise ConfigError(f"tasks: compare needs at least two tasks, the config has {names}.")
+    prepared = prepare_data(run, tokenized_splits=("train",))
+    problems = ProblemCollector()
+    for name in names:
+        for split, key in (("train", "data.train"), ("eval", "data.eval")):
+            if split not in prepared.raw[name].splits:
+                problems.add(f"tasks.{name}: no {split} split; compare trains and evaluates every task. Give "
+                             f"'{key}' (or 'data.hub' with that split).")
+    problems.raise_if_any()
+    sizes = {n: len(prepared.train[n]) for n in names}
+    comparison = Comparison(Path(output_dir), config_path, list(seeds), run, raw)
+    args = run.training_arguments()
+    batch, accumulation = args.train_batch_size, args.gradient_accumulation_steps
+    for seed in seeds:
+        with_seed = {**raw, "training": {**raw["training"], "seed": seed}}
+        examples, steps = multitask_examples(run, sizes, seed)
+        comparison.runs.append(PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps))
+        for name in names:
+            if examples[name] == 0:
+                raise ConfigError(f"tasks.{name}: the multi-task run never samples this task (sampling strategy "
+                                  f"{run.sampling.strategy!r}, {steps} steps), so there is nothing to compare. Train "
+                                  "longer or change the sampling.")
+            single_steps = single_task_steps(sizes[name], examples[name], batch, accumulation)
+            seen = batch * sum(micro_batches_per_epoch(math.ceil(sizes[name] / batch), accumulation, single_steps))
+            comparison.runs.append(PlannedRun(
+                f"single-{name}", SINGLE_TASK, seed, [name],
+                single_task_config(with_seed, run, name, single_steps), {name: seen}, single_steps))
+    return comparison
+
+
+def check_folder(comparison: Comparison) -> bool:
+    """Whether `output_dir` already holds this comparison (False: empty or new).
+
+    Raises:
+        ConfigError: the folder holds a comparison of another config, other seeds or other data, or something
+            that is not a comparison.
+    """
+    folder = comparison.output_dir
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output_dir: {folder} is a file. Give a folder (new, or one holding this comparison).")
+    plan_file = folder / PLAN_FILE
+    if not plan_file.is_file():
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"--output_dir: {folder} is not empty and holds no comparison ({PLAN_FILE} missing). "
+                              "Give a new folder, or the folder of an earlier run of this comparison.")
+        return False
+    try:
+        stored = json.loads(plan_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--output_dir: {plan_file} cannot be read ({err}). Give another --output_dir.") from None
+    if stored.get("config_hash") == comparison.config_hash:
+        return True
+    identity = comparison.identity
+    before = stored.get("identity") or {}
+    differ = []
+    if before.get("seeds") != identity["seeds"]:
+        differ.append(f"seeds {before.get('seeds')} there, {identity['seeds']} now")
+    old_config, new_config = before.get("config") or {}, json.loads(json.dumps(identity["config"], default=str))
+    keys = sorted(k for k in set(old_config) | set(new_config) if old_config.get(k) != new_config.get(k))
+    if keys:
+        differ.append(f"config keys that differ: {', '.join(keys)}")
+    if not differ:
+        differ.append("the same config and seeds, but other planned examples per task (did the data change?)")
+    raise ConfigError(f"--output_dir: {folder} holds a comparison of a different config ({'; '.join(differ)}). "
+                      "Give another --output_dir for this one, or delete that folder to start it over.")
+
+
+def write_plan(comparison: Comparison) -> None:
+    """The comparison's identity and runs, written once when the folder is new (atomically)."""
+    comparison.output_dir.mkdir(parents=True, exist_ok=True)
+    content = {"config_hash": comparison.config_hash, "config_file": str(comparison.config_path),
+               "identity": comparison.identity,
+               "runs": [{"run": r.key, "kind": r.kind, "tasks": r.tasks, "seed": r.seed, "examples": r.examples,
+                         "max_steps": r.max_steps} for r in comparison.runs]}
+    write_json(comparison.output_dir / PLAN_FILE, content)
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
