@@ -4,9 +4,9 @@
 
 Studies, in this order (cheapest first, so that a long quality study cannot starve the others):
 throughput.py (study 2), inference.py (study 3), balancing.py (study 4: balancing overheads), monitor.py
-(study 4: monitor overheads; run only when that script exists) and quality.py (study 1). Each appends its
-own section to the results file. The common options are passed on to every script that accepts them (read
-from its --help), so a study with fewer options still runs.
+(study 4: monitor overheads; run only when that script exists), sharing.py (study 7: hard vs LoRA vs hybrid
+sharing) and quality.py (study 1). Each appends its own section to the results file. The common options are
+passed on to every script that accepts them (read from its --help), so a study with fewer options still runs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ STUDIES: dict[str, str] = {
     "inference": "inference.py",
     "balancing": "balancing.py",
     "monitor": "monitor.py",
+    "sharing": "sharing.py",
     "quality": "quality.py",
 }
 OPTIONAL = {"monitor"}  # written separately; skipped with a note when the script is absent
