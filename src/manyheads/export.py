@@ -9,6 +9,7 @@ model that predicts something else.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
+from .modeling.generation import generation_config_values, is_encoder_decoder
 from .modeling.model import MultiTaskModel
 
 # Our head's parameter names -> the stock head's, per head layout; the one whose keys match the stock
@@ -48,6 +50,8 @@ def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     if task_name not in model.tasks:
         raise ExportError(f"--task: unknown task {task_name!r}; this model has {list(model.tasks)}.")
     task = model.tasks[task_name]
+    if task.generates:
+        return build_stock_seq2seq(model, task_name)
     head = model.heads[task_name]
     if getattr(head, "pooling", None) == "mean":
         raise ExportError(f"task '{task_name}' uses mean pooling, which no stock AutoModelForSequenceClassification "
@@ -68,6 +72,40 @@ def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     state.update({layout[k]: v for k, v in head_state.items()})
     stock.load_state_dict(state, strict=True)
     _check_equal(model, stock, task_name)
+    return stock
+
+
+def build_stock_seq2seq(model: MultiTaskModel, task_name: str) -> Any:
+    """A generation task as a stock seq2seq model: the backbone itself (T5, BART: `AutoModelForSeq2SeqLM`) or an
+    `EncoderDecoderModel` of the encoder and the task's decoder; its generation config holds the task's
+    `generate()` options, and it must generate the same tokens as manyheads on a probe batch."""
+    task = model.tasks[task_name]
+    encoder_config = model.config.encoder_config()
+    if is_encoder_decoder(encoder_config):
+        stock = transformers.AutoModelForSeq2SeqLM.from_config(encoder_config)
+        stock.load_state_dict(model.encoder_state(task_name), strict=True)
+    else:
+        encoder = transformers.AutoModel.from_config(encoder_config)
+        encoder.load_state_dict(model.encoder_state(task_name), strict=True)
+        decoder = copy.deepcopy(model.decoders[task.decoder_key])
+        stock = transformers.EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    options = generation_config_values(model, task)
+    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
+        setattr(stock.config, key, options[key])
+    stock.generation_config = transformers.GenerationConfig(**options)
+    vocab = encoder_config.vocab_size
+    ids = torch.randint(5, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    stock.eval()
+    with torch.no_grad():
+        ours = model.generate_task(task_name, ids, mask)
+        theirs = stock.generate(input_ids=ids, attention_mask=mask)
+    model.train(was_training)
+    if ours.shape != theirs.shape or not torch.equal(ours, theirs):
+        raise ExportError(f"task '{task_name}': the stock {type(stock).__name__} does not generate the same tokens as "
+                          "manyheads; export is not supported for this backbone.")
     return stock
 
 

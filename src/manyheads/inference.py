@@ -250,7 +250,11 @@ class MultiTaskPredictor:
         """Run one encoder-sharing group on `records` and put each task's predictions into `results[rows]`."""
         logits, inputs = self._run_group(records, columns, group)
         for name in group:
-            for row, prediction in zip(rows, self.model.tasks[name].postprocess(logits[name], inputs)):
+            task = self.model.tasks[name]
+            # A generation task's outputs are token ids (one row each), decoded to text before post-processing.
+            values = task.decode([v.astype(np.int64).tolist() for v in logits[name]], self.tokenizer) \
+                if task.generates else logits[name]
+            for row, prediction in zip(rows, task.postprocess(values, inputs)):
                 results[row][name] = prediction
 
     @torch.inference_mode()

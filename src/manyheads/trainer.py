@@ -59,6 +59,7 @@ from .model_card import render_card, write_card
 from .modeling.adapters import is_adapter_parameter
 from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
+from .text_generation import StepTokens, generate_split
 from .training_args import as_multitask_arguments
 
 logger = logging.get_logger(__name__)
@@ -121,6 +122,7 @@ class MultiTaskTrainer(Trainer):
         self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
         self._nonfinite_streak = 0
         self.weighting_optimizer: torch.optim.Optimizer | None = None
+        self._step_tokens = StepTokens()  # generation tasks: target tokens of the current optimizer step
 
     def _prepare_datasets(self, model: Any, train: Any, evaluation: Any, tokenizer: Any) -> tuple[Any, Any]:
         """Fit the tasks on raw training data, add the heads that needed it, tokenize raw datasets."""
@@ -128,7 +130,7 @@ class MultiTaskTrainer(Trainer):
         evaluation = as_task_dict(evaluation, "eval_dataset", self.tasks)
         fit_tasks(self.tasks, train)
         model.add_missing_heads()
-        headless = [name for name in self.tasks if name not in model.heads]
+        headless = [name for name, task in self.tasks.items() if name not in model.heads and not task.generates]
         if headless:
             raise ValueError(f"tasks {headless} have no labels yet: declare labels=[...] or give their raw training "
                              "data in train_dataset, from which the labels are fitted.")
@@ -210,6 +212,13 @@ class MultiTaskTrainer(Trainer):
             shard.set_epoch = sampler.set_epoch
         return loader
 
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        generating = {name for name, task in self.tasks.items() if task.generates}
+        if generating:
+            self._step_tokens.count(batches, generating, self.args.world_size, self._reduce_sum, device)
+        return batches, num_items
+
     # ----- loss -----
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -218,6 +227,8 @@ class MultiTaskTrainer(Trainer):
         loss = outputs.loss
         if model.training:
             self._record_task_loss(task, loss)
+            if self.tasks[task].generates:  # a token mean over the whole step, not a mean of micro-batch means
+                loss = self._step_tokens.scale(task, loss, inputs["labels"], self.args.world_size)
             loss = self.weighting(task, loss)
         return (loss, outputs) if return_outputs else loss
 
@@ -440,9 +451,15 @@ class MultiTaskTrainer(Trainer):
         for name, dataset in datasets.items():
             task = self.tasks[name]
             loader = self.get_eval_dataloader(dataset if override else name)
-            output = self.evaluation_loop(loader, description=f"Evaluation {name}", prediction_loss_only=False,
+            # Generation tasks: the teacher-forced loss here (their logits are vocabulary-sized), the text below.
+            output = self.evaluation_loop(loader, description=f"Evaluation {name}", prediction_loss_only=task.generates,
                                           ignore_keys=ignore_keys, metric_key_prefix=f"{metric_key_prefix}_{name}")
-            scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
+            if task.generates:
+                predictions, references, cost = generate_split(self, name, loader)
+                scores = {**task.compute_metrics(predictions, references), **cost}
+                output = output._replace(predictions=predictions, label_ids=references)
+            else:
+                scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
             function = metric_function_for(self.task_metrics, name)
             if function is not None:
                 scores.update(user_metrics(function, task, output.predictions, output.label_ids))

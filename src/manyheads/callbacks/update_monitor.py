@@ -69,6 +69,8 @@ def parameter_groups(model: Any) -> dict[str, list[tuple[str, torch.nn.Parameter
             continue
         if name.startswith("heads."):
             group = "head." + name[len("heads."):].split(".")[0]
+        elif name.startswith("decoders."):
+            group = "decoder." + name[len("decoders."):].split(".")[0]
         elif is_adapter_parameter(name):
             group = f"adapter.{adapter_of(name)}"
         elif id(param) in embedding_ids:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
@@ -34,6 +34,16 @@ from .adapters import (
     set_trainable,
 )
 from .config import MultiTaskConfig
+from .generation import (
+    backbone_from_config,
+    build_decoder,
+    encoder_of,
+    generate,
+    is_encoder_decoder,
+    load_backbone,
+    teacher_forced_logits,
+    warm_start,
+)
 
 
 class ModelLoadError(ConfigError):
@@ -110,7 +120,7 @@ class MultiTaskModel(PreTrainedModel):
     def __init__(self, config: MultiTaskConfig, encoder: PreTrainedModel | None = None,
                  tasks: Iterable[Task] | None = None):
         super().__init__(config)
-        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
+        self.encoder = encoder if encoder is not None else backbone_from_config(config.encoder_config())
         task_list = list(tasks) if tasks is not None else [task_from_spec(spec) for spec in config.tasks]
         self.tasks: dict[str, Task] = {task.name: task for task in task_list}
         self.sharing = Sharing.from_value(config.sharing)
@@ -119,6 +129,8 @@ class MultiTaskModel(PreTrainedModel):
         # A plain list, not registered as submodules: the layers already belong to the encoder.
         self._lora_layers = lora_layers(self.encoder)
         self.heads = nn.ModuleDict()
+        # Generation tasks on an encoder-only backbone: warm-started decoders ("shared", or a task's own).
+        self.decoders = nn.ModuleDict()
         self.add_missing_heads(initialize=False)
         self.post_init()
 
@@ -128,8 +140,7 @@ class MultiTaskModel(PreTrainedModel):
         """Pretrained encoder weights (any `AutoModel`, or an encoder object), freshly initialised heads (and
         adapters, with `sharing="lora"` / `"hybrid"` or a `Sharing`)."""
         sharing = Sharing.from_value(sharing)  # checked before the weights load
-        encoder = name_or_path if isinstance(name_or_path, PreTrainedModel) else AutoModel.from_pretrained(
-            name_or_path, **kwargs)
+        encoder = name_or_path if isinstance(name_or_path, PreTrainedModel) else load_backbone(name_or_path, **kwargs)
         tasks = list(tasks)
         names = [t.name for t in tasks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -137,7 +148,9 @@ class MultiTaskModel(PreTrainedModel):
             raise ValueError(f"task names must be unique; {duplicates} are used more than once.")
         config = MultiTaskConfig(encoder=encoder.config.to_dict(), tasks=[t.spec() for t in tasks],
                                  sharing=sharing.to_dict(), pad_token_id=getattr(encoder.config, "pad_token_id", None))
-        return cls(config, encoder=encoder, tasks=tasks)
+        model = cls(config, encoder=encoder, tasks=tasks)
+        model.warm_start_decoders()
+        return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any,
@@ -180,6 +193,12 @@ class MultiTaskModel(PreTrainedModel):
         dropout = _dropout(self.encoder.config)
         added = []
         for name, task in self.tasks.items():
+            if task.generates:
+                if not is_encoder_decoder(self.encoder.config) and task.decoder_key not in self.decoders:
+                    self.decoders[task.decoder_key] = build_decoder(encoder_of(self.encoder).config)
+                    if initialize:
+                        self.warm_start_decoders([task.decoder_key])
+                continue
             if name not in self.heads and task.num_outputs is not None:
                 self.heads[name] = task.build_head(self.config.hidden_size, dropout, has_pooler)
                 if initialize:
@@ -187,6 +206,22 @@ class MultiTaskModel(PreTrainedModel):
                 added.append(name)
         self.sync_config()
         return added
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
+        """The ties of every model inside this one, under its prefix: a decoder's (or a seq2seq backbone's) LM head
+        shares its embeddings, so save_pretrained stores it once and from_pretrained must tie it again."""
+        tied: dict[str, str] = {}
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            if prefix and isinstance(module, PreTrainedModel):
+                own = module.get_expanded_tied_weights_keys(all_submodels=False)
+                tied.update({f"{prefix}.{k}": f"{prefix}.{v}" for k, v in own.items()})
+        return tied
+
+    def warm_start_decoders(self, keys: Iterable[str] | None = None) -> None:
+        """Copy the encoder's weights into these decoders (default: all): BERT2BERT's warm start."""
+        state = self.encoder_state()
+        for key in keys if keys is not None else list(self.decoders):
+            warm_start(self.decoders[key], state)
 
     def sync_config(self) -> None:
         """Copy every task's settings and fitted state into the config (what `save_pretrained` writes)."""
@@ -225,7 +260,7 @@ class MultiTaskModel(PreTrainedModel):
             raise ValueError(f"pass task=<name>; this model has tasks {list(self.tasks)}")
         if task not in self.tasks:
             raise ValueError(f"unknown task {task!r}; this model has tasks {list(self.tasks)}")
-        if task not in self.heads:
+        if task not in self.heads and not self.tasks[task].generates:
             raise ValueError(f"task {task!r} has no head yet: its labels are unknown. Declare 'labels', or train it "
                              "with MultiTaskTrainer, which fits them on the training data.")
         return task
@@ -235,7 +270,8 @@ class MultiTaskModel(PreTrainedModel):
         """One encoder pass: (token states, pooled state or None)."""
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        outputs = encoder_of(self.encoder)(input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
+                                           **kwargs)
         return outputs.last_hidden_state, getattr(outputs, "pooler_output", None)
 
     def _adapters_of(self, names: Iterable[str]) -> list[str]:
@@ -255,8 +291,15 @@ class MultiTaskModel(PreTrainedModel):
         task's loss."""
         name = self._task_name(task)
         with active_adapters(self._lora_layers, self._adapters_of([name])):
-            sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
-        logits = self.heads[name](sequence_output, pooled, attention_mask)
+            if self.tasks[name].generates:
+                if labels is None:
+                    raise ValueError(f"task {name!r} generates text: forward needs the target `labels` (teacher "
+                                     "forcing); use generate_task() or forward_all() to generate.")
+                logits = teacher_forced_logits(self, self.tasks[name], input_ids, attention_mask, labels,
+                                               token_type_ids=token_type_ids, **kwargs)
+            else:
+                sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
+                logits = self.heads[name](sequence_output, pooled, attention_mask)
         loss = self.tasks[name].loss(logits, labels) if labels is not None else None
         return MultiTaskOutput(loss=loss, logits=logits)
 
@@ -282,9 +325,19 @@ class MultiTaskModel(PreTrainedModel):
         for group in self.encoder_passes(names):
             with active_adapters(self._lora_layers, self._adapters_of(group)):
                 sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
-            for name in group:
-                logits[name] = self.heads[name](sequence_output, pooled, attention_mask)
+                for name in group:
+                    if self.tasks[name].generates:  # generated ids, from the same encoder pass
+                        logits[name] = generate(self, self.tasks[name], attention_mask, encoder_states=sequence_output)
+                    else:
+                        logits[name] = self.heads[name](sequence_output, pooled, attention_mask)
         return {name: logits[self._task_name(name)] for name in names}
+
+    def generate_task(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Generated token ids of generation task `task` for a batch of sources (its `generate()` options)."""
+        name = self._task_name(task)
+        with active_adapters(self._lora_layers, self._adapters_of([name])):
+            return generate(self, self.tasks[name], attention_mask, input_ids=input_ids, token_type_ids=token_type_ids)
 
     def forward_mixed(
         self,
@@ -298,6 +351,8 @@ class MultiTaskModel(PreTrainedModel):
         if len(row_tasks) != len(input_ids):
             raise ValueError(f"row_tasks has {len(row_tasks)} names for {len(input_ids)} rows; give one per row.")
         names = [self._task_name(name) for name in row_tasks]
+        if any(self.tasks[name].generates for name in names):
+            raise ValueError("forward_mixed runs task heads; generate text with generate_task() or forward_all().")
         adapted = set(self._adapters_of(set(names)))
         routing = [name if name in adapted else NO_ADAPTER for name in names]
         context = per_row_adapters(self._lora_layers, routing) if adapted else contextlib.nullcontext()
@@ -322,7 +377,11 @@ class MultiTaskModel(PreTrainedModel):
         """The trainable parameters only `task` updates: its head and its adapter."""
         own = [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()
                if p.requires_grad and adapter_of(n) == task]
-        return own + [(f"heads.{task}.{n}", p) for n, p in self.heads[task].named_parameters() if p.requires_grad]
+        module, prefix = self.heads[task] if task in self.heads else None, f"heads.{task}"
+        if self.tasks[task].generates and self.tasks[task].decoder_key in self.decoders:
+            module, prefix = self.decoders[self.tasks[task].decoder_key], f"decoders.{self.tasks[task].decoder_key}"
+        return own + ([(f"{prefix}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
+                      if module is not None else [])
 
     def encoder_state(self, task: str | None = None) -> dict[str, torch.Tensor]:
         """The encoder's weights under a stock encoder's names, with `task`'s adapter merged in (if it has one):

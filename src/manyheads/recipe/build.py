@@ -150,7 +150,7 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
         if len(problems.problems) == before and not task.fitted:
             # Fitted only on clean training data; eval is then checked against the labels found there.
             task.fit(splits.splits.get("train"))
-            if task.num_outputs is None and "train" in splits.splits:
+            if task.num_outputs is None and not task.generates and "train" in splits.splits:
                 problems.add(f"tasks.{name}: no label occurs in the training split ({splits.sources['train']}), so "
                              "the head would have no outputs. Declare 'labels', or check the label column.")
         for split in ("eval", "test"):

@@ -12,6 +12,7 @@ from .classification import Classification
 from .multilabel import MultiLabel
 from .question_answering import QuestionAnswering
 from .regression import Regression
+from .seq2seq import Seq2Seq
 from .token_classification import TokenClassification
 
 TASK_TYPES: dict[str, type[Task]] = {
@@ -20,6 +21,7 @@ TASK_TYPES: dict[str, type[Task]] = {
     "regression": Regression,
     "token_classification": TokenClassification,
     "question_answering": QuestionAnswering,
+    "seq2seq": Seq2Seq,
 }
 
 # Fitted values that the first saved format kept among the options.
@@ -65,5 +67,5 @@ def task_from_spec(spec: dict[str, Any]) -> Task:
 
 
 __all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "TASK_COLUMN", "TASK_TYPES", "Classification", "MultiLabel",
-           "QuestionAnswering", "Regression", "SequenceTask", "Task", "TokenClassification", "resolve_task_type",
-           "task_from_spec"]
+           "QuestionAnswering", "Regression", "Seq2Seq", "SequenceTask", "Task", "TokenClassification",
+           "resolve_task_type", "task_from_spec"]

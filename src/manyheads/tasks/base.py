@@ -80,6 +80,8 @@ class Task:
     METRICS: ClassVar[dict[str, bool]] = {}
     # Whether `postprocess` needs each row's text and token-to-word map (token-level tasks).
     needs_word_ids: ClassVar[bool] = False
+    # Whether the task generates text with a decoder instead of reading a head's logits (`seq2seq`).
+    generates: ClassVar[bool] = False
     stock_auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     stock_problem_type: ClassVar[str | None] = None
 
@@ -187,6 +189,9 @@ class Task:
 
     def fit(self, train: Dataset | None) -> None:
         """Learn the fitted state (labels, weights, scaling) from the training split; the base learns nothing."""
+
+    def fit_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Learn what the task needs from the tokenizer (a generation task: its special tokens); base: nothing."""
 
     def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> Any:
         """Tokenize a batch of raw rows (no padding: the collator pads per batch)."""

@@ -1,0 +1,97 @@
+"""What `MultiTaskTrainer` does for generation tasks (`seq2seq`): token-normalised losses, and generated evaluation.
+
+Token normalisation. A generation micro-batch's loss is a mean over its target tokens; a plain mean of
+micro-batch means would weigh a short-target micro-batch like a long one, so "batch 8" and "batch 4 x
+accumulation 2" would differ. Before each optimizer step, Trainer collects the step's micro-batches
+(`get_batch_samples`); `StepTokens.count` sums each generation task's target tokens over them (and over DDP
+ranks). Each micro-batch's loss is then rescaled (`StepTokens.scale`) so that the task's n micro-batches in the
+step contribute n x (sum of token losses / tokens of the step): the task keeps the weight n/accumulation that any
+one-task micro-batch gets, and within it every token counts once.
+
+Evaluation generates with the task's `generate()` options, decodes predictions and references with the
+tokenizer, and reports generated tokens per second; `max_eval_samples` limits the generated rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .tasks import LABEL_COLUMN, TASK_COLUMN
+
+
+class StepTokens:
+    """Target tokens of each generation task in the current optimizer step, summed over ranks."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, tuple[float, int]] = {}  # task -> (target tokens on all ranks, micro-batches here)
+
+    def count(self, batches: list[dict[str, Any]], generating: set[str], world_size: int,
+              reduce_sum: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
+        tokens: dict[str, float] = {name: 0.0 for name in sorted(generating)}
+        micro: dict[str, int] = {name: 0 for name in tokens}
+        for batch in batches:
+            task = batch.get(TASK_COLUMN)
+            if task in tokens and LABEL_COLUMN in batch:
+                tokens[task] += float((batch[LABEL_COLUMN] != -100).sum())
+                micro[task] += 1
+        if not tokens:
+            self.counts = {}
+            return
+        totals = torch.tensor(list(tokens.values()), dtype=torch.float64, device=device)
+        if world_size > 1:  # every rank draws the same tasks, so every rank reduces the same tensor
+            totals = reduce_sum(totals)
+        self.counts = {name: (float(total), micro[name]) for name, total in zip(tokens, totals.tolist())}
+
+    def scale(self, task: str, loss: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:
+        """`loss` (this micro-batch's token mean) as its share of the task's token mean over the step."""
+        if task not in self.counts:
+            return loss
+        total, micro = self.counts[task]
+        here = (labels != -100).sum()
+        return loss * here * (micro * world_size / max(total, 1.0))
+
+
+@torch.inference_mode()
+def generate_split(trainer: Any, name: str, loader: Any) -> tuple[list[str], list[str], dict[str, float]]:
+    """Generated and reference texts of task `name` over `loader` (gathered over ranks, duplicates of the last
+    batch dropped), and the generation cost: `generated_tokens_per_second`, `generated_tokens`."""
+    module = trainer.accelerator.unwrap_model(trainer.model)
+    task = module.tasks[name]
+    tokenizer = trainer.processing_class
+    if tokenizer is None:
+        raise ValueError(f"task '{name}' generates text: evaluation decodes it with the tokenizer; pass "
+                         "processing_class=tokenizer to MultiTaskTrainer.")
+    limit = task.max_eval_samples
+    was_training = module.training
+    module.eval()
+    predictions: list[str] = []
+    references: list[str] = []
+    generated, seconds = 0, 0.0
+    pad = task.fitted.get("pad_token_id") or 0
+    try:
+        for batch in loader:
+            if limit is not None and len(predictions) >= limit:
+                break
+            batch = trainer._prepare_inputs(batch)
+            start = time.perf_counter()
+            sequences = module.generate_task(name, batch["input_ids"], batch.get("attention_mask"),
+                                             batch.get("token_type_ids"))
+            seconds += time.perf_counter() - start
+            new = sequences[:, 1:]  # the decoder start token is not generated
+            generated += int((new != pad).sum())
+            labels = batch[LABEL_COLUMN].masked_fill(batch[LABEL_COLUMN] == -100, pad)
+            predictions += task.decode(new, tokenizer)
+            references += task.decode(labels, tokenizer)
+    finally:
+        module.train(was_training)
+    predictions = trainer.accelerator.gather_for_metrics(predictions, use_gather_object=True)
+    references = trainer.accelerator.gather_for_metrics(references, use_gather_object=True)
+    if limit is not None:
+        predictions, references = predictions[:limit], references[:limit]
+    cost = {"generated_tokens": float(generated),
+            "generated_tokens_per_second": generated / seconds if seconds > 0 else 0.0}
+    return predictions, references, cost
