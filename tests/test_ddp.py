@@ -63,6 +63,12 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
     for mode in ("lora", "hybrid"):
         jobs[mode] = raw_config(tiny_model_dir, data, root / mode, max_steps=6, logging_steps=2)
         jobs[mode]["sharing"] = {"mode": mode, "r": 4, "alpha": 8, "dropout": 0.0}  # dropout masks differ by rank
+    # A generation task (BERT2BERT decoder) next to a classifier: token-normalised loss summed over both ranks.
+    jobs["seq2seq"] = raw_config(tiny_model_dir, data, root / "seq2seq", max_steps=6, logging_steps=2,
+                                 gradient_accumulation_steps=2)
+    jobs["seq2seq"]["tasks"] = [jobs["seq2seq"]["tasks"][0], {
+        "name": "echo", "type": "seq2seq", "text": "text", "label": "other", "max_target_length": 8,
+        "max_new_tokens": 4, "data": {"train": "train.jsonl", "eval": "eval.jsonl"}}]
     # Resume in epoch 3 (10 rows per task: 2 steps per task per epoch), mid-epoch, with accumulation.
     for name in ("resume_full", "resume_from_7"):
         jobs[name] = raw_config(tiny_model_dir, data, root / name, strategy="temperature", max_steps=12,
@@ -184,3 +190,22 @@ def test_adapters_train_under_ddp_and_match_one_process(mode, ddp_runs, tiny_mod
     base = [k for k in weights if k.startswith("encoder.") and not is_adapter_parameter(k)]
     unchanged = all(torch.equal(weights[k], initial[k]) for k in base)
     assert unchanged == (mode == "lora")
+
+
+def test_generation_task_trains_under_ddp_and_matches_one_process(ddp_runs, tiny_model_dir, tmp_path):
+    data, _, records = ddp_runs
+    ranks, weights = records["seq2seq"]
+    assert ranks[0]["seen"] == ranks[1]["seen"] and ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert "echo" in ranks[0]["seen"]
+    # Every eval row generated once over both ranks, and the same metrics on both.
+    assert ranks[0]["metrics"]["eval_echo_rougeL"] == ranks[1]["metrics"]["eval_echo_rougeL"]
+    raw = raw_config(tiny_model_dir, data, tmp_path / "single", batch=8, max_steps=6, logging_steps=2,
+                     gradient_accumulation_steps=2)
+    raw["tasks"] = [raw["tasks"][0], {"name": "echo", "type": "seq2seq", "text": "text", "label": "other",
+                                      "max_target_length": 8, "max_new_tokens": 4,
+                                      "data": {"train": "train.jsonl", "eval": "eval.jsonl"}}]
+    reference = build_trainer(build_config(raw))
+    reference.train()
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    assert reference.evaluate()["eval_echo_rougeL"] == pytest.approx(ranks[0]["metrics"]["eval_echo_rougeL"])

@@ -456,7 +456,7 @@ class MultiTaskTrainer(Trainer):
                                           ignore_keys=ignore_keys, metric_key_prefix=f"{metric_key_prefix}_{name}")
             if task.generates:
                 predictions, references, cost = generate_split(self, name, loader)
-                scores = {**task.compute_metrics(predictions, references), **cost}
+                scores = {**task.compute_metrics(predictions, references, dataset), **cost}
                 output = output._replace(predictions=predictions, label_ids=references)
             else:
                 scores = task.compute_metrics(output.predictions, output.label_ids, dataset)

@@ -219,8 +219,11 @@ class MultiTaskModel(PreTrainedModel):
 
     def warm_start_decoders(self, keys: Iterable[str] | None = None) -> None:
         """Copy the encoder's weights into these decoders (default: all): BERT2BERT's warm start."""
+        keys = list(keys if keys is not None else self.decoders)
+        if not keys:
+            return
         state = self.encoder_state()
-        for key in keys if keys is not None else list(self.decoders):
+        for key in keys:
             warm_start(self.decoders[key], state)
 
     def sync_config(self) -> None:
@@ -388,7 +391,8 @@ class MultiTaskModel(PreTrainedModel):
         what an exported single-task model holds."""
         if not self._lora_layers:
             return self.encoder.state_dict()
-        return merged_encoder_state(self.encoder, task if task in self._adapters_of([task]) else None)
+        adapter = task if task is not None and self._adapters_of([task]) else None
+        return merged_encoder_state(self.encoder, adapter)
 
     # ----- freezing -----
     def encoder_layers(self) -> nn.ModuleList:

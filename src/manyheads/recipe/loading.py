@@ -27,12 +27,13 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
 
 
 def read_squad(path: Path, encoding: str = "utf-8") -> Dataset:
-    """Official SQuAD v1.1 JSON -> one row per question: id, title, context, question, answers."""
+    """Official SQuAD v1.1 JSON -> one row per question: id, title, context, question, answers, and `answer` (the
+    first answer's text: the second source column of question generation, `text: [answer, context]`)."""
     from datasets import Dataset
 
     with open(path, encoding=encoding) as handle:
         articles = json.load(handle)["data"]
-    rows: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+    rows: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": [], "answer": []}
     for article in articles:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
@@ -42,6 +43,7 @@ def read_squad(path: Path, encoding: str = "utf-8") -> Dataset:
                 rows["question"].append(qa["question"])
                 rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
                                         "answer_start": [int(a["answer_start"]) for a in qa["answers"]]})
+                rows["answer"].append(qa["answers"][0]["text"] if qa["answers"] else "")
     return Dataset.from_dict(rows)
 
 
