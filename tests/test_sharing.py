@@ -299,3 +299,22 @@ def test_cli_train_export_predict_with_lora(tmp_path, tiny_model_dir, data_dir, 
     assert "sharing 'lora'" in err and "2 passes (sentiment | match)" in err
     predicted = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(predicted) == 5 and all({"sentiment", "match"} <= set(p) for p in predicted)
+
+
+def test_hybrid_aggregation_and_conflict_use_the_shared_weights_only(tiny_encoder, tokenizer, tmp_path):
+    pytest.importorskip("torchjd")
+    from manyheads.callbacks.conflict import make_probe_batches, measure_conflict, shared_parameters
+    from manyheads.data.collator import MultiTaskCollator
+
+    trainer = train(tiny_encoder, tokenizer, tmp_path, Sharing(mode="hybrid", r=4, dropout=0.0), steps=3,
+                    gradient_aggregator="upgrad")
+    model = trainer.model
+    shared = {n for n, _ in shared_parameters(model)}
+    assert shared and not any(is_adapter_parameter(n) for n in shared)
+    assert {id(p) for p in trainer.group_step.shared} == {id(p) for _, p in model.shared_parameters()}
+    adapters_before = adapters(model)
+    trainer.train()
+    assert any(not torch.equal(v, adapters_before[k]) for k, v in adapters(model).items())
+    probes = make_probe_batches(trainer.train_dataset.datasets, MultiTaskCollator(tokenizer, model.tasks), 4, seed=0)
+    measured = measure_conflict(model, probes)
+    assert set(measured.grad_norm) == {"sentiment", "score"} and all(v > 0 for v in measured.grad_norm.values())
