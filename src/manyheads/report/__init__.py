@@ -27,7 +27,7 @@ from .figures import (
 )
 from .html import render
 
-__all__ = ["Figure", "RunData", "build_report", "load_run"]
+__all__ = ["Figure", "RunData", "build_report", "load_run", "stalled_lines"]
 
 SECTIONS = {
     draw_train_loss: "Training loss",
@@ -53,3 +53,8 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
     index = folder / "index.html"
     index.write_text(render(data, figures, str(folder)), encoding="utf-8")
     return index
+
+
+def stalled_lines(run_dir: str | Path) -> list[str]:
+    """The stalled-head findings of a run (see `RunData.stalled_lines`), for the terminal."""
+    return load_run(run_dir).stalled_lines()
