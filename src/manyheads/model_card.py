@@ -35,11 +35,12 @@ def _hub_id(name: str | None) -> str | None:
 
 
 def task_metrics(metrics: dict[str, Any], task: str, prefix: str = "eval") -> dict[str, float]:
-    """`{metric: value}` of one task from flat `eval_<task>_<metric>` keys (runtime counters left out)."""
+    """`{metric: value}` of one task from flat `eval_<task>_<metric>` keys (runtime counters and the stalled-head
+    flag `constant_predictions` of `manyheads.callbacks.stalled_heads` left out)."""
     head = f"{prefix}_{task}_"
     return {key[len(head):]: float(value) for key, value in metrics.items()
-            if key.startswith(head) and isinstance(value, (int, float)) and not key.endswith(("_runtime",
-                                                                                                "_per_second"))}
+            if key.startswith(head) and isinstance(value, (int, float))
+            and not key.endswith(("_runtime", "_per_second", "_constant_predictions"))}
 
 
 def _cell(value: Any) -> str:

@@ -27,7 +27,9 @@ trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased"
   is marked complete only once everything is written (`manyheads.checkpoints`), and older checkpoints are
   rotated out (`save_total_limit`) only after that.
 - `evaluate`: runs Trainer's `evaluation_loop` per task and adds each task's metrics, the user's
-  `compute_metrics` results and `eval_average`.
+  `compute_metrics` results, `eval_<task>_constant_predictions` (read by `StalledHeadsCallback`, added by default)
+  and `eval_average`; on the run's own eval split, once the model has trained, each task first fits what it fits
+  on its eval predictions (`Task.fit_on_predictions`: multilabel thresholds).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from transformers.utils import logging
 
 from .balancing import build_aggregator, build_weighting, group_step_problems
 from .balancing.group_step import TaskGroupStep
+from .callbacks.stalled_heads import CONSTANT_KEY, StalledHeadsCallback
 from .checkpoints import BALANCING_OPTIMIZER_STATE, BALANCING_STATE, mark_complete
 from .data.collator import MultiTaskCollator
 from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_split
@@ -112,6 +115,8 @@ class MultiTaskTrainer(Trainer):
         self.sampling = resolve_strategy(sampling if sampling is not None else self.args.sampling_strategy,
                                          self.args.sampling_temperature)
         self._prepare_balancing(model, weighting, aggregator)
+        if not any(isinstance(cb, StalledHeadsCallback) for cb in self.callback_handler.callbacks):
+            self.add_callback(StalledHeadsCallback())  # warns when a head stays at its trivial baseline
 
     def _prepare_task_state(self, model: Any) -> None:
         if not hasattr(model, "tasks"):
@@ -459,11 +464,18 @@ class MultiTaskTrainer(Trainer):
                 scores = {**task.compute_metrics(predictions, references, dataset), **cost}
                 output = output._replace(predictions=predictions, label_ids=references)
             else:
+                if not override and self.state.global_step > 0:
+                    # On the run's own eval split of a model this trainer trained (during training and after it);
+                    # never on other data (a test split) nor in a trainer that only evaluates a saved model.
+                    task.fit_on_predictions(output.predictions, output.label_ids)
                 scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
             function = metric_function_for(self.task_metrics, name)
             if function is not None:
                 scores.update(user_metrics(function, task, output.predictions, output.label_ids))
             metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in scores.items()})
+            # Read by StalledHeadsCallback: 1.0 when every row got the same prediction.
+            metrics[f"{metric_key_prefix}_{name}_{CONSTANT_KEY}"] = float(
+                task.constant_predictions(output.predictions, output.label_ids))
             loss_key = f"{metric_key_prefix}_{name}_loss"
             if loss_key in output.metrics:
                 metrics[loss_key] = output.metrics[loss_key]

@@ -1,4 +1,5 @@
-"""Diagnostics callbacks: update monitor and task-gradient conflict (they observe, never change training).
+"""Diagnostics callbacks: update monitor, task-gradient conflict and stalled heads (they observe, never change
+training). `StalledHeadsCallback` is added by `MultiTaskTrainer` itself.
 
 From a recipe (`diagnostics:` section) `manyheads.recipe.build_trainer` adds them itself. From Python:
 
@@ -28,6 +29,7 @@ from .base import (
     reporting_callbacks,
 )
 from .conflict import ConflictMeasurement, GradientConflictCallback, make_probe_batches, measure_conflict
+from .stalled_heads import STALLED_FILE, StalledHeadsCallback
 from .update_monitor import UpdateMonitorCallback, parameter_groups
 
 __all__ = [
@@ -35,9 +37,11 @@ __all__ = [
     "DIAGNOSTICS_DIR",
     "MONITOR_FILE",
     "RUN_FILE",
+    "STALLED_FILE",
     "ConflictMeasurement",
     "DiagnosticCallback",
     "GradientConflictCallback",
+    "StalledHeadsCallback",
     "UpdateMonitorCallback",
     "attach_callbacks",
     "diagnostics_dir",

@@ -86,3 +86,64 @@ def model_dir_problem(path: str) -> str | None:
         return (f"MODEL_DIR: {path} holds a {model_type!r} model, not a manyheads one (model_type 'manyheads' in "
                 f"config.json); {hint}.")
     return None
+
+
+THRESHOLD_HELP = ("decision threshold of the multilabel tasks: a number for every label (0.3), 'tuned' (the "
+                  "thresholds tuned in training), or label=number pairs (anger=0.3,joy=0.4; repeatable; the "
+                  "labels not named keep their threshold)")
+
+
+def parse_threshold(values: list[str] | None) -> float | dict[str, float] | str | None:
+    """`--threshold` values (repeatable) as a threshold setting: a number, "tuned" or {label: number}."""
+    if not values:
+        return None
+    from ..errors import ConfigError
+
+    if len(values) == 1 and "=" not in values[0]:
+        text = values[0].strip()
+        if text == "tuned":
+            return text
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--threshold: got {text!r}; give a number between 0 and 1 (0.3), 'tuned', or "
+                              "label=number pairs (anger=0.3,joy=0.4).") from None
+    mapping: dict[str, float] = {}
+    for pair in (p.strip() for value in values for p in value.split(",") if p.strip()):
+        label, sep, number = pair.rpartition("=")
+        try:
+            if not sep or not label:
+                raise ValueError
+            mapping[label.strip()] = float(number)
+        except ValueError:
+            raise ConfigError(f"--threshold: {pair!r} is not label=number; give pairs such as anger=0.3,joy=0.4, "
+                              "or one number for every label.") from None
+    return mapping
+
+
+def apply_threshold(tasks: dict[str, Any], threshold: float | dict[str, float] | str, where: str) -> list[str]:
+    """Set `threshold` on every multilabel task in `tasks` (a mapping: on the tasks that have each label).
+    Returns the names of the tasks changed; raises ConfigError naming `where` on a problem."""
+    from ..errors import ConfigError
+    from ..tasks import MultiLabel
+
+    multilabel = {name: task for name, task in tasks.items() if isinstance(task, MultiLabel)}
+    if not multilabel:
+        raise ConfigError(f"{where}: no multilabel task here to take a threshold (tasks: {list(tasks)}).")
+    if isinstance(threshold, dict):
+        unknown = [k for k in threshold if not any(k in t.label_list for t in multilabel.values())]
+        if unknown:
+            known = {name: t.label_list for name, t in multilabel.items()}
+            raise ConfigError(f"{where}: labels {unknown} are in no multilabel task; their labels: {known}.")
+    changed = []
+    for name, task in multilabel.items():
+        value = {k: v for k, v in threshold.items() if k in task.label_list} if isinstance(threshold, dict) \
+            else threshold
+        if value == {}:
+            continue
+        try:
+            task.set_threshold(value)
+        except ConfigError as err:
+            raise ConfigError([f"{where}: {p}" for p in err.problems]) from None
+        changed.append(name)
+    return changed

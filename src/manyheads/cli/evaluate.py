@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 
-from .common import format_table, metrics_rows, quiet_libraries
+from .common import THRESHOLD_HELP, apply_threshold, format_table, metrics_rows, parse_threshold, quiet_libraries
 
 HELP = "Evaluate a saved multi-task model on the eval splits declared in a config."
 
@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="write the metrics to this JSON file")
     parser.add_argument("--split", choices=("eval", "test"), default="eval",
                         help="evaluate on the eval splits (default) or on labelled test splits")
+    parser.add_argument("--threshold", action="append", metavar="VALUE",
+                        help=f"{THRESHOLD_HELP}. Without it, a 'threshold' written in the config's task is used; "
+                             "else the model's own")
     parser.set_defaults(accepts_overrides=True)
 
 
@@ -30,6 +33,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..recipe.config import load_config
     from ..trainer import MultiTaskTrainer
 
+    threshold = parse_threshold(args.threshold)
     quiet_libraries()
     run_config = load_config(args.config, extra)
     model = MultiTaskModel.from_pretrained(args.model_dir)
@@ -37,6 +41,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if missing:
         raise ConfigError(f"tasks: {missing} are not in the model at {args.model_dir} (it has {list(model.tasks)}). "
                           "Remove them from the config.")
+    # Evaluation-time settings written in the config's tasks win over the saved ones, and --threshold over both.
+    for entry in run_config.tasks:
+        if "threshold" in entry.given:
+            apply_threshold({entry.name: model.tasks[entry.name]}, entry.task.threshold, f"tasks ({entry.name})")
+    if threshold is not None:
+        apply_threshold({t.name: model.tasks[t.name] for t in run_config.tasks}, threshold, "--threshold")
     run_config.model = args.model_dir
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     # The model's own task objects: labels and scaling as fitted in training, never re-inferred from this data.

@@ -21,7 +21,7 @@ from itertools import islice
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .common import model_dir_problem, quiet_libraries
+from .common import THRESHOLD_HELP, apply_threshold, model_dir_problem, parse_threshold, quiet_libraries
 
 if TYPE_CHECKING:
     from ..inference import MultiTaskPredictor
@@ -72,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on_error", choices=["fail", "skip"], default="fail",
                         help="a row whose fields a task cannot read: stop (fail) or mark it with an \"error\" "
                              "and go on (skip); see below")
+    parser.add_argument("--threshold", action="append", metavar="VALUE",
+                        help=f"{THRESHOLD_HELP} (default: the model's own, as saved)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1 ... (default: cuda if available; --backend onnx: cpu)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..records import iter_records
 
     problems = _argument_problems(args)
+    threshold = parse_threshold(args.threshold)
     if problems:
         raise ConfigError(problems)
     quiet_libraries()
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     unknown = [t for t in args.task or [] if t not in predictor.tasks]
     if unknown:
         raise ConfigError(f"--task: {unknown} not in this model; its tasks are {predictor.tasks}.")
+    if threshold is not None:
+        apply_threshold({name: predictor.model.tasks[name] for name in args.task or predictor.tasks}, threshold,
+                        "--threshold")
     note = predictor.passes_note(args.task)
     if note:
         print(f"note: {note}.", file=sys.stderr)

@@ -14,8 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..report import build_report
+    from ..report import build_report, stalled_lines
 
     index = build_report(args.run_dir, args.output)
+    for line in stalled_lines(args.run_dir):
+        print(f"warning: {line}")
     print(f"report written to {index}")
     return 0

@@ -236,6 +236,11 @@ def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, 
             with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as handle:
                 json.dump(metrics, handle, indent=2)
             trainer.create_model_card()  # again, now with the final metrics
+            # That evaluation fitted the eval-split state of the tasks (multilabel `threshold: tuned`) on the final
+            # weights: saved with the model, beside the weights written above.
+            module = trainer.accelerator.unwrap_model(trainer.model)
+            module.sync_config()
+            module.config.save_pretrained(output_dir)
     # The whole log history (after the last checkpoint too, and with save_strategy: no) for `manyheads report`.
     trainer.save_state()
     if main_process:

@@ -22,7 +22,7 @@ from ..data.collator import MultiTaskCollator
 from ..data.samplers import MultiTaskBatchSampler
 from ..errors import ConfigError, ProblemCollector
 from ..modeling.model import MultiTaskModel
-from ..tasks import Task
+from ..tasks import Task, apply_checkpoint_pooling
 from ..trainer import MultiTaskTrainer
 from .config import RunConfig
 from .loading import TaskSplits, load_task_splits
@@ -175,6 +175,8 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
 def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> MultiTaskModel:
     """The pretrained encoder with fresh heads (seeded), frozen as the config asks."""
     set_seed(seed)
+    # `pooling: auto` follows a sentence-transformers checkpoint's own pooling (modules.json).
+    apply_checkpoint_pooling(tasks.values(), run.model)
     model = MultiTaskModel.from_encoder(run.model, list(tasks.values()), sharing=run.sharing)
     model.freeze(run.freeze.encoder, run.freeze.embeddings, run.freeze.layers)
     return model

@@ -94,6 +94,8 @@ class TaskEntry:
 
     task: Task
     data: DataConfig | None = None
+    # The task settings the config wrote out (the others are the defaults): `evaluate` applies only those.
+    given: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -186,7 +188,7 @@ def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: Pr
     except (TypeError, ValueError) as err:
         problems.add(f"{where}: {err}")
         return None
-    return TaskEntry(task, data)
+    return TaskEntry(task, data, given=frozenset(k for k in raw if k in kwargs))
 
 
 def build_config(raw: Any, config_dir: str = ".", overrides: list[str] | None = None) -> RunConfig:

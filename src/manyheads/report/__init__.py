@@ -29,7 +29,7 @@ from .figures import (
 )
 from .html import render, render_comparison
 
-__all__ = ["Figure", "RunData", "build_report", "load_run"]
+__all__ = ["Figure", "RunData", "build_report", "load_run", "stalled_lines"]
 
 SECTIONS = {
     draw_train_loss: "Training loss",
@@ -65,3 +65,8 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
         figures = [(SECTIONS[draw], draw(data, folder)) for draw in DRAWERS]
     index.write_text(render(data, figures, str(folder), comparison), encoding="utf-8")
     return index
+
+
+def stalled_lines(run_dir: str | Path) -> list[str]:
+    """The stalled-head findings of a run (see `RunData.stalled_lines`), for the terminal."""
+    return load_run(run_dir).stalled_lines()

@@ -3,8 +3,8 @@
 Sources, each optional but the log history:
 - `trainer_state.json`: the run folder's own (written by `Trainer.save_state()`), else the newest checkpoint's;
 - `config.json`: the saved `MultiTaskModel`'s tasks (names and types);
-- `diagnostics/run.json`, `diagnostics/update_monitor.csv`, `diagnostics/gradient_conflict.jsonl`
-  (see `manyheads.callbacks`);
+- `diagnostics/run.json`, `diagnostics/update_monitor.csv`, `diagnostics/gradient_conflict.jsonl`,
+  `diagnostics/stalled_heads.jsonl` (see `manyheads.callbacks`);
 - `eval_results.json`: the evaluation `manyheads train` runs after training.
 """
 
@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..callbacks.base import CONFLICT_FILE, DIAGNOSTICS_DIR, MONITOR_FILE, RUN_FILE
+from ..callbacks.stalled_heads import CONSTANT_KEY, STALLED_FILE
 from ..checkpoints import checkpoints
 from ..errors import ConfigError
 from ..tasks import TASK_TYPES
 
 STATE_FILE = "trainer_state.json"
 # Per-task eval keys that are timings, not metrics.
-NOT_METRICS = {"runtime", "samples_per_second", "steps_per_second"}
+NOT_METRICS = {"runtime", "samples_per_second", "steps_per_second", CONSTANT_KEY}
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunData:
     monitor: list[dict[str, Any]] = field(default_factory=list)
     conflict: list[dict[str, Any]] = field(default_factory=list)
     final_eval: dict[str, float] | None = None
+    stalled: list[dict[str, Any]] = field(default_factory=list)
 
     # ----- views of the log history -----
     def train_logs(self) -> list[dict[str, Any]]:
@@ -71,6 +73,28 @@ class RunData:
         if task_type is not None and metric in task_type.METRICS:
             return task_type.METRICS[metric]
         return not any(word in metric for word in ("loss", "mse", "mae", "error"))
+
+    def stalled_lines(self) -> list[str]:
+        """One line per task that `StalledHeadsCallback` flagged: when, why, the fixes, and its encoder gradient
+        norm next to the other tasks' where the gradient-conflict diagnostics measured them."""
+        last_eval = max((e["step"] for e in self.eval_logs() if "step" in e), default=None)
+        lines = []
+        for task in dict.fromkeys(r["task"] for r in self.stalled):
+            records = [r for r in self.stalled if r["task"] == task]
+            steps = sorted({r["step"] for r in records})
+            last = records[-1]
+            still = last_eval is None or steps[-1] >= last_eval
+            when = (f"at the last evaluation (step {steps[-1]})" if still else
+                    f"at step(s) {', '.join(map(str, steps))}, not at the last evaluation (step {last_eval})")
+            line = f"task '{task}' stalled {when}: {last['reason']}. Likely fixes: {last['fixes']}."
+            if self.conflict and task in self.conflict[-1].get("grad_norm", {}):
+                norms = self.conflict[-1]["grad_norm"]
+                others = ", ".join(f"{t} {v:.3g}" for t, v in norms.items() if t != task and v is not None)
+                if norms[task] is not None:
+                    line += (f" Its encoder gradient norm at step {self.conflict[-1]['step']}: {norms[task]:.3g}"
+                             + (f" (other tasks: {others})." if others else "."))
+            lines.append(line)
+        return lines
 
     def monitor_groups(self) -> list[dict[str, Any]]:
         return [r for r in self.monitor if r["kind"] == "group"]
@@ -107,7 +131,8 @@ def load_run(run_dir: str | Path) -> RunData:
                    tasks=_tasks(run_dir, state_path, info, history), info=info,
                    monitor=_read_monitor(run_dir / DIAGNOSTICS_DIR / MONITOR_FILE),
                    conflict=_read_conflict(run_dir / DIAGNOSTICS_DIR / CONFLICT_FILE),
-                   final_eval=_read_json(final) if final.is_file() else None)
+                   final_eval=_read_json(final) if final.is_file() else None,
+                   stalled=_read_jsonl(run_dir / DIAGNOSTICS_DIR / STALLED_FILE))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -150,6 +175,12 @@ def _read_monitor(path: Path) -> list[dict[str, Any]]:
                       **{k: _number(row[k]) for k in ("param_norm", "update_norm", "relative_update", "grad_norm")}}
             rows[(record["step"], record["group"], record["kind"])] = record
     return sorted(rows.values(), key=lambda r: r["step"])
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _read_conflict(path: Path) -> list[dict[str, Any]]:

@@ -114,6 +114,7 @@ def render(data: RunData, figures: list[tuple[str, Figure | str]], output_dir: s
         sources.append("final evaluation: eval_results.json")
     parts = [f"<h1>{html.escape(title)}</h1>",
              "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ul>",
+             *(f'<p class="note">Stalled head: {html.escape(line)}</p>' for line in data.stalled_lines()),
              "<h2>Metrics: last, best and after training</h2>",
              table(metrics_rows(data), ("task", "metric", "better"))]
     if comparison is not None:

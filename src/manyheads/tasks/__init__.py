@@ -10,6 +10,7 @@ from ..importing import import_object
 from .base import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN, SequenceTask, Task
 from .classification import Classification
 from .multilabel import MultiLabel
+from .pooling import apply_checkpoint_pooling, checkpoint_pooling
 from .question_answering import QuestionAnswering
 from .regression import Regression
 from .seq2seq import Seq2Seq
@@ -68,4 +69,4 @@ def task_from_spec(spec: dict[str, Any]) -> Task:
 
 __all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "TASK_COLUMN", "TASK_TYPES", "Classification", "MultiLabel",
            "QuestionAnswering", "Regression", "Seq2Seq", "SequenceTask", "Task", "TokenClassification",
-           "resolve_task_type", "task_from_spec"]
+           "apply_checkpoint_pooling", "checkpoint_pooling", "resolve_task_type", "task_from_spec"]

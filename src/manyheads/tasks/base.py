@@ -236,6 +236,14 @@ class Task:
         """Metrics of one evaluation; `features` is the tokenized eval set (QA needs its offsets)."""
         raise NotImplementedError
 
+    def fit_on_predictions(self, predictions: Any, labels: Any) -> None:
+        """Fit state on the model's predictions for the run's eval split, at each evaluation of a trained model
+        (multilabel: its decision thresholds); the base fits nothing."""
+
+    def constant_predictions(self, predictions: Any, labels: Any) -> bool:
+        """Whether every row got the same prediction (the head learnt nothing); the base cannot tell: False."""
+        return False
+
     def metric_inputs(self, predictions: Any, labels: Any) -> tuple[Any, Any]:
         """Predictions and labels as a user's `compute_metrics` receives them (regression: in target units)."""
         return predictions, labels

@@ -123,6 +123,10 @@ class Classification(SequenceTask):
         weight = torch.tensor(weights, dtype=torch.float32, device=logits.device) if weights else None
         return nn.functional.cross_entropy(logits.float(), labels, weight=weight)
 
+    def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
+        predicted = np.asarray(predictions).argmax(-1)
+        return len(predicted) > 1 and bool((predicted == predicted[0]).all())
+
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = predictions.argmax(-1)
         precision, recall, f1, _ = precision_recall_fscore_support(

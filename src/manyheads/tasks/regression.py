@@ -108,6 +108,11 @@ class Regression(SequenceTask):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())
 
+    def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
+        predicted, labels = self.metric_inputs(predictions, labels)
+        # "No spread": a thousandth of the targets' own spread (a head that outputs their mean to 3 digits).
+        return len(predicted) > 1 and float(np.std(predicted)) <= 1e-3 * max(float(np.std(labels)), 1e-12)
+
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted, labels = self.metric_inputs(predictions, labels)
         # A constant prediction has no correlation; report 0 rather than NaN so averages stay defined.

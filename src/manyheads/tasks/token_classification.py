@@ -158,6 +158,11 @@ class TokenClassification(Task):
             pred_rows.append([self.label_list[i] for i in p_row[keep]])
         return true_rows, pred_rows
 
+    def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
+        # The same tag on every labelled token (typically all "O").
+        tags = np.asarray(predictions).argmax(-1)[np.asarray(labels) != IGNORE]
+        return len(tags) > 1 and bool((tags == tags[0]).all())
+
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         true_rows, pred_rows = self._tag_sequences(predictions, labels)
         scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.scheme]
