@@ -196,6 +196,12 @@ def test_text_metrics_on_known_pairs():
     assert text_metrics(["x y z"], ["x y z"])["bleu"] == 0.0  # sacrebleu: no 4-gram in a 3-word text
 
 
+def test_constant_generations_are_flagged():
+    task = Seq2Seq(name="g")
+    assert task.constant_predictions(["what", "what", "what"], ["a", "b", "c"])
+    assert not task.constant_predictions(["what", "who"], ["a", "b"])
+
+
 def test_seq2seq_settings_and_data_are_checked():
     with pytest.raises(ConfigError) as err:
         Seq2Seq(name="g", decoder="mine", num_beams=0, label_smoothing=1.5)

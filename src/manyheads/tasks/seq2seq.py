@@ -176,6 +176,11 @@ class Seq2Seq(Task):
         """`predictions` and `labels`: generated and reference texts."""
         return text_metrics(list(predictions), list(labels))
 
+    def constant_predictions(self, predictions: Any, labels: Any) -> bool:
+        """Every row got the same generated text (an under-trained decoder often says only its first word)."""
+        texts = list(predictions)
+        return len(texts) > 1 and len(set(texts)) == 1
+
     def decode(self, sequences: Any, tokenizer: Any) -> list[str]:
         """Generated token ids (rows, padding and special tokens included) as text."""
         return [text.strip() for text in tokenizer.batch_decode(sequences, skip_special_tokens=True)]
