@@ -49,9 +49,10 @@ class MultiLabel(SequenceTask):
     Args:
         label_columns: one 0/1 column per label instead of a list column.
         label_separator: split string cells on it ("4,27" with ",").
-        pos_weight: weight of the positive term of each label's loss: `"sqrt"` (square root of negatives / positives
-            per label, fitted on the training split, at most 10), `"auto"` (negatives / positives: on imbalanced
-            labels it floods predictions, many labels per row), one weight per label, or None: unweighted (default).
+        pos_weight: weight of the positive term of each label's loss: `"sqrt"` (default: square root of negatives /
+            positives per label, fitted on the training split, at most 10; best of the variants on SemEval-2018 E-c
+            in bench/RESULTS.md), `"auto"` (negatives / positives: on imbalanced labels it floods predictions, many
+            labels per row), one weight per label, or None: unweighted.
         threshold: probability from which a label is predicted: `"tuned"` (default; per label, fitted on the eval
             split during training, see the module docstring), one number for every label, or `{label: number}`
             (labels not named: 0.5).
@@ -60,7 +61,7 @@ class MultiLabel(SequenceTask):
 
     label_columns: list[str] | None = None
     label_separator: str | None = None
-    pos_weight: list[float] | str | None = None
+    pos_weight: list[float] | str | None = "sqrt"
     threshold: float | dict[str, float] | str = TUNED
 
     type_name = "multilabel"
