@@ -82,6 +82,8 @@ from _common import (
 )
 from _quality_report import Stat, difference_text, greater_is_better, metric_label
 
+from manyheads.recipe import compare_table
+
 RUN_FLAG = "--run_probe"  # internal: `sharing.py --run_probe SPEC.json` (one fresh training process)
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 CONFIGS: dict[str, str] = {
@@ -376,10 +378,11 @@ def stats_of(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str
 
 
 def clear(a: Stat, b: Stat) -> bool | None:
-    """Whether |a - b| exceeds 2 standard errors of the difference (None with fewer than 2 seeds on a side)."""
+    """Whether a and b differ beyond the seeds' spread, by the rule of `manyheads compare` that `difference_text`
+    reports (Welch's t-test, p < 0.05); None with fewer than 2 seeds on a side."""
     if a.n < 2 or b.n < 2:
         return None
-    return abs(a.mean - b.mean) > 2 * math.sqrt(a.sd**2 / a.n + b.sd**2 / b.n)
+    return compare_table.compare_values(a.values, b.values).clear
 
 
 def median_of(rows: list[dict[str, Any]], config: str, key: str) -> float:
@@ -404,9 +407,10 @@ def verdict_lines(rows: list[dict[str, Any]], stats: dict[str, dict[str, Stat]],
         worse_clear = [t for t in worse if clear(s[t], base[t])]
         better_clear = [t for t in better if clear(s[t], base[t])]
         avg = difference_text(s["average"], base["average"])
-        if clear(s["average"], base["average"]):
+        average_clear = clear(s["average"], base["average"])
+        if average_clear:
             word = "better than" if s["average"].mean > base["average"].mean else "worse than"
-        elif clear(s["average"], base["average"]) is None:
+        elif average_clear is None:
             word = "one seed, so not decidable against"
         else:
             word = "not distinguishable from"
@@ -540,8 +544,8 @@ def report(args: argparse.Namespace, settings: dict[str, Any], rows_dir: Path, r
         "",
         *table,
         "",
-        "Differences of means to `hard` (points ×100; \"larger than the seeds' spread\" = more than 2 standard errors "
-        "of the difference, √(sd_a²/n_a + sd_b²/n_b)):",
+        "Differences of means to `hard` (points ×100; \"larger than the seeds' spread\" = Welch's t-test over the "
+        "seeds, p < 0.05, the rule of `manyheads compare`):",
         "",
         *diff,
         "",

@@ -24,7 +24,7 @@ from manyheads.modeling.adapters import adapter_of, is_adapter_parameter
 from manyheads.recipe import build_config, build_trainer
 from manyheads.recipe.config import load_config
 
-from .conftest import base_config, review_rows
+from .conftest import base_config, make_encoder, review_rows
 from .test_resume import RecordingTrainer, run_config
 
 pytest.importorskip("peft")
@@ -201,13 +201,7 @@ def test_sharing_settings_are_checked():
         Sharing(mode="soft", r=0)
     assert "r: got 0" in str(err.value)
     with pytest.raises(ConfigError, match=r"target_modules: \['nope'\] matches no layer"):
-        MultiTaskModel.from_encoder(_tiny(), tasks(), sharing=Sharing(mode="lora", target_modules=["nope"]))
-
-
-def _tiny():
-    from .conftest import make_encoder
-
-    return make_encoder()
+        MultiTaskModel.from_encoder(make_encoder(), tasks(), sharing=Sharing(mode="lora", target_modules=["nope"]))
 
 
 def test_recipe_refuses_what_lora_cannot_serve(tiny_model_dir, data_dir, tmp_path):

@@ -31,20 +31,18 @@ class StepTokens:
 
     def count(self, batches: list[dict[str, Any]], generating: set[str], world_size: int,
               reduce_sum: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
-        tokens: dict[str, float] = {name: 0.0 for name in sorted(generating)}
-        micro: dict[str, int] = {name: 0 for name in tokens}
+        names = sorted(generating)
+        # Summed on the batches' device and read back once per step: no host sync per micro-batch.
+        totals = torch.zeros(len(names), dtype=torch.float64, device=device)
+        micro = dict.fromkeys(names, 0)
         for batch in batches:
             task = batch.get(TASK_COLUMN)
-            if task in tokens and LABEL_COLUMN in batch:
-                tokens[task] += float((batch[LABEL_COLUMN] != -100).sum())
+            if task in micro and LABEL_COLUMN in batch:
+                totals[names.index(task)] += (batch[LABEL_COLUMN] != -100).sum().to(device)
                 micro[task] += 1
-        if not tokens:
-            self.counts = {}
-            return
-        totals = torch.tensor(list(tokens.values()), dtype=torch.float64, device=device)
         if world_size > 1:  # every rank draws the same tasks, so every rank reduces the same tensor
             totals = reduce_sum(totals)
-        self.counts = {name: (float(total), micro[name]) for name, total in zip(tokens, totals.tolist())}
+        self.counts = {name: (total, micro[name]) for name, total in zip(names, totals.tolist())}
 
     def scale(self, task: str, loss: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:
         """`loss` (this micro-batch's token mean) as its share of the task's token mean over the step."""

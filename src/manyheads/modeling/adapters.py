@@ -213,7 +213,8 @@ def merged_encoder_state(encoder: nn.Module, adapter: str | None) -> dict[str, t
     gets `adapter`'s delta (B @ A * alpha / r) added, as PEFT's `merge` computes it, without touching `encoder`.
     """
     state: dict[str, torch.Tensor] = {}
-    layer_of = {name: module for name, module in encoder.named_modules() if module in set(lora_layers(encoder))}
+    layers = set(lora_layers(encoder))
+    layer_of = {name: module for name, module in encoder.named_modules() if module in layers}
     for key, value in encoder.state_dict().items():
         if is_adapter_parameter(key):
             continue
