@@ -214,6 +214,32 @@ def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -
             "saves no storage and is not counted here.)"]
 
 
+# Published single-task dev scores (×100) of the MiniLM-L6-H384 masked-LM checkpoint (microsoft/unilm MiniLM
+# README: accuracy except CoLA's MCC) and, for STS-B which that table lacks, BERT-base's Pearson (transformers'
+# text-classification README). The encoder here is all-MiniLM-L6-v2, a sentence-embedding fine-tune of MiniLM-L6.
+PUBLISHED: dict[str, tuple[str, float, str]] = {
+    "rte": ("accuracy", 68.8, "MiniLM-L6-H384"), "mrpc": ("accuracy", 88.9, "MiniLM-L6-H384"),
+    "stsb": ("pearson", 88.6, "BERT-base"), "cola": ("mcc", 47.5, "MiniLM-L6-H384"),
+    "sst2": ("accuracy", 91.5, "MiniLM-L6-H384"),
+}
+
+
+def published_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """Single-task scores next to the published ones, on the published metric (MRPC: accuracy, STS-B: Pearson)."""
+    single = [r for r in rows if r["config"] == SINGLE]
+    if not single:
+        return []
+    lines = ["", "Single-task baselines next to published single-task dev scores (×100; mean ± sd over seeds):", "",
+             "| task | metric | single-task here | published | gap | published model |", "|---|---|---:|---:|---:|---|"]
+    for task in tasks:
+        metric, value, model = PUBLISHED[task]
+        metrics = [r["tasks"][task].get("metrics", {}) for r in single]
+        here = Stat([m[metric] for m in metrics if metric in m])
+        gap = f"{100 * here.mean - value:+.1f}" if here.n else "–"
+        lines.append(f"| {task} | {metric} | {here.text()} | {value:.1f} | {gap} | {model} |")
+    return lines
+
+
 def metric_label(task: str) -> str:
     return METRIC_NAMES.get(GLUE_TASKS[task]["main_metric"], GLUE_TASKS[task]["main_metric"])
 
@@ -261,7 +287,8 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
                 f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
                 f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
                 f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
-                f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; mt_finetune split "
+                f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; "
+                f"{'length-grouped batches; ' if s.get('group_by_length') else ''}mt_finetune split "
                 f"{s['mtft_split']}; rows in `{display_path(rows_dir)}`")
     lines = [
         *header_lines("quality (GLUE-mini): multi-task vs single-task at equal examples seen", command, date,
@@ -279,6 +306,8 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
         "Examples seen per task (one seed) and optimizer steps (all runs of the configuration):",
         "",
         *seen_table,
+        "",
+        *published_lines(rows, tasks),
         "",
         *delta_note(stats, tasks),
         *verdict_lines(stats, tasks),

@@ -46,12 +46,14 @@ Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -98,6 +100,13 @@ QUICK = {"train_sizes": ["rte=16", "mrpc=16", "stsb=16", "cola=16", "sst2=16"],
 FULL = {"train_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=10000"],
         "eval_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=all"],
         "epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
+# issue 16's realistic regime on a CPU: whole train sets (SST-2: an 8k subset), whole dev sets, 3 epochs, length
+# grouping; the configurations are single-task, proportional, T=2 and the earlier study's best balancing method
+# (dwa: 48.5 average, level with proportional; uncertainty 48.3). See bench/README.md for the time it takes.
+REALISTIC = {"train_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=8000"],
+             "eval_sizes": ["rte=all", "mrpc=all", "stsb=all", "cola=all", "sst2=all"],
+             "epochs": 3, "batch_size": 32, "learning_rate": 5e-5, "group_by_length": True, "checkpoint_every": 200,
+             "configs": ["single", "mt_proportional", "mt_temperature", "mt_dwa"]}
 # Planning only (the measured time is reported): a rough fp32 forward+backward speed, in padded tokens/s, of
 # one MiniLM run with one torch thread on this 2-core CPU, from informal timings (lower on short rows, where
 # per-step overheads weigh more); evaluation ~3x faster (forward only). --jobs runs share the cores.
@@ -136,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true",
                         help="GPU-size preset: whole train sets (SST-2: 10k rows), whole dev sets, 3 epochs, "
                              "batch 32, learning rate 5e-5")
+    parser.add_argument("--realistic", action="store_true",
+                        help="issue 16's CPU regime: whole train sets (SST-2: 8k rows), whole dev sets, 3 epochs, "
+                             "batch 32, learning rate 5e-5, length grouping; single, mt_proportional, "
+                             "mt_temperature, mt_dwa; single-task scores shown next to the published ones")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -154,11 +167,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--mtft_split", type=float, default=0.5,
                         help="mt_finetune: share of each task's budget spent in the multi-task phase")
+    parser.add_argument("--group_by_length", action="store_true",
+                        help="batches of similar lengths within each task (sampling.group_by_length): less padding")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast (on this CPU ~4x slower than fp32; use it on a GPU)")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the fixed train/dev subsets")
     parser.add_argument("--cache_dir", default=str(OUT_DIR / "quality"),
                         help="where rows (one JSON per configuration and seed) and subsets are kept")
+    parser.add_argument("--checkpoint_every", type=int, default=0,
+                        help="save each run's checkpoint every N optimizer steps under the cache folder, and continue "
+                             "an interrupted run from it (0: runs keep nothing until they finish; --realistic: 200)")
     parser.add_argument("--table_only", action="store_true", help="rebuild the table from cached rows; train nothing")
     parser.add_argument("--plan_only", action="store_true",
                         help="print the plan and its time estimate for the whole study; train nothing")
@@ -167,9 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "cores/jobs torch threads; default: 1 on a GPU, else min(cores, 4)")
     parser.add_argument("--tokens_per_second", type=float, default=TOKENS_PER_SECOND,
                         help="training speed assumed by the printed time plan (padded tokens/s)")
-    args = parse_with_presets(parser, argv, {"quick": QUICK, "full": FULL})
-    if args.quick and args.full:
-        parser.error("--quick and --full are two presets: give one")
+    args = parse_with_presets(parser, argv, {"quick": QUICK, "full": FULL, "realistic": REALISTIC})
+    if args.quick + args.full + args.realistic > 1:
+        parser.error("--quick, --full and --realistic are presets: give one")
     if len(set(args.tasks)) < 2:
         parser.error("--tasks: multi-task needs at least 2 tasks")
     args.tasks = [t for t in TASKS if t in args.tasks]
@@ -195,7 +213,9 @@ def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, 
             "batch_size": args.batch_size, "group_batch_size": group_batch_size(args),
             "learning_rate": args.learning_rate, "warmup": args.warmup, "weight_decay": args.weight_decay,
             "max_length": args.max_length, "mtft_split": args.mtft_split, "bf16": args.bf16,
-            "data_seed": args.data_seed}
+            "data_seed": args.data_seed,
+            # Only when on: the cache folders of the studies that ran before the option keep their names.
+            **({"group_by_length": True} if args.group_by_length else {})}
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -321,23 +341,37 @@ def run_dict(ctx: Context, spec: RunSpec, seed: int, output_dir: str) -> dict[st
     training.update({"per_device_eval_batch_size": 64, "learning_rate": args.learning_rate,
                      "warmup_steps": args.warmup, "weight_decay": args.weight_decay})
     return {"model": args.model, "data_dir": ctx.data_dir, "max_length": args.max_length,
-            "tasks": [glue_task_config(t) for t in spec.tasks], "sampling": spec.sampling,
+            "tasks": [glue_task_config(t) for t in spec.tasks],
+            "sampling": {**spec.sampling, **({"group_by_length": True} if args.group_by_length else {})},
             "balancing": spec.balancing, "training": training}
 
 
-def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any) -> tuple[dict[str, dict[str, float]], Any]:
-    """Train one run (from `model`, or fresh heads on the pretrained encoder) and evaluate its tasks."""
+def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any, work: Path | None = None
+                       ) -> tuple[dict[str, dict[str, float]], Any]:
+    """Train one run (from `model`, or fresh heads on the pretrained encoder) and evaluate its tasks.
+
+    With `work` (--checkpoint_every): the run saves a checkpoint there every that many steps and continues from
+    the newest one when it is started again (an interrupted study loses at most that many steps of a run)."""
     from transformers import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
 
     from manyheads.recipe import build_config, build_trainer
 
     scores: dict[str, dict[str, float]] = {}
-    # Trainers save nothing here (save_strategy "no"), but need an output folder.
-    with tempfile.TemporaryDirectory(prefix="manyheads-quality-") as output_dir:
-        run = build_config(run_dict(ctx, spec, seed, output_dir))
+    with contextlib.ExitStack() as stack:
+        # Without checkpoints trainers save nothing (save_strategy "no"), but need an output folder.
+        output_dir = str(work) if work else stack.enter_context(tempfile.TemporaryDirectory(prefix="manyheads-q-"))
+        config = run_dict(ctx, spec, seed, output_dir)
+        if work:
+            config["training"].update(save_strategy="steps", save_steps=ctx.args.checkpoint_every,
+                                      save_total_limit=1)
+        run = build_config(config)
         trainer = build_trainer(run, subset(ctx.prepared, spec.tasks), model=model)
         trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        last = get_last_checkpoint(output_dir) if work and Path(output_dir).is_dir() else None
+        if last:
+            print(f"  continuing {work.name} from {Path(last).name}", flush=True)
+        trainer.train(resume_from_checkpoint=last)
         if spec.evaluate:
             metrics = trainer.evaluate()
             for task in spec.tasks:
@@ -360,9 +394,23 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
     tasks: dict[str, dict[str, Any]] = {t: {"seen": 0, "steps": 0} for t in ctx.args.tasks}
     multitask = None
     params: list[int] = []  # parameters of each model this configuration leaves to be stored
-    for spec in specs:
+    earlier_s = 0.0  # seconds of runs finished by an earlier, interrupted call (--checkpoint_every)
+    # Checkpoints per run (not for mt_finetune, whose fine-tunes start from its multi-task phase's model).
+    checkpoints = ctx.args.checkpoint_every > 0 and config != FINETUNE
+    for index, spec in enumerate(specs):
         model = copy.deepcopy(multitask) if spec.from_multitask else None
-        scores, trained = train_and_evaluate(ctx, spec, seed, model)
+        work = ctx.rows_dir.parent / "work" / f"{config}-seed{seed}-run{index}" if checkpoints else None
+        done = work / "scores.json" if work else None
+        if done is not None and done.is_file():  # finished before an interruption: its scores were kept
+            kept = json.loads(done.read_text(encoding="utf-8"))
+            scores, trained, earlier_s = kept["scores"], None, earlier_s + kept["seconds"]
+        else:
+            run_start = time.perf_counter()
+            scores, trained = train_and_evaluate(ctx, spec, seed, model, work)
+            if done is not None:
+                save_row(done, {"scores": scores, "seconds": time.perf_counter() - run_start})
+                for folder in work.glob("checkpoint-*"):
+                    shutil.rmtree(folder, ignore_errors=True)
         for task, rows in seen(spec, ctx.train, seed).items():
             tasks[task]["seen"] += rows
             tasks[task]["steps"] += spec.steps
@@ -370,13 +418,25 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
             main = GLUE_TASKS[task]["main_metric"]
             tasks[task].update({"metrics": values, "main": values[main]})
         if spec.evaluate:
-            params.append(sum(p.numel() for p in trained.parameters()))
+            params.append(stored_parameters(ctx, spec) if trained is None else
+                          sum(p.numel() for p in trained.parameters()))
         if not spec.evaluate:
             multitask = trained
     return {"config": config, "seed": seed, "settings": ctx.settings, "tasks": tasks, "params": params,
-            "optimizer_steps": sum(s.steps for s in specs), "wall_s": round(time.perf_counter() - start, 1),
+            "optimizer_steps": sum(s.steps for s in specs),
+            "wall_s": round(time.perf_counter() - start + earlier_s, 1),
             "date": now(), "load_before": load_before, "load_after": os.getloadavg(),
             "threads": torch.get_num_threads(), "jobs": ctx.args.jobs}
+
+
+def stored_parameters(ctx: Context, spec: RunSpec) -> int:
+    """Parameters of the model a finished run left (for a run whose scores were kept from before a restart)."""
+    from manyheads.recipe import build_config, build_model
+
+    with tempfile.TemporaryDirectory(prefix="manyheads-q-") as output_dir:
+        run = build_config(run_dict(ctx, spec, 0, output_dir))
+        model = build_model(run, {t: ctx.prepared.tasks[t] for t in spec.tasks})
+    return sum(p.numel() for p in model.parameters())
 
 
 def row_path(ctx: Context, config: str, seed: int) -> Path:

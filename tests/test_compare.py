@@ -263,3 +263,20 @@ def test_micro_batches_follow_trainers_epoch_ends_and_single_task_steps_reach_th
         reached = 8 * sum(micro_batches_per_epoch(5, 2, steps))
         assert reached >= examples > 8 * sum(micro_batches_per_epoch(5, 2, steps - 1))
     assert math.isclose(single_task_steps(64, 64, 8, 1), 8)
+
+
+def test_alone_plans_single_task_runs_only_for_the_named_tasks(tiny_model_dir, tmp_path):
+    from manyheads.errors import ConfigError
+    from manyheads.recipe.compare_plan import plan_comparison
+
+    config = write_config(tmp_path, tiny_model_dir)
+    every = plan_comparison(str(config), [], [1, 2], tmp_path / "a")
+    only = plan_comparison(str(config), [], [1, 2], tmp_path / "b", alone=["score"])
+    assert [r.key for r in only.runs] == ["mt/seed-1", "single-score/seed-1", "mt/seed-2", "single-score/seed-2"]
+    # The same multi-task run and the same budget for the task trained alone; another identity (another folder).
+    assert [(r.key, r.examples, r.max_steps) for r in only.runs] == \
+        [(r.key, r.examples, r.max_steps) for r in every.runs if r.name != "single-sentiment"]
+    assert only.config_hash != every.config_hash
+    with pytest.raises(ConfigError, match=r"--alone: \['nope'\]; give one or more different tasks of the config: "
+                                          r"sentiment, score"):
+        plan_comparison(str(config), [], [1], tmp_path / "c", alone=["nope"])

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config of the multi-task run (two or more tasks)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
                         help="one run of each model per seed (default: 1 2 3); replaces training.seed")
+    parser.add_argument("--alone", nargs="+", default=None, metavar="TASK",
+                        help="the tasks also trained alone (default: every task); the others train only in the "
+                             "multi-task run, and only these get a verdict")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained side by side, each in its own process (default: 1, one after the other in "
                              "this process)")
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"--jobs: {args.jobs}; give 1 or more runs at a time.")
     quiet_libraries()
     output_dir = args.output_dir or os.path.join("runs", f"{Path(args.config).stem}-compare")
-    comparison = plan_comparison(args.config, extra, args.seeds, output_dir)
+    comparison = plan_comparison(args.config, extra, args.seeds, output_dir, alone=args.alone)
     summary = run_comparison(comparison, jobs=args.jobs, echo=lambda line: print(line, flush=True),
                              train_here=train_here)
     print()

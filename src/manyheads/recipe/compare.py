@@ -326,7 +326,7 @@ def write_summary(comparison: Comparison) -> dict[str, Any]:
     write_json(comparison.output_dir / COMPARE_FILE, summary)
     seen = ["| task | examples seen, multi-task | single-task |", "|---|---:|---:|"]
     for task, kinds in summary["examples"].items():
-        seen.append(f"| {task} | " + " | ".join(", ".join(str(kinds[k][str(s)]) for s in summary["seeds"])
+        seen.append(f"| {task} | " + " | ".join(", ".join(str(kinds[k].get(str(s), "–")) for s in summary["seeds"])
                                                 for k in (MULTI_TASK, SINGLE_TASK)) + " |")
     lines = [f"# manyheads compare: {comparison.config_path}", "",
              f"Main metric per task on its eval split, mean ± sd over seeds {', '.join(map(str, summary['seeds']))}; "

