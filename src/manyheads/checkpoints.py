@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from typing import Any
 
 MARKER = "manyheads_complete"
 BALANCING_STATE = "balancing.pt"
@@ -67,3 +68,27 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
             return folder
         warnings.warn(f"manyheads: {folder} is incomplete (interrupted while saving); skipping it.", stacklevel=2)
     return None
+
+
+def save_balancing(folder: str, weighting: Any, optimizer: Any = None) -> None:
+    """The loss weighting's state (and the optimizer of its parameters, when it has its own) into a checkpoint."""
+    import torch
+
+    torch.save(weighting.state_dict(), os.path.join(folder, BALANCING_STATE))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), os.path.join(folder, BALANCING_OPTIMIZER_STATE))
+
+
+def load_balancing(folder: str, weighting: Any, optimizer: Any, device: Any) -> bool:
+    """Restore what `save_balancing` wrote (either file may be missing: a checkpoint of another set-up); whether
+    the weighting's state was there."""
+    import torch
+
+    path, found = os.path.join(folder, BALANCING_STATE), False
+    if os.path.isfile(path):
+        weighting.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        found = True
+    path = os.path.join(folder, BALANCING_OPTIMIZER_STATE)
+    if optimizer is not None and os.path.isfile(path):
+        optimizer.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return found

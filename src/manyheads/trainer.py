@@ -26,10 +26,10 @@ trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased"
 - `_save_checkpoint` / `_load_from_checkpoint`: the balancing state travels with each checkpoint, a checkpoint
   is marked complete only once everything is written (`manyheads.checkpoints`), and older checkpoints are
   rotated out (`save_total_limit`) only after that.
-- `evaluate`: runs Trainer's `evaluation_loop` per task and adds each task's metrics, the user's
-  `compute_metrics` results, `eval_<task>_constant_predictions` (read by `StalledHeadsCallback`, added by default)
-  and `eval_average`; on the run's own eval split, once the model has trained, each task first fits what it fits
-  on its eval predictions (`Task.fit_on_predictions`: multilabel thresholds).
+- `evaluate`: runs Trainer's `evaluation_loop` per task (`manyheads.evaluation`) and adds each task's metrics,
+  the user's `compute_metrics` results, `eval_<task>_constant_predictions` (read by `StalledHeadsCallback`, added
+  by default) and `eval_average`; on the run's own eval split, once the model has trained, each task first fits
+  what it fits on its eval predictions (`Task.fit_on_predictions`: multilabel thresholds).
 """
 
 from __future__ import annotations
@@ -51,18 +51,19 @@ from transformers.utils import logging
 from .balancing import build_aggregator, build_weighting, group_step_problems
 from .balancing.group_step import TaskGroupStep
 from .callbacks.stalled_heads import CONSTANT_KEY, StalledHeadsCallback
-from .checkpoints import BALANCING_OPTIMIZER_STATE, BALANCING_STATE, mark_complete
+from .checkpoints import load_balancing, mark_complete, save_balancing
 from .data.collator import MultiTaskCollator
 from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_split
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
 from .errors import ConfigError
-from .metrics import aggregate_score, best_metric_problem, check_metric_functions, metric_function_for, user_metrics
+from .evaluation import evaluate_task
+from .metrics import aggregate_score, best_metric_problem, check_metric_functions
 from .model_card import render_card, write_card
-from .modeling.adapters import is_adapter_parameter
+from .modeling.adapters import adapters_at_own_rate
 from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
-from .text_generation import StepTokens, generate_split
+from .text_generation import StepTokens
 from .training_args import as_multitask_arguments
 
 logger = logging.get_logger(__name__)
@@ -336,7 +337,10 @@ class MultiTaskTrainer(Trainer):
         user_supplied = self.optimizer is not None
         optimizer = super().create_optimizer(model)
         if not user_supplied and self.args.adapter_learning_rate is not None:
-            self._adapters_at_own_rate(optimizer, self.args.adapter_learning_rate)
+            module = self.accelerator.unwrap_model(self.model)
+            if not adapters_at_own_rate(optimizer, module, self.args.adapter_learning_rate):
+                logger.warning("manyheads: adapter_learning_rate is set but the model has no adapters (sharing '%s'); "
+                               "it is unused.", module.sharing.mode)
         params = [p for p in self.weighting.parameters() if p.requires_grad]
         if params and user_supplied:
             # The user's scheduler was built for the user's parameter groups: adding one now breaks it. The
@@ -346,26 +350,6 @@ class MultiTaskTrainer(Trainer):
             # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
             optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
         return optimizer
-
-    def _adapters_at_own_rate(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
-        """Move the task adapters' parameters out of Trainer's groups into groups of their own at `lr` (same weight
-        decay as where they came from), before the scheduler is built on the groups' rates."""
-        module = self.accelerator.unwrap_model(self.model)
-        adapters = {id(p) for n, p in module.named_parameters() if is_adapter_parameter(n)}
-        if not adapters:
-            logger.warning("manyheads: adapter_learning_rate is set but the model has no adapters (sharing '%s'); "
-                           "it is unused.", module.sharing.mode)
-            return
-        groups = []
-        for group in optimizer.param_groups:
-            own = [p for p in group["params"] if id(p) in adapters]
-            rest = [p for p in group["params"] if id(p) not in adapters]
-            options = {k: v for k, v in group.items() if k != "params"}
-            groups += [{**options, "params": rest}] if rest else []
-            groups += [{**options, "params": own, "lr": lr}] if own else []
-        optimizer.param_groups.clear()
-        for group in groups:
-            optimizer.add_param_group(group)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         warmup = self.args.get_warmup_steps(num_training_steps)
@@ -420,9 +404,7 @@ class MultiTaskTrainer(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
-            torch.save(self.weighting.state_dict(), os.path.join(folder, BALANCING_STATE))
-            if self.weighting_optimizer is not None:
-                torch.save(self.weighting_optimizer.state_dict(), os.path.join(folder, BALANCING_OPTIMIZER_STATE))
+            save_balancing(folder, self.weighting, self.weighting_optimizer)
         # Every rank has written its part (RNG states) before the folder is declared complete.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
@@ -431,14 +413,8 @@ class MultiTaskTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, BALANCING_STATE)
-        if os.path.isfile(path):
-            self.weighting.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+        if load_balancing(resume_from_checkpoint, self.weighting, self.weighting_optimizer, self.args.device):
             self._last_weights = self.weighting.weights()
-        path = os.path.join(resume_from_checkpoint, BALANCING_OPTIMIZER_STATE)
-        if self.weighting_optimizer is not None and os.path.isfile(path):
-            self.weighting_optimizer.load_state_dict(torch.load(path, map_location=self.args.device,
-                                                                weights_only=True))
 
     # ----- evaluation -----
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
@@ -454,33 +430,14 @@ class MultiTaskTrainer(Trainer):
         metrics: dict[str, float] = {}
         main_scores, losses = {}, []
         for name, dataset in datasets.items():
-            task = self.tasks[name]
-            loader = self.get_eval_dataloader(dataset if override else name)
-            # Generation tasks: the teacher-forced loss here (their logits are vocabulary-sized), the text below.
-            output = self.evaluation_loop(loader, description=f"Evaluation {name}", prediction_loss_only=task.generates,
-                                          ignore_keys=ignore_keys, metric_key_prefix=f"{metric_key_prefix}_{name}")
-            if task.generates:
-                predictions, references, cost = generate_split(self, name, loader)
-                scores = {**task.compute_metrics(predictions, references, dataset), **cost}
-                output = output._replace(predictions=predictions, label_ids=references)
-            else:
-                if not override and self.state.global_step > 0:
-                    # On the run's own eval split of a model this trainer trained (during training and after it);
-                    # never on other data (a test split) nor in a trainer that only evaluates a saved model.
-                    task.fit_on_predictions(output.predictions, output.label_ids)
-                scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
-            function = metric_function_for(self.task_metrics, name)
-            if function is not None:
-                scores.update(user_metrics(function, task, output.predictions, output.label_ids))
-            metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in scores.items()})
+            result = evaluate_task(self, name, dataset, override, ignore_keys, metric_key_prefix)
+            metrics.update(result.metrics)
             # Read by StalledHeadsCallback: 1.0 when every row got the same prediction.
-            metrics[f"{metric_key_prefix}_{name}_{CONSTANT_KEY}"] = float(
-                task.constant_predictions(output.predictions, output.label_ids))
-            loss_key = f"{metric_key_prefix}_{name}_loss"
-            if loss_key in output.metrics:
-                metrics[loss_key] = output.metrics[loss_key]
-                losses.append(output.metrics[loss_key])
-            main_scores[name] = (scores[task.main_metric_name], task.greater_is_better(task.main_metric_name))
+            metrics[f"{metric_key_prefix}_{name}_{CONSTANT_KEY}"] = float(result.constant)
+            if result.loss is not None:
+                metrics[f"{metric_key_prefix}_{name}_loss"] = result.loss
+                losses.append(result.loss)
+            main_scores[name] = result.main
         metrics[f"{metric_key_prefix}_average"] = aggregate_score(main_scores)
         if losses:
             metrics[f"{metric_key_prefix}_loss"] = float(np.mean(losses))
