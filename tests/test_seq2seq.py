@@ -237,3 +237,20 @@ def test_stock_model_check_runs_in_export(trained):
     _, trainer, _, _ = trained
     stock = build_stock_model(trainer.model, "copy")
     assert stock.generation_config.max_new_tokens == 8
+
+
+def test_token_loss_accumulates_exactly_in_task_group_steps_too(tmp_path):
+    # With a gradient aggregator each optimizer step holds one sub-batch of every task; the generation task's
+    # sub-batches over the accumulated micro-batches must give the token mean of the step, as without one.
+    def trainer(folder, batch, accumulation):
+        return make_trainer(bert_backbone(), make_tokenizer(), tmp_path / folder, steps=3, train_rows=64,
+                            batch=batch, gradient_accumulation_steps=accumulation, logging_steps=1,
+                            learning_rate=1e-3, gradient_aggregator="upgrad", sampling="proportional")
+
+    big, small = trainer("a", 8, 1), trainer("b", 4, 2)
+    big.train()
+    small.train()
+    # (The logged per-task losses are means of sub-batch means: only the gradients are token-normalised.)
+    assert big.state.global_step == small.state.global_step == 3
+    for (name, a), b in zip(big.model.state_dict().items(), small.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name

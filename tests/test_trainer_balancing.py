@@ -88,9 +88,9 @@ def test_aggregators_train_with_task_group_steps(aggregator, tiny_model_dir, dat
     seen = []
     original = trainer.group_step.backward
 
-    def spy(model, groups, scale, context):
+    def spy(model, groups, scale, context, adjust=None):
         seen.append(sorted(groups))
-        return original(model, groups, scale, context)
+        return original(model, groups, scale, context, adjust)
 
     trainer.group_step.backward = spy
     before = weights_of(trainer)

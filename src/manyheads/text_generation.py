@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .tasks import LABEL_COLUMN, TASK_COLUMN
+from .tasks import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN
 
 
 class StepTokens:
@@ -35,7 +35,10 @@ class StepTokens:
         # Summed on the batches' device and read back once per step: no host sync per micro-batch.
         totals = torch.zeros(len(names), dtype=torch.float64, device=device)
         micro = dict.fromkeys(names, 0)
-        for batch in batches:
+        # A task-group micro-batch (gradient aggregation) holds one sub-batch per task.
+        subs = (sub for batch in batches
+                for sub in (batch[GROUP_COLUMN].values() if GROUP_COLUMN in batch else [batch]))
+        for batch in subs:
             task = batch.get(TASK_COLUMN)
             if task in micro and LABEL_COLUMN in batch:
                 totals[names.index(task)] += (batch[LABEL_COLUMN] != -100).sum().to(device)

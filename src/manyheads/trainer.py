@@ -273,7 +273,12 @@ class MultiTaskTrainer(Trainer):
             with self.compute_loss_context_manager(), self.accelerator.autocast():
                 yield
 
-        losses = self.group_step.backward(module, groups, scale, context)
+        def adjust(task: str, batch: dict[str, Any], loss: torch.Tensor) -> torch.Tensor:
+            if not self.tasks[task].generates:
+                return loss
+            return self._step_tokens.scale(task, loss, batch["labels"], self.args.world_size)
+
+        losses = self.group_step.backward(module, groups, scale, context, adjust)
         for task, loss in losses.items():
             self._record_task_loss(task, loss)
         # Trainer logs the mean over micro-batches; a task group counts as one micro-batch of the mean loss.

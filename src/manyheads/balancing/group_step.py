@@ -49,8 +49,13 @@ class TaskGroupStep:
         self._sums: dict[str, list[float]] = {}  # statistic -> [sum, count] since the last log
 
     def backward(self, model: nn.Module, groups: dict[str, dict[str, Any]], scale: float,
-                 context: Callable[[], AbstractContextManager]) -> dict[str, torch.Tensor]:
-        """Forward and differentiate each task's sub-batch; returns each task's (unscaled, detached) loss."""
+                 context: Callable[[], AbstractContextManager],
+                 adjust: Callable[[str, dict[str, Any], torch.Tensor], torch.Tensor] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Forward and differentiate each task's sub-batch; returns each task's (unscaled, detached) loss.
+
+        `adjust(task, batch, loss)` rescales a loss before it is differentiated (generation tasks: a token mean
+        over the optimizer step instead of a mean of sub-batch means)."""
         if self.rows is None:
             device = self.shared[0].device
             self.rows = torch.zeros(len(self.tasks), sum(self.numels), device=device, dtype=torch.float32)
@@ -59,6 +64,8 @@ class TaskGroupStep:
             with context():
                 loss = model(**batch).loss
             losses[name] = loss.detach()
+            if adjust is not None:
+                loss = adjust(name, batch, loss)
             params = self.shared + self.heads[name]
             grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
             i = self.tasks.index(name)
