@@ -79,6 +79,8 @@ from _common import (
 )
 from _quality_report import CONFIGS, FINETUNE, SINGLE, report
 
+GROUP_BATCHES = 50  # MultiTaskBatchSampler's default `group_batches` (batches per length-sorted group)
+
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 # Sampling and balancing sections of the one-model multi-task configurations.
 MT_SECTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -288,12 +290,16 @@ def seen(spec: RunSpec, train: dict[str, int], seed: int) -> dict[str, int]:
     return out
 
 
-def padded_tokens_per_row(lengths: list[int], batch_size: int, seed: int = 0) -> float:
-    """Mean padded length of a row in random batches of `batch_size` (dynamic padding)."""
+def padded_tokens_per_row(lengths: list[int], batch_size: int, seed: int = 0, group: int | None = None) -> float:
+    """Mean padded length of a row in random batches of `batch_size` (dynamic padding); with `group`, sorted by
+    length within random groups of `group` batches first, as the sampler's `group_by_length` does."""
     import numpy as np
 
     order = np.random.default_rng(seed).permutation(len(lengths))
     values = np.asarray(lengths)[order]
+    if group:
+        size = group * batch_size
+        values = np.concatenate([np.sort(values[i:i + size]) for i in range(0, len(values), size)])
     batches = [values[i:i + batch_size] for i in range(0, len(values), batch_size)]
     return float(sum(batch.max() * len(batch) for batch in batches) / len(values))
 
@@ -304,7 +310,9 @@ def estimate_seconds(specs: list[RunSpec], args: argparse.Namespace, train: dict
     seconds = 0.0
     for spec in specs:
         for task, rows in seen(spec, train, seed=0).items():
-            seconds += rows * padded_tokens_per_row(lengths["train"][task], spec.batch_size) / args.tokens_per_second
+            padded = padded_tokens_per_row(lengths["train"][task], spec.batch_size,
+                                           group=GROUP_BATCHES if args.group_by_length else None)
+            seconds += rows * padded / args.tokens_per_second
         if spec.evaluate:
             # Dev subsets are sorted by length: evaluation pads almost nothing.
             tokens = sum(sum(lengths["eval"][t]) for t in spec.tasks)
