@@ -166,7 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     comparison = plan_comparison(str(recipe), [], args.seeds, out, alone=["qg"])
     load_before, start = os.getloadavg(), time.time()
-    summary = run_comparison(comparison, jobs=args.jobs, echo=lambda line: print(line, flush=True))
+    from manyheads.errors import RunStopped
+
+    try:
+        summary = run_comparison(comparison, jobs=args.jobs, echo=lambda line: print(line, flush=True))
+    except RunStopped as stopped:  # SIGTERM or a failed run: finished runs are kept, the same command continues
+        print(f"{stopped.prefix}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     publish(args, section(args, argv, summary, out, load_before, time.time() - start))
     return 0
 
