@@ -77,6 +77,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "full-3ep": (FULL, "all rows, 3 epochs (issue 16's regime)"),
     "full-3ep+pooler": ({**FULL, "pooling": "pooler"}, "full-3ep with the BERT pooler"),
     "full-3ep+balanced": ({**FULL, "class_weights": "auto"}, "full-3ep, class weights auto"),
+    "full-5ep": ({**FULL, "epochs": 5}, "all rows, 5 epochs"),
+    "full-3ep+lr1e-4": ({**FULL, "learning_rate": 1e-4}, "full-3ep at learning rate 1e-4"),
 }
 # (from, to, what changes): the differences the list under the table reports, where both rows exist.
 STEPS = [("old", "old+mean", "pooler → mean on the subset, 1 epoch"),
@@ -84,7 +86,9 @@ STEPS = [("old", "old+mean", "pooler → mean on the subset, 1 epoch"),
          ("old+mean", "full-1ep", "subset → all rows, 1 epoch; batch 8 → 32, lr 1e-4 → 5e-5"),
          ("full-1ep", "full-3ep", "1 → 3 epochs on all rows"),
          ("full-3ep", "full-3ep+pooler", "mean → pooler at full-3ep"),
-         ("full-3ep", "full-3ep+balanced", "class weights auto at full-3ep")]
+         ("full-3ep", "full-3ep+balanced", "class weights auto at full-3ep"),
+         ("full-3ep", "full-5ep", "3 → 5 epochs on all rows"),
+         ("full-3ep", "full-3ep+lr1e-4", "lr 5e-5 → 1e-4 at full-3ep")]
 # MiniLM README (github.com/microsoft/unilm/tree/master/minilm): MiniLM-L6xH384 fine-tuned on CoLA, GLUE dev MCC.
 PUBLISHED_MCC = 47.5
 QUICK = {"subset_rows": 32, "full_rows": 32, "max_epochs": 1, "eval_rows": 24}
