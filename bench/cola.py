@@ -184,8 +184,10 @@ def train_plain(name: str, settings: dict[str, Any], seed: int, data_dir: str, a
         start = time.perf_counter()
         out = trainer.train()
         seconds = time.perf_counter() - start
-        predicted = np.asarray(trainer.predict(data["dev"]).predictions).argmax(-1)
-    gold = np.asarray(data["dev"]["label"])
+        # Labels from the prediction output, not the dataset: with length grouping on, Trainer's evaluation
+        # sampler groups by length too, so predictions do not come in the dataset's order.
+        output = trainer.predict(data["dev"])
+        predicted, gold = np.asarray(output.predictions).argmax(-1), np.asarray(output.label_ids)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"variant": name, "seed": seed, "settings": settings, "common": common, "pooling_used": "pooler (stock)",
             "fitted_class_weights": None, "steps": trainer.state.global_step, "mean_loss": out.training_loss,

@@ -286,6 +286,17 @@ def test_fp16_without_a_gpu_is_refused_with_the_bf16_hint(tmp_path):
         MultiTaskTrainingArguments(output_dir=str(tmp_path), fp16=True, use_cpu=True)
 
 
+def test_stock_group_by_length_groups_training_only_and_keeps_the_eval_order(tiny_encoder, tokenizer, tmp_path):
+    from torch.utils.data import SequentialSampler
+
+    args = arguments(tmp_path, train_sampling_strategy="group_by_length")
+    assert args.group_by_length and args.train_sampling_strategy == "random"
+    trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, args=args,
+                          eval_dataset={k: v.select(range(24)) for k, v in raw_sets(48, 2).items()})
+    # Stock Trainer would length-group the evaluation rows too: predictions out of the dataset's order.
+    assert isinstance(trainer._get_eval_sampler(trainer.eval_dataset["sentiment"]), SequentialSampler)
+
+
 def test_warmup_longer_than_the_run_warns(tiny_encoder, tokenizer, tmp_path, caplog):
     trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, args=arguments(tmp_path, warmup_steps=50))
     with caplog.at_level(logging.WARNING, logger="manyheads"):

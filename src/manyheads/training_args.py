@@ -94,7 +94,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError(f"'sampling_temperature' is {self.sampling_temperature}; it must be > 0 "
                              "(1 = proportional)")
         if self.train_sampling_strategy == "group_by_length":
-            self.group_by_length = True
+            # manyheads groups lengths in its own sampler. Left as it is, Trainer's evaluation sampler would group
+            # eval rows by length too, and predictions would no longer come in the dataset's order (which question
+            # answering's answer extraction relies on).
+            self.group_by_length, self.train_sampling_strategy = True, "random"
         elif self.train_sampling_strategy not in ("random", None):
             raise ValueError(f"'train_sampling_strategy' is {self.train_sampling_strategy!r}; manyheads samples one "
                              "task per micro-batch itself. Use sampling_strategy (and group_by_length) instead.")
