@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -95,6 +96,19 @@ def require_files(parser: argparse.ArgumentParser, data_dir: str, files: Sequenc
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """The command as it was typed (or as `main(argv)` was called), for the results section."""
     return shlex.join(["python", *(sys.argv if argv is None else [f"bench/{script}", *argv])])
+
+
+def settings_key(settings: Any) -> str:
+    """Ten hex digits naming a cache folder after every setting that changes results (JSON, keys sorted)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def save_row(path: Path, row: dict[str, Any]) -> None:
+    """One cached result, written atomically: an interrupted write never leaves a half row to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
+    tmp.replace(path)
 
 
 def now() -> str:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import math
 import os
@@ -60,9 +59,12 @@ from _common import (
     publish,
     quiet_libraries,
     require_files,
+    save_row,
+    settings_key,
     training_fields,
     write_glue_subset,
 )
+from _quality_report import Stat
 
 OLD = {"train": "subset", "epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "pooling": "pooler",
        "class_weights": None, "group_by_length": False}
@@ -119,8 +121,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def write_data(args: argparse.Namespace, size: int | None) -> tuple[str, int, int]:
@@ -238,11 +238,6 @@ def row_path(rows_dir: Path, name: str, seed: int, settings: dict[str, Any]) -> 
     return rows_dir / f"{name}-seed{seed}-{settings_key(settings)}.json"
 
 
-def mean_sd(values: list[float], scale: float = 100.0) -> str:
-    mean = scale * statistics.fmean(values)
-    return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {scale * statistics.stdev(values):.1f}"
-
-
 def findings(by_variant: dict[str, list[dict[str, Any]]], gold_share: float) -> list[str]:
     """The list under the table, every line computed from the rows."""
     mcc = {n: 100 * statistics.fmean(r["mcc"] for r in rows) for n, rows in by_variant.items()}
@@ -333,8 +328,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], rows_dir: Path,
             f"| {name} | {VARIANTS[name][1]} | {s['train_rows']} | {s['epochs']} | {s['batch_size']} | "
             f"{lr_text(s['learning_rate'])} | {group[0]['pooling_used']} | {weights_text} | "
             f"{'yes' if s['group_by_length'] else 'no'} | {group[0]['steps']} | "
-            f"{statistics.fmean(losses) if losses else float('nan'):.3f} | {mean_sd([r['mcc'] for r in group])} | "
-            f"{mean_sd([r['accuracy'] for r in group])} | {statistics.fmean(r['acceptable_share'] for r in group):.2f} "
+            f"{statistics.fmean(losses) if losses else float('nan'):.3f} | {Stat([r['mcc'] for r in group]).text()} | "
+            f"{Stat([r['accuracy'] for r in group]).text()} | "
+            f"{statistics.fmean(r['acceptable_share'] for r in group):.2f} "
             f"| {statistics.fmean(r['train_s'] for r in group):.0f} | {','.join(str(r['seed']) for r in group)} |")
     lines.append("| published | MiniLM-L6xH384 (masked-LM MiniLM; microsoft/unilm) | | | | | | | | | | "
                  f"{PUBLISHED_MCC} | | | | |")
@@ -364,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (name, seed) in enumerate(todo):
         settings = plan[(name, seed)]
         row = train_row(name, settings, seed, folders[VARIANTS[name][0]["train"]][0], args, common)
-        path = row_path(rows_dir, name, seed, settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps(row, indent=1), encoding="utf-8")
-        path.with_suffix(".tmp").replace(path)  # atomic: never half a row to resume from
+        save_row(row_path(rows_dir, name, seed, settings), row)
         print(f"  [{i + 1}/{len(todo)}] {name} seed {seed}: MCC {100 * row['mcc']:.1f}, accuracy "
               f"{row['accuracy']:.3f}, acceptable {row['acceptable_share']:.2f}, {row['steps']} steps "
               f"({row['train_s']:.0f} s)", flush=True)

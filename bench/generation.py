@@ -34,10 +34,8 @@ Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -55,7 +53,9 @@ from _common import (
     publish,
     quiet_libraries,
     require_files,
+    settings_key,
 )
+from _quality_report import Stat
 
 EXAMPLE = REPO / "examples" / "qa_qg.yaml"
 SQUAD = "squad_v1.1_subset/test-v1.1.json"
@@ -79,16 +79,6 @@ def scaled_config(args: argparse.Namespace) -> dict[str, Any]:
                               save_strategy="steps", save_steps=100, save_total_limit=1, logging_steps=20,
                               disable_tqdm=True)
     return config
-
-
-def settings_key(config: dict[str, Any], seeds: Sequence[int]) -> str:
-    return hashlib.sha256(json.dumps([config, list(seeds)], sort_keys=True).encode()).hexdigest()[:10]
-
-
-def stat(values: Sequence[float], scale: float = 100.0) -> str:
-    if len(values) == 1:
-        return f"{scale * values[0]:.1f}"
-    return f"{scale * statistics.fmean(values):.1f} ± {scale * statistics.stdev(values):.1f}"
 
 
 def joined(per_seed: dict[str, int]) -> str:
@@ -126,10 +116,10 @@ def section(args: argparse.Namespace, argv: Sequence[str] | None, summary: dict[
                        ("eval_qg_chrf", "QG chrF")):
         multi, alone = metric("mt", key), metric("single-qg", key)
         verdict = compare_values(multi, alone)
-        lines.append(f"| {label} | {stat(multi)} | {stat(alone)} | {100 * verdict.difference:+.1f} | "
+        lines.append(f"| {label} | {Stat(multi).text()} | {Stat(alone).text()} | {100 * verdict.difference:+.1f} | "
                      f"{verdict.spread} | **{verdict.verdict}** |")
     for key, label in (("eval_qa_f1", "QA F1"), ("eval_qa_exact_match", "QA exact match")):
-        lines.append(f"| {label} | {stat(metric('mt', key))} | – | | | (QA is not trained alone here) |")
+        lines.append(f"| {label} | {Stat(metric('mt', key)).text()} | – | | | (QA is not trained alone here) |")
     constant = [f"{run} seed {s}" for s in seeds for run in ("mt", "single-qg")
                 if runs[(run, s)]["metrics"].get("eval_qg_constant_predictions", 0) >= 1]
     rouge = next(t for t in summary["tasks"] if t["task"] == "qg")
@@ -160,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from manyheads.recipe.compare import plan_comparison, run_comparison
 
     config = scaled_config(args)
-    out = OUT_DIR / "generation" / settings_key(config, args.seeds)
+    out = OUT_DIR / "generation" / settings_key([config, list(args.seeds)])
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe = out.parent / f"{out.name}.yaml"
     recipe.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

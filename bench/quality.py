@@ -49,7 +49,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import hashlib
 import json
 import math
 import os
@@ -74,6 +73,8 @@ from _common import (
     publish,
     quiet_libraries,
     require_files,
+    save_row,
+    settings_key,
     training_fields,
     write_glue_subset,
 )
@@ -220,8 +221,6 @@ def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, 
             **({"group_by_length": True} if args.group_by_length else {})}
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def group_batch_size(args: argparse.Namespace) -> int:
@@ -409,14 +408,18 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
         model = copy.deepcopy(multitask) if spec.from_multitask else None
         work = ctx.rows_dir.parent / "work" / f"{config}-seed{seed}-run{index}" if checkpoints else None
         done = work / "scores.json" if work else None
-        if done is not None and done.is_file():  # finished before an interruption: its scores were kept
+        if done is not None and done.is_file():  # finished before an interruption: what it measured was kept
             kept = json.loads(done.read_text(encoding="utf-8"))
-            scores, trained, earlier_s = kept["scores"], None, earlier_s + kept["seconds"]
+            scores, parameters, earlier_s = kept["scores"], kept["parameters"], earlier_s + kept["seconds"]
         else:
             run_start = time.perf_counter()
             scores, trained = train_and_evaluate(ctx, spec, seed, model, work)
+            parameters = sum(p.numel() for p in trained.parameters())
+            if not spec.evaluate:
+                multitask = trained
             if done is not None:
-                save_row(done, {"scores": scores, "seconds": time.perf_counter() - run_start})
+                save_row(done, {"scores": scores, "parameters": parameters,
+                                "seconds": time.perf_counter() - run_start})
                 for folder in work.glob("checkpoint-*"):
                     shutil.rmtree(folder, ignore_errors=True)
         for task, rows in seen(spec, ctx.train, seed).items():
@@ -426,25 +429,12 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
             main = GLUE_TASKS[task]["main_metric"]
             tasks[task].update({"metrics": values, "main": values[main]})
         if spec.evaluate:
-            params.append(stored_parameters(ctx, spec) if trained is None else
-                          sum(p.numel() for p in trained.parameters()))
-        if not spec.evaluate:
-            multitask = trained
+            params.append(parameters)
     return {"config": config, "seed": seed, "settings": ctx.settings, "tasks": tasks, "params": params,
             "optimizer_steps": sum(s.steps for s in specs),
             "wall_s": round(time.perf_counter() - start + earlier_s, 1),
             "date": now(), "load_before": load_before, "load_after": os.getloadavg(),
             "threads": torch.get_num_threads(), "jobs": ctx.args.jobs}
-
-
-def stored_parameters(ctx: Context, spec: RunSpec) -> int:
-    """Parameters of the model a finished run left (for a run whose scores were kept from before a restart)."""
-    from manyheads.recipe import build_config, build_model
-
-    with tempfile.TemporaryDirectory(prefix="manyheads-q-") as output_dir:
-        run = build_config(run_dict(ctx, spec, 0, output_dir))
-        model = build_model(run, {t: ctx.prepared.tasks[t] for t in spec.tasks})
-    return sum(p.numel() for p in model.parameters())
 
 
 def row_path(ctx: Context, config: str, seed: int) -> Path:
@@ -461,11 +451,6 @@ def load_rows(rows_dir: Path, configs: Sequence[str], seeds: Sequence[int]) -> l
     return rows
 
 
-def save_row(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half row to resume from
 
 
 # ----- main -----

@@ -46,7 +46,6 @@ Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -76,6 +75,8 @@ from _common import (
     quiet_libraries,
     require_files,
     run_probe,
+    save_row,
+    settings_key,
     step_timer,
     training_fields,
     write_glue_subset,
@@ -196,8 +197,6 @@ def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, 
             "data_seed": args.data_seed, "sampling": "proportional"}
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def total_steps(args: argparse.Namespace, train: dict[str, int]) -> int:
@@ -310,11 +309,6 @@ def load_rows(rows_dir: Path, configs: Sequence[str], seeds: Sequence[int]) -> l
     return rows
 
 
-def save_row(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half row to resume from
 
 
 def train_row(args: argparse.Namespace, ctx: dict[str, Any], config: str, seed: int, save: bool,

@@ -233,10 +233,15 @@ class MultiTaskTrainer(Trainer):
         loss = outputs.loss
         if model.training:
             self._record_task_loss(task, loss)
-            if self.tasks[task].generates:  # a token mean over the whole step, not a mean of micro-batch means
-                loss = self._step_tokens.scale(task, loss, inputs["labels"], self.args.world_size)
-            loss = self.weighting(task, loss)
+            loss = self.weighting(task, self._token_mean(task, loss, inputs))
         return (loss, outputs) if return_outputs else loss
+
+    def _token_mean(self, task: str, loss: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """A generation task's micro-batch loss as its share of the token mean over the whole optimizer step (not a
+        mean of micro-batch means); other tasks' losses unchanged."""
+        if not self.tasks[task].generates:
+            return loss
+        return self._step_tokens.scale(task, loss, batch["labels"], self.args.world_size)
 
     def _record_task_loss(self, task: str, loss: torch.Tensor) -> None:
         value = loss.detach().float()
@@ -273,12 +278,7 @@ class MultiTaskTrainer(Trainer):
             with self.compute_loss_context_manager(), self.accelerator.autocast():
                 yield
 
-        def adjust(task: str, batch: dict[str, Any], loss: torch.Tensor) -> torch.Tensor:
-            if not self.tasks[task].generates:
-                return loss
-            return self._step_tokens.scale(task, loss, batch["labels"], self.args.world_size)
-
-        losses = self.group_step.backward(module, groups, scale, context, adjust)
+        losses = self.group_step.backward(module, groups, scale, context, self._token_mean)
         for task, loss in losses.items():
             self._record_task_loss(task, loss)
         # Trainer logs the mean over micro-batches; a task group counts as one micro-batch of the mean loss.

@@ -50,11 +50,11 @@ class TaskGroupStep:
 
     def backward(self, model: nn.Module, groups: dict[str, dict[str, Any]], scale: float,
                  context: Callable[[], AbstractContextManager],
-                 adjust: Callable[[str, dict[str, Any], torch.Tensor], torch.Tensor] | None = None
+                 adjust: Callable[[str, torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
                  ) -> dict[str, torch.Tensor]:
         """Forward and differentiate each task's sub-batch; returns each task's (unscaled, detached) loss.
 
-        `adjust(task, batch, loss)` rescales a loss before it is differentiated (generation tasks: a token mean
+        `adjust(task, loss, batch)` rescales a loss before it is differentiated (generation tasks: a token mean
         over the optimizer step instead of a mean of sub-batch means)."""
         if self.rows is None:
             device = self.shared[0].device
@@ -65,7 +65,7 @@ class TaskGroupStep:
                 loss = model(**batch).loss
             losses[name] = loss.detach()
             if adjust is not None:
-                loss = adjust(name, batch, loss)
+                loss = adjust(name, loss, batch)
             params = self.shared + self.heads[name]
             grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
             i = self.tasks.index(name)

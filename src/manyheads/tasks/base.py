@@ -332,3 +332,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
+
+
+def all_same(values: np.ndarray) -> bool:
+    """Whether two or more predictions (class ids, tags, label rows) are all equal to the first: a constant head."""
+    values = np.asarray(values)
+    return len(values) > 1 and bool((values == values[0]).all())

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_
 from torch import nn
 
 from ..errors import shown
-from .base import SequenceTask, softmax
+from .base import SequenceTask, all_same, softmax
 from .labels import label_key, sorted_labels
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ class Classification(SequenceTask):
         return nn.functional.cross_entropy(logits.float(), labels, weight=weight)
 
     def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
-        predicted = np.asarray(predictions).argmax(-1)
-        return len(predicted) > 1 and bool((predicted == predicted[0]).all())
+        return all_same(np.asarray(predictions).argmax(-1))
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = predictions.argmax(-1)

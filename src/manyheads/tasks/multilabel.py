@@ -27,7 +27,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from ..errors import ConfigError, shown
-from .base import SequenceTask, sigmoid
+from .base import SequenceTask, all_same, sigmoid
 from .labels import sorted_labels
 
 if TYPE_CHECKING:
@@ -129,11 +129,9 @@ class MultiLabel(SequenceTask):
             self.fitted["pos_weight"] = [float(w) for w in ratio]
         elif isinstance(self.pos_weight, list):
             self.fitted["pos_weight"] = [float(w) for w in self.pos_weight]
-        if isinstance(self.threshold, dict):
-            unknown = [k for k in self.threshold if k not in self.label_list]
-            if unknown:
-                raise ConfigError(f"threshold: labels {unknown} are not labels of this task; its labels are "
-                                  f"{self.label_list}.", where=f"MultiLabel(name={self.name!r})")
+        problems = unknown_threshold_labels(self.threshold, self.label_list)
+        if problems:
+            raise ConfigError(problems, where=f"MultiLabel(name={self.name!r})")
 
     def _targets(self, batch: dict[str, list]) -> list[list[float]]:
         if self.label_columns:
@@ -174,14 +172,13 @@ class MultiLabel(SequenceTask):
     def set_threshold(self, threshold: float | dict[str, float] | str) -> None:
         """Use another `threshold` from now on (evaluate / predict overrides); a mapping names every label to change,
         the others keep their current threshold. Raises ConfigError naming the problem."""
+        problems = unknown_threshold_labels(threshold, self.label_list, owner=f"task '{self.name}'")
+        if problems:
+            raise ConfigError(problems)
         if isinstance(threshold, dict):
-            unknown = [k for k in threshold if k not in self.label_list]
-            if unknown:
-                raise ConfigError(f"threshold: labels {unknown} are not labels of task '{self.name}'; its labels are "
-                                  f"{self.label_list}.")
             current = dict(zip(self.label_list, self.decision_thresholds().tolist()))
             threshold = {**current, **threshold}
-        problems = threshold_problems(threshold, self.label_list)
+        problems = threshold_problems(threshold, None)
         if problems:
             raise ConfigError(problems, where=f"task '{self.name}'")
         self.threshold = threshold
@@ -196,8 +193,7 @@ class MultiLabel(SequenceTask):
         return (sigmoid(np.asarray(predictions, dtype=np.float64)) >= self.decision_thresholds()).astype(int)
 
     def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
-        predicted = self.predicted(predictions)
-        return len(predicted) > 1 and bool((predicted == predicted[0]).all())
+        return all_same(self.predicted(predictions))
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = self.predicted(predictions)
@@ -230,11 +226,14 @@ def threshold_problems(threshold: Any, labels: list[str] | None) -> list[str]:
             problems.append(f"{where}: got {shown(value)}; it must be a number between 0 and 1.")
         elif not 0.0 < float(value) < 1.0:
             problems.append(f"{where}: got {value}; it must be between 0 and 1.")
-    if isinstance(threshold, dict) and labels:
-        unknown = [k for k in threshold if k not in labels]
-        if unknown:
-            problems.append(f"threshold: labels {unknown} are not labels of this task; its labels are {list(labels)}.")
-    return problems
+    return problems + unknown_threshold_labels(threshold, labels)
+
+
+def unknown_threshold_labels(threshold: Any, labels: list[str] | None, owner: str = "this task") -> list[str]:
+    """The problem of a `{label: number}` threshold naming labels that `labels` (when known) lacks."""
+    unknown = [k for k in threshold if k not in labels] if isinstance(threshold, dict) and labels else []
+    return [f"threshold: labels {unknown} are not labels of {owner}; its labels are {list(labels)}."] if unknown \
+        else []
 
 
 def _f1_per_threshold(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from seqeval.scheme import IOB2, IOBES
 from torch import nn
 
 from ..errors import shown
-from .base import Task, softmax
+from .base import Task, all_same, softmax
 from .heads import TokenHead
 from .labels import sorted_labels
 
@@ -160,8 +160,7 @@ class TokenClassification(Task):
 
     def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
         # The same tag on every labelled token (typically all "O").
-        tags = np.asarray(predictions).argmax(-1)[np.asarray(labels) != IGNORE]
-        return len(tags) > 1 and bool((tags == tags[0]).all())
+        return all_same(np.asarray(predictions).argmax(-1)[np.asarray(labels) != IGNORE])
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         true_rows, pred_rows = self._tag_sequences(predictions, labels)
