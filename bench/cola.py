@@ -10,7 +10,11 @@ What is measured
     - old+10ep: mean pooling, 10 epochs over the same 528 rows (more steps, same data);
     - full-1ep / full-3ep: all 8,551 training rows, batch 32, learning rate 5e-5, mean pooling, 1 and 3 epochs;
     - full-3ep+pooler: full-3ep with the BERT pooler;
-    - full-3ep+balanced: full-3ep with `class_weights: auto` (inverse label frequency).
+    - full-3ep+balanced: full-3ep with `class_weights: auto` (inverse label frequency);
+    - full-5ep, full-3ep+lr1e-4, full-3ep+cls, full-3ep+bs16: one more change each (epochs, learning rate, the
+      [CLS] token as the head input, batch 16);
+    - full-3ep+balanced+lr1e-4, full-3ep+bs16+balanced: two changes together;
+    - plain-3ep: stock `Trainer` + `AutoModelForSequenceClassification` (is the ceiling manyheads'?).
 
     Per variant: dev MCC and accuracy (the whole CoLA dev set, 1,043 rows, by default), the share of dev rows
     predicted "acceptable" (label 1; an MCC of 0 with a share of 0 or 1 is a model predicting one class), the
@@ -81,6 +85,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "full-3ep+balanced": ({**FULL, "class_weights": "auto"}, "full-3ep, class weights auto"),
     "full-5ep": ({**FULL, "epochs": 5}, "all rows, 5 epochs"),
     "full-3ep+lr1e-4": ({**FULL, "learning_rate": 1e-4}, "full-3ep at learning rate 1e-4"),
+    "full-3ep+cls": ({**FULL, "pooling": "cls"}, "full-3ep reading the [CLS] token (no pooler)"),
+    "full-3ep+bs16": ({**FULL, "batch_size": 16}, "full-3ep at batch 16 (twice the steps)"),
+    "full-3ep+balanced+lr1e-4": ({**FULL, "class_weights": "auto", "learning_rate": 1e-4},
+                                 "the two best single changes together"),
+    "full-3ep+bs16+balanced": ({**FULL, "batch_size": 16, "class_weights": "auto"}, "bs16 with class weights auto"),
     # Not manyheads: transformers' Trainer + AutoModelForSequenceClassification (its head reads the BERT pooler),
     # same rows, epochs, batch, lr and schedule; whether the ceiling is the checkpoint's or manyheads'.
     "plain-3ep": ({**FULL, "pooling": "pooler", "plain": True}, "full-3ep with plain Trainer + AutoModelFor..."),
@@ -94,6 +103,10 @@ STEPS = [("old", "old+mean", "pooler → mean on the subset, 1 epoch"),
          ("full-3ep", "full-3ep+balanced", "class weights auto at full-3ep"),
          ("full-3ep", "full-5ep", "3 → 5 epochs on all rows"),
          ("full-3ep", "full-3ep+lr1e-4", "lr 5e-5 → 1e-4 at full-3ep"),
+         ("full-3ep", "full-3ep+cls", "mean → [CLS] token at full-3ep"),
+         ("full-3ep", "full-3ep+bs16", "batch 32 → 16 at full-3ep"),
+         ("full-3ep+balanced", "full-3ep+balanced+lr1e-4", "lr 5e-5 → 1e-4 with class weights auto"),
+         ("full-3ep+bs16", "full-3ep+bs16+balanced", "class weights auto at batch 16"),
          ("full-3ep+pooler", "plain-3ep", "manyheads → plain Trainer, both on the BERT pooler")]
 # MiniLM README (github.com/microsoft/unilm/tree/master/minilm): MiniLM-L6xH384 fine-tuned on CoLA, GLUE dev MCC.
 PUBLISHED_MCC = 47.5

@@ -172,6 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mt_finetune: share of each task's budget spent in the multi-task phase")
     parser.add_argument("--group_by_length", action="store_true",
                         help="batches of similar lengths within each task (sampling.group_by_length): less padding")
+    parser.add_argument("--class_weights", nargs="*", default=[],
+                        help="task=auto|none: a classification task's `class_weights` (auto: inverse label "
+                             "frequency; --realistic: cola=auto, see bench/cola.py)")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast (on this CPU ~4x slower than fp32; use it on a GPU)")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the fixed train/dev subsets")
@@ -200,6 +203,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_sizes = sizes_arg(args.eval_sizes, args.tasks, CPU_EVAL)
     except ValueError as err:
         parser.error(f"--train_sizes / --eval_sizes: {err}")
+    weights = dict(item.partition("=")[::2] for item in args.class_weights)
+    classifiers = [t for t in args.tasks if GLUE_TASKS[t]["type"] == "classification"]
+    wrong = [f"{t}={w}" for t, w in weights.items() if t not in classifiers or w not in ("auto", "none")]
+    if wrong:
+        parser.error(f"--class_weights {' '.join(wrong)}: expected task=auto or task=none, task one of the "
+                     f"classification tasks {', '.join(classifiers)}")
+    args.class_weights = {t: w for t, w in weights.items() if w == "auto"}
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.epochs < 1 or args.batch_size < 1 or not 0 < args.mtft_split < 1 or not 0 <= args.warmup < 1:
@@ -217,8 +227,9 @@ def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, 
             "learning_rate": args.learning_rate, "warmup": args.warmup, "weight_decay": args.weight_decay,
             "max_length": args.max_length, "mtft_split": args.mtft_split, "bf16": args.bf16,
             "data_seed": args.data_seed,
-            # Only when on: the cache folders of the studies that ran before the option keep their names.
-            **({"group_by_length": True} if args.group_by_length else {})}
+            # Only when on: the cache folders of the studies that ran before the options keep their names.
+            **({"group_by_length": True} if args.group_by_length else {}),
+            **({"class_weights": args.class_weights} if args.class_weights else {})}
 
 
 
@@ -348,7 +359,8 @@ def run_dict(ctx: Context, spec: RunSpec, seed: int, output_dir: str) -> dict[st
     training.update({"per_device_eval_batch_size": 64, "learning_rate": args.learning_rate,
                      "warmup_steps": args.warmup, "weight_decay": args.weight_decay})
     return {"model": args.model, "data_dir": ctx.data_dir, "max_length": args.max_length,
-            "tasks": [glue_task_config(t) for t in spec.tasks],
+            "tasks": [{**glue_task_config(t), **({"class_weights": args.class_weights[t]}
+                                                  if t in args.class_weights else {})} for t in spec.tasks],
             "sampling": {**spec.sampling, **({"group_by_length": True} if args.group_by_length else {})},
             "balancing": spec.balancing, "training": training}
 

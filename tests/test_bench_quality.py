@@ -135,3 +135,16 @@ def test_identical_scores_have_no_winner_and_constant_runs_are_counted() -> None
     assert "`single` cola 2/2, sst2 1/2; `mt_pcgrad` cola 2/2." in constant
     (steps,) = qr.steps_line(rows)
     assert "`mt_pcgrad` (20) vs 100 for single-task" in steps
+
+
+def test_class_weights_go_to_the_named_classification_task_only(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--data_dir", str(tmp_path), "--class_weights", "stsb=auto", "cola=often"])
+    err = capsys.readouterr().err
+    assert "--class_weights stsb=auto cola=often" in err and "rte, mrpc, cola, sst2" in err
+    args = argparse.Namespace(model="m", learning_rate=5e-5, warmup=0.1, weight_decay=0.01, bf16=False,
+                              max_length=64, group_by_length=False, class_weights={"cola": "auto"})
+    ctx = quality.Context(args=args, data_dir="d", prepared=None, train=TRAIN, rows_dir=tmp_path, settings={})
+    config = quality.run_dict(ctx, quality.RunSpec(["cola", "sst2"], 8, 10), 1, str(tmp_path))
+    weights = {task["name"]: task.get("class_weights") for task in config["tasks"]}
+    assert weights == {"cola": "auto", "sst2": None}

@@ -114,3 +114,13 @@ def test_a_jsonl_file_with_blank_lines_trains(tmp_path, tiny_model_dir, data_dir
     raw["tasks"] = [{**raw["tasks"][0], "data": {"train": "gaps.jsonl"}}]
     prepared = prepare_data(build_config(raw))
     assert len(prepared.train["sentiment"]) == len(lines)
+
+
+def test_the_cli_metrics_table_leaves_out_the_stalled_head_flag():
+    from manyheads.cli.common import format_table, metrics_rows
+
+    metrics = {"eval_sst2_accuracy": 0.75, "eval_sst2_constant_predictions": 0.0, "eval_sst2_runtime": 1.2,
+               "eval_ner_f1": 0.5, "eval_ner_constant_predictions": 1.0, "eval_loss": 0.3}
+    rows = metrics_rows(metrics, ["sst2", "ner"])
+    assert rows == [{"task": "sst2", "accuracy": 0.75}, {"task": "ner", "f1": 0.5}]
+    assert "constant" not in format_table(rows)

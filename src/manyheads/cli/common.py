@@ -58,12 +58,14 @@ def _fmt(value: Any) -> str:
 
 
 def metrics_rows(metrics: dict[str, float], tasks: list[str], prefix: str = "eval") -> list[dict[str, Any]]:
-    """One row per task with its metrics, from flat `eval_<task>_<metric>` keys."""
+    """One row per task with its metrics, from flat `eval_<task>_<metric>` keys. Left out: the runtime and the
+    stalled-head flag `constant_predictions` (a 0/1 for `StalledHeadsCallback`, which warns in words itself)."""
     rows = []
     for task in tasks:
         head = f"{prefix}_{task}_"
         values = {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
-        rows.append({"task": task, **{k: v for k, v in values.items() if k not in ("runtime",)}})
+        rows.append({"task": task, **{k: v for k, v in values.items()
+                                      if k not in ("runtime", "constant_predictions")}})
     return rows
 
 

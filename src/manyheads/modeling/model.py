@@ -18,7 +18,6 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..errors import ConfigError
 from ..model_card import render_card, write_card
 from ..tasks import Task, task_from_spec
 from .adapters import (
@@ -44,38 +43,7 @@ from .generation import (
     teacher_forced_logits,
     warm_start,
 )
-
-
-class ModelLoadError(ConfigError):
-    """A saved model folder whose weights do not match its config (see `MultiTaskModel.from_pretrained`)."""
-
-
-def _by_task(keys: set[str]) -> dict[str, list[str]]:
-    """Weight names grouped by the task whose head they belong to ("" for the encoder)."""
-    grouped: dict[str, list[str]] = {}
-    for key in sorted(keys):
-        parts = key.split(".")
-        grouped.setdefault(parts[1] if parts[0] == "heads" and len(parts) > 2 else "", []).append(key)
-    return grouped
-
-
-def load_problems(info: dict[str, Any]) -> list[str]:
-    """One line per task (or the encoder) whose weights are missing, unexpected or of the wrong size."""
-    problems = []
-    for task, keys in _by_task(set(info.get("missing_keys") or ())).items():
-        what = f"task '{task}' has no weights" if task else "the encoder is missing weights"
-        problems.append(f"{what} in the weight file ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); "
-                        "its head would be random. Use the folder the model was saved to, unchanged.")
-    for task, keys in _by_task(set(info.get("unexpected_keys") or ())).items():
-        what = f"task '{task}'" if task else "an encoder of another architecture"
-        problems.append(f"the weight file holds weights of {what}, which config.json does not list "
-                        f"({', '.join(keys[:3])}); config.json and the weights come from different models.")
-    mismatched = {item[0] if isinstance(item, tuple) else item for item in info.get("mismatched_keys") or ()}
-    for task, keys in _by_task(mismatched).items():
-        what = f"task '{task}''s head" if task else "the encoder"
-        problems.append(f"{what} in the weight file has another size than config.json says ({', '.join(keys[:3])}); "
-                        "were the labels in config.json edited? Restore config.json or retrain.")
-    return problems
+from .load_check import ModelLoadError, load_problems
 
 
 @dataclass
