@@ -69,6 +69,7 @@ from _common import (
     write_glue_subset,
 )
 from _quality_report import Stat
+from _stock import train_stock
 
 OLD = {"train": "subset", "epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "pooling": "pooler",
        "class_weights": None, "group_by_length": False}
@@ -165,49 +166,16 @@ def acceptable_share(prediction: Any, task: Any) -> dict[str, float]:
 def train_plain(name: str, settings: dict[str, Any], seed: int, data_dir: str, args: argparse.Namespace,
                 common: dict[str, Any]) -> dict[str, Any]:
     """The `plain` variant: stock `Trainer` + `AutoModelForSequenceClassification` on the same rows and recipe."""
-    import numpy as np
-    from datasets import load_dataset
-    from sklearn.metrics import accuracy_score, matthews_corrcoef
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
-
-    set_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    files = {split: str(Path(data_dir) / "cola" / f"{split}.tsv") for split in ("train", "dev")}
-    data = load_dataset("csv", data_files=files, delimiter="\t", quoting=3)  # 3: csv.QUOTE_NONE
-    data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=args.max_length), batched=True)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="manyheads-cola-") as output_dir:
-        training = training_fields(output_dir, settings["batch_size"], -1, seed, bf16=False)
-        training.update(num_train_epochs=settings["epochs"], learning_rate=settings["learning_rate"],
-                        warmup_steps=args.warmup, weight_decay=args.weight_decay, lr_scheduler_type="linear",
-                        per_device_eval_batch_size=64, logging_steps=0.1,
-                        train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random")
-        trainer = Trainer(model=model, args=TrainingArguments(**training), train_dataset=data["train"],
-                          processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
-        trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
-        out = trainer.train()
-        seconds = time.perf_counter() - start
-        # Labels from the prediction output, not the dataset: with length grouping on, Trainer's evaluation
-        # sampler groups by length too, so predictions do not come in the dataset's order.
-        output = trainer.predict(data["dev"])
-        predicted, gold = np.asarray(output.predictions).argmax(-1), np.asarray(output.label_ids)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    run = train_stock("cola", data_dir, args.model, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                      learning_rate=settings["learning_rate"], warmup=args.warmup, weight_decay=args.weight_decay,
+                      max_length=args.max_length, group_by_length=settings["group_by_length"], seed=seed)
+    acceptable = float((run["predictions"].argmax(-1) == 1).mean())  # label ids follow sorted names: "1" is 1
     return {"variant": name, "seed": seed, "settings": settings, "common": common, "pooling_used": "pooler (stock)",
-            "fitted_class_weights": None, "steps": trainer.state.global_step, "mean_loss": out.training_loss,
-            "final_loss": losses[-1] if losses else None, "train_s": round(seconds, 1),
-            "mcc": float(matthews_corrcoef(gold, predicted)), "accuracy": float(accuracy_score(gold, predicted)),
-            "acceptable_share": float((predicted == 1).mean()), "date": now(), "load_before": load_before,
-            "load_after": os.getloadavg()}
+            "fitted_class_weights": None, "steps": run["steps"], "mean_loss": run["mean_loss"],
+            "final_loss": run["final_loss"], "train_s": run["train_s"], "mcc": run["metrics"]["mcc"],
+            "accuracy": run["metrics"]["accuracy"], "acceptable_share": acceptable, "date": now(),
+            "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def train_row(name: str, settings: dict[str, Any], seed: int, data_dir: str, args: argparse.Namespace,
