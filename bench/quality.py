@@ -76,7 +76,7 @@ from _common import (
     save_row,
     settings_key,
     training_fields,
-    write_glue_subset,
+    write_glue_subsets,
 )
 from _quality_report import CONFIGS, FINETUNE, SINGLE, report
 
@@ -155,8 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--realistic", action="store_true",
                         help="issue 16's CPU regime: whole train sets (SST-2: 8k rows), whole dev sets, 3 epochs, "
                              "batch 32, learning rate 1e-4, CoLA class weights auto, length grouping; single, "
-                             "mt_proportional, "
-                             "mt_temperature, mt_dwa; single-task scores shown next to the published ones")
+                             "mt_proportional, mt_temperature, mt_dwa; single-task scores shown next to the "
+                             "published ones")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -209,12 +209,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as err:
         parser.error(f"--train_sizes / --eval_sizes: {err}")
     weights = dict(item.partition("=")[::2] for item in args.class_weights)
-    classifiers = [t for t in args.tasks if GLUE_TASKS[t]["type"] == "classification"]
+    classifiers = [t for t in TASKS if GLUE_TASKS[t]["type"] == "classification"]
     wrong = [f"{t}={w}" for t, w in weights.items() if t not in classifiers or w not in ("auto", "none")]
     if wrong:
         parser.error(f"--class_weights {' '.join(wrong)}: expected task=auto or task=none, task one of the "
                      f"classification tasks {', '.join(classifiers)}")
-    args.class_weights = {t: w for t, w in weights.items() if w == "auto"}
+    # Tasks left out by --tasks are ignored: `--realistic --tasks rte mrpc` keeps working with its cola=auto.
+    args.class_weights = {t: w for t, w in weights.items() if w == "auto" and t in args.tasks}
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.epochs < 1 or args.batch_size < 1 or not 0 < args.mtft_split < 1 or not 0 <= args.warmup < 1:
@@ -235,8 +236,6 @@ def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, 
             # Only when on: the cache folders of the studies that ran before the options keep their names.
             **({"group_by_length": True} if args.group_by_length else {}),
             **({"class_weights": args.class_weights} if args.class_weights else {})}
-
-
 
 
 def group_batch_size(args: argparse.Namespace) -> int:
@@ -468,20 +467,13 @@ def load_rows(rows_dir: Path, configs: Sequence[str], seeds: Sequence[int]) -> l
     return rows
 
 
-
-
 # ----- main -----
 def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, dict[str, list[int]]]]:
     """Write the subsets, tokenize them once, and name the cache folder after the settings."""
     from manyheads.recipe import build_config, prepare_data
 
-    # One folder per choice of subsets, so that studies with other sizes never overwrite each other's files.
-    subsets = {"train": args.train_sizes, "dev": args.eval_sizes, "data_seed": args.data_seed}
-    staging = Path(args.cache_dir) / f"data-{settings_key(subsets)}"
-    train = {t: write_glue_subset(args.data_dir, staging, t, "train", args.train_sizes[t], args.data_seed)
-             for t in args.tasks}
-    dev = {t: write_glue_subset(args.data_dir, staging, t, "dev", args.eval_sizes[t], args.data_seed,
-                                sort_by_length=True) for t in args.tasks}
+    staging, train, dev = write_glue_subsets(args.data_dir, args.cache_dir, args.train_sizes, args.eval_sizes,
+                                             args.data_seed)
     settings = settings_of(args, train, dev)
     key = settings_key(settings)
     base = build_config({"model": args.model, "data_dir": str(staging), "max_length": args.max_length,

@@ -197,8 +197,6 @@ def settings_of(args: argparse.Namespace, train: dict[str, int], dev: dict[str, 
             "data_seed": args.data_seed, "sampling": "proportional"}
 
 
-
-
 def total_steps(args: argparse.Namespace, train: dict[str, int]) -> int:
     return sum(args.epochs * math.ceil(train[t] / args.batch_size) for t in args.tasks)
 
@@ -307,8 +305,6 @@ def load_rows(rows_dir: Path, configs: Sequence[str], seeds: Sequence[int]) -> l
             if path.is_file():
                 rows.append(json.loads(path.read_text(encoding="utf-8")))
     return rows
-
-
 
 
 def train_row(args: argparse.Namespace, ctx: dict[str, Any], config: str, seed: int, save: bool,

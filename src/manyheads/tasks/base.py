@@ -333,7 +333,6 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-
 def all_same(values: np.ndarray) -> bool:
     """Whether two or more predictions (class ids, tags, label rows) are all equal to the first: a constant head."""
     values = np.asarray(values)

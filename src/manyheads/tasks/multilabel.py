@@ -231,9 +231,10 @@ def threshold_problems(threshold: Any, labels: list[str] | None) -> list[str]:
 
 def unknown_threshold_labels(threshold: Any, labels: list[str] | None, owner: str = "this task") -> list[str]:
     """The problem of a `{label: number}` threshold naming labels that `labels` (when known) lacks."""
-    unknown = [k for k in threshold if k not in labels] if isinstance(threshold, dict) and labels else []
-    return [f"threshold: labels {unknown} are not labels of {owner}; its labels are {list(labels)}."] if unknown \
-        else []
+    if not isinstance(threshold, dict) or not labels:
+        return []
+    unknown = [k for k in threshold if k not in labels]
+    return [f"threshold: labels {unknown} are not labels of {owner}; its labels are {list(labels)}."] if unknown else []
 
 
 def _f1_per_threshold(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
