@@ -139,14 +139,15 @@ def test_identical_scores_have_no_winner_and_constant_runs_are_counted() -> None
 
 def test_class_weights_go_to_the_named_classification_task_only(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
-        quality.parse_args(["--data_dir", str(tmp_path), "--class_weights", "stsb=auto", "cola=often"])
+        # --model: a fresh test environment has no MiniLM package (the default model).
+        quality.parse_args(["--data_dir", str(tmp_path), "--model", "m", "--class_weights", "stsb=auto", "cola=often"])
     err = capsys.readouterr().err
     assert "--class_weights stsb=auto cola=often" in err and "rte, mrpc, cola, sst2" in err
     for task in ("rte", "mrpc"):  # parse_args only checks that the files exist
         for split in ("train.tsv", "dev.tsv"):
             (tmp_path / task).mkdir(exist_ok=True)
             (tmp_path / task / split).touch()
-    kept = quality.parse_args(["--data_dir", str(tmp_path), "--tasks", "rte", "mrpc", "--class_weights",
+    kept = quality.parse_args(["--data_dir", str(tmp_path), "--model", "m", "--tasks", "rte", "mrpc", "--class_weights",
                                "cola=auto", "mrpc=auto", "rte=none"])
     assert kept.class_weights == {"mrpc": "auto"}  # cola is not trained; none is the default
     args = argparse.Namespace(model="m", learning_rate=5e-5, warmup=0.1, weight_decay=0.01, bf16=False,
