@@ -177,6 +177,30 @@ def constant_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
             + "; ".join(parts) + "."]
 
 
+def weights_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """The range of the task weights a loss-weighting method logged (rows written before the weights were kept
+    have none). A method whose weights stay near 1 trains nearly as proportional sampling alone does."""
+    ranges: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        for logged in r.get("weights", {}).values():
+            for entry in logged:
+                for task in tasks:
+                    if f"weight_{task}" in entry:
+                        ranges.setdefault(r["config"], {}).setdefault(task, []).append(entry[f"weight_{task}"])
+    parts = []
+    for config in (c for c in CONFIGS if c in ranges):
+        values = ranges[config]
+        if all(v == 1.0 for vs in values.values() for v in vs):
+            continue  # no weighting method (all weights exactly 1)
+        seeds = sum(1 for r in rows if r["config"] == config and r.get("weights"))
+        parts.append(f"`{config}` ({seeds} seed(s)): " + ", ".join(
+            f"{t} {min(vs):.3f}–{max(vs):.3f}" for t, vs in values.items()))
+    if not parts:
+        return []
+    return ["- **Task weights logged during training** (min–max over the logged steps and seeds; 1 = unweighted): "
+            + "; ".join(parts) + "."]
+
+
 def steps_line(rows: list[dict[str, Any]]) -> list[str]:
     """Configurations with fewer optimizer steps than single-task: their gap is not the method's alone."""
     steps = {r["config"]: r["optimizer_steps"] for r in rows}
@@ -315,6 +339,7 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
         *delta_note(stats, tasks),
         *verdict_lines(stats, tasks),
         *constant_lines(rows, tasks),
+        *weights_lines(rows, tasks),
         *steps_line(rows),
         *target_line(stats, rows),
         "",

@@ -360,8 +360,10 @@ def subset(prepared: Any, tasks: list[str]) -> Any:
 def run_dict(ctx: Context, spec: RunSpec, seed: int, output_dir: str) -> dict[str, Any]:
     args = ctx.args
     training = training_fields(output_dir, spec.batch_size, spec.steps, seed, args.bf16)
+    # Logging ~20 times a run keeps the balancing weights' path (`weight_<task>`); it does not change training.
     training.update({"per_device_eval_batch_size": 64, "learning_rate": args.learning_rate,
-                     "warmup_steps": args.warmup, "weight_decay": args.weight_decay})
+                     "warmup_steps": args.warmup, "weight_decay": args.weight_decay,
+                     "logging_steps": max(1, spec.steps // 20)})
     return {"model": args.model, "data_dir": ctx.data_dir, "max_length": args.max_length,
             "tasks": [{**glue_task_config(t), **({"class_weights": args.class_weights[t]}
                                                   if t in args.class_weights else {})} for t in spec.tasks],
@@ -370,8 +372,9 @@ def run_dict(ctx: Context, spec: RunSpec, seed: int, output_dir: str) -> dict[st
 
 
 def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any, work: Path | None = None
-                       ) -> tuple[dict[str, dict[str, float]], Any]:
-    """Train one run (from `model`, or fresh heads on the pretrained encoder) and evaluate its tasks.
+                       ) -> tuple[dict[str, dict[str, float]], Any, list[dict[str, float]]]:
+    """Train one run (from `model`, or fresh heads on the pretrained encoder) and evaluate its tasks; also
+    returns the task weights the run logged (step and `weight_<task>`).
 
     With `work` (--checkpoint_every): the run saves a checkpoint there every that many steps and continues from
     the newest one when it is started again (an interrupted study loses at most that many steps of a run)."""
@@ -401,10 +404,12 @@ def train_and_evaluate(ctx: Context, spec: RunSpec, seed: int, model: Any, work:
                 prefix = f"eval_{task}_"
                 scores[task] = {k[len(prefix):]: float(v) for k, v in metrics.items()
                                 if k.startswith(prefix) and not k.endswith(("_runtime", "_per_second"))}
+    weights = [{k: v for k, v in entry.items() if k == "step" or k.startswith("weight_")}
+               for entry in trainer.state.log_history if any(k.startswith("weight_") for k in entry)]
     trained = trainer.model
     del trainer
     gc.collect()
-    return scores, trained
+    return scores, trained, weights
 
 
 def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
@@ -417,6 +422,7 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
     tasks: dict[str, dict[str, Any]] = {t: {"seen": 0, "steps": 0} for t in ctx.args.tasks}
     multitask = None
     params: list[int] = []  # parameters of each model this configuration leaves to be stored
+    weights: dict[str, list[dict[str, float]]] = {}  # logged task weights by run
     earlier_s = 0.0  # seconds of runs finished by an earlier, interrupted call (--checkpoint_every)
     # Checkpoints per run (not for mt_finetune, whose fine-tunes start from its multi-task phase's model).
     checkpoints = ctx.args.checkpoint_every > 0 and config != FINETUNE
@@ -427,14 +433,15 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
         if done is not None and done.is_file():  # finished before an interruption: what it measured was kept
             kept = json.loads(done.read_text(encoding="utf-8"))
             scores, parameters, earlier_s = kept["scores"], kept["parameters"], earlier_s + kept["seconds"]
+            logged = kept.get("weights", [])
         else:
             run_start = time.perf_counter()
-            scores, trained = train_and_evaluate(ctx, spec, seed, model, work)
+            scores, trained, logged = train_and_evaluate(ctx, spec, seed, model, work)
             parameters = sum(p.numel() for p in trained.parameters())
             if not spec.evaluate:
                 multitask = trained
             if done is not None:
-                save_row(done, {"scores": scores, "parameters": parameters,
+                save_row(done, {"scores": scores, "parameters": parameters, "weights": logged,
                                 "seconds": time.perf_counter() - run_start})
                 for folder in work.glob("checkpoint-*"):
                     shutil.rmtree(folder, ignore_errors=True)
@@ -446,7 +453,10 @@ def run_config(ctx: Context, config: str, seed: int) -> dict[str, Any]:
             tasks[task].update({"metrics": values, "main": values[main]})
         if spec.evaluate:
             params.append(parameters)
+        if logged:
+            weights[f"run{index}"] = logged
     return {"config": config, "seed": seed, "settings": ctx.settings, "tasks": tasks, "params": params,
+            "weights": weights,
             "optimizer_steps": sum(s.steps for s in specs),
             "wall_s": round(time.perf_counter() - start + earlier_s, 1),
             "date": now(), "load_before": load_before, "load_after": os.getloadavg(),

@@ -156,3 +156,19 @@ def test_class_weights_go_to_the_named_classification_task_only(tmp_path: Path, 
     config = quality.run_dict(ctx, quality.RunSpec(["cola", "sst2"], 8, 10), 1, str(tmp_path))
     weights = {task["name"]: task.get("class_weights") for task in config["tasks"]}
     assert weights == {"cola": "auto", "sst2": None}
+
+
+def test_logged_task_weights_are_summarised_for_weighting_methods_only() -> None:
+    tasks = ["rte", "sst2"]
+    flat = [{"step": s, "weight_rte": 1.0, "weight_sst2": 1.0} for s in (10, 20)]
+    dwa = [{"step": 10, "weight_rte": 1.0, "weight_sst2": 1.0}, {"step": 20, "weight_rte": 1.04, "weight_sst2": 0.96}]
+    rows = [row("mt_proportional", 1, {"rte": 0.6, "sst2": 0.8}), row("mt_dwa", 1, {"rte": 0.6, "sst2": 0.8}),
+            row("mt_dwa", 2, {"rte": 0.6, "sst2": 0.8}), row("single", 1, {"rte": 0.6, "sst2": 0.8})]
+    rows[0]["weights"] = {"run0": flat}
+    rows[1]["weights"] = {"run0": dwa}
+    rows[2]["weights"] = {"run0": [{"step": 20, "weight_rte": 0.9, "weight_sst2": 1.1}]}
+    (line,) = qr.weights_lines(rows, tasks)
+    assert "`mt_dwa` (2 seed(s)): rte 0.900–1.040, sst2 0.960–1.100." in line
+    assert "mt_proportional" not in line  # all weights exactly 1: nothing to say
+    rows[1]["weights"] = rows[2]["weights"] = {}
+    assert qr.weights_lines(rows, tasks) == []  # rows from before the weights were kept
