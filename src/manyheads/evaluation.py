@@ -9,10 +9,14 @@ evaluates a saved model.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from .metrics import metric_function_for, user_metrics
+import numpy as np
+
+from .callbacks.stalled_heads import CONSTANT_KEY
+from .metrics import aggregate_score, metric_function_for, user_metrics
 from .text_generation import generate_split
 
 
@@ -48,3 +52,26 @@ def evaluate_task(trainer: Any, name: str, dataset: Any, override: bool, ignore_
                           constant=bool(task.constant_predictions(output.predictions, output.label_ids)),
                           loss=None if loss is None else float(loss),
                           main=(scores[task.main_metric_name], task.greater_is_better(task.main_metric_name)))
+
+
+def evaluate_tasks(trainer: Any, datasets: dict[str, Any], override: bool, ignore_keys: list[str] | None,
+                   prefix: str) -> dict[str, float]:
+    """Every task's metrics, `<prefix>_<task>_constant_predictions`, `<prefix>_average`, `<prefix>_loss` (mean of
+    the task losses) and `<prefix>_runtime`."""
+    start = time.time()
+    metrics: dict[str, float] = {}
+    main_scores, losses = {}, []
+    for name, dataset in datasets.items():
+        result = evaluate_task(trainer, name, dataset, override, ignore_keys, prefix)
+        metrics.update(result.metrics)
+        # Read by StalledHeadsCallback: 1.0 when every row got the same prediction.
+        metrics[f"{prefix}_{name}_{CONSTANT_KEY}"] = float(result.constant)
+        if result.loss is not None:
+            metrics[f"{prefix}_{name}_loss"] = result.loss
+            losses.append(result.loss)
+        main_scores[name] = result.main
+    metrics[f"{prefix}_average"] = aggregate_score(main_scores)
+    if losses:
+        metrics[f"{prefix}_loss"] = float(np.mean(losses))
+    metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)
+    return metrics

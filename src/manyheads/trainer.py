@@ -13,7 +13,7 @@ trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased"
   heads that needed them, and preprocesses raw datasets through their task (see `data/datasets.py`).
 
 - `get_train_dataloader`: one-task micro-batches from `MultiTaskBatchSampler`, through `accelerator.prepare`
-  so Trainer's own skip-on-resume and epoch handling apply.
+  (`data/loader.py`) so Trainer's own skip-on-resume and epoch handling apply.
 - `compute_loss`: routes the batch to its task's head (the name travels in the batch) and applies the loss
   weighting (`manyheads.balancing`); records the unweighted per-task loss.
 - `training_step`: around `super()` for one-task micro-batches (weighting state, non-finite losses); task-group
@@ -36,29 +36,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from .balancing import build_aggregator, build_weighting, group_step_problems
-from .balancing.group_step import TaskGroupStep
-from .callbacks.stalled_heads import CONSTANT_KEY, StalledHeadsCallback
+from .balancing import build_group_step, build_weighting
+from .callbacks.stalled_heads import StalledHeadsCallback
 from .checkpoints import load_balancing, mark_complete, save_balancing
 from .data.collator import MultiTaskCollator
 from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_split
+from .data.loader import build_train_loader
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
-from .errors import ConfigError
-from .evaluation import evaluate_task
-from .metrics import aggregate_score, best_metric_problem, check_metric_functions
+from .evaluation import evaluate_tasks
+from .metrics import best_metric_problem, check_metric_functions
 from .model_card import render_card, write_card
 from .modeling.adapters import adapters_at_own_rate
 from .task_losses import TaskLossWindow
@@ -164,18 +160,7 @@ class MultiTaskTrainer(Trainer):
             self.weighting.bind(model)
         self._last_weights = self.weighting.weights()
         self._weighting_grads_stale = False
-        self.group_step = None
-        if aggregator is not None:
-            frozen = not model.shared_parameters()
-            sharded = "fsdp" if args.fsdp else ("deepspeed" if args.deepspeed else None)
-            problems = group_step_problems(aggregator, args.gradient_aggregator_kwargs, len(self.tasks),
-                                           group_size=args.task_group_size, group_by_length=args.group_by_length,
-                                           fp16=args.fp16, sharded=sharded, encoder_frozen=frozen,
-                                           sharing=model.sharing.mode)
-            if problems:
-                raise ConfigError(problems)
-            built = build_aggregator(aggregator, len(self.tasks), args.gradient_aggregator_kwargs)
-            self.group_step = TaskGroupStep(model, built, seed=args.seed)
+        self.group_step = build_group_step(model, args, aggregator)
 
     # ----- data -----
     def _batch_sampler(self) -> MultiTaskBatchSampler:
@@ -195,28 +180,8 @@ class MultiTaskTrainer(Trainer):
     def get_train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise ValueError("MultiTaskTrainer: training requires a train_dataset.")
-        sampler = self._batch_sampler()
-        params: dict[str, Any] = {
-            "batch_sampler": sampler,
-            "collate_fn": self.data_collator,
-            "num_workers": self.args.dataloader_num_workers,
-            "pin_memory": self.args.dataloader_pin_memory,
-            "persistent_workers": self.args.dataloader_persistent_workers,
-            "worker_init_fn": partial(seed_worker, num_workers=self.args.dataloader_num_workers,
-                                      rank=self.args.process_index),
-        }
-        if self.args.dataloader_num_workers > 0:
-            params["prefetch_factor"] = self.args.dataloader_prefetch_factor
-        loader = self.accelerator.prepare(DataLoader(self.train_dataset, **params))
-        # The sampler already gives each rank its own slice: make accelerate's shard wrapper a passthrough,
-        # exactly as Trainer does for its own rank-aware BatchRebalanceSampler.
-        shard = getattr(loader, "batch_sampler", None)
-        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
-            shard.num_processes, shard.process_index = 1, 0
-            # Trainer forwards set_epoch one level down from a resumed loader's SkipBatchSampler, which is this
-            # wrapper; without this the epoch would not reach the sampler on a mid-epoch DDP resume.
-            shard.set_epoch = sampler.set_epoch
-        return loader
+        return build_train_loader(self.accelerator, self.train_dataset, self._batch_sampler(), self.data_collator,
+                                  self.args)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -431,22 +396,7 @@ class MultiTaskTrainer(Trainer):
             raise ValueError("MultiTaskTrainer: evaluation requires an eval_dataset.")
         if not isinstance(datasets, dict):
             datasets = {datasets[0][TASK_COLUMN]: datasets}
-        start = time.time()
-        metrics: dict[str, float] = {}
-        main_scores, losses = {}, []
-        for name, dataset in datasets.items():
-            result = evaluate_task(self, name, dataset, override, ignore_keys, metric_key_prefix)
-            metrics.update(result.metrics)
-            # Read by StalledHeadsCallback: 1.0 when every row got the same prediction.
-            metrics[f"{metric_key_prefix}_{name}_{CONSTANT_KEY}"] = float(result.constant)
-            if result.loss is not None:
-                metrics[f"{metric_key_prefix}_{name}_loss"] = result.loss
-                losses.append(result.loss)
-            main_scores[name] = result.main
-        metrics[f"{metric_key_prefix}_average"] = aggregate_score(main_scores)
-        if losses:
-            metrics[f"{metric_key_prefix}_loss"] = float(np.mean(losses))
-        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        metrics = evaluate_tasks(self, datasets, override, ignore_keys, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

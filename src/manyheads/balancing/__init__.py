@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from ..importing import import_object
 from .aggregation import AGGREGATORS, build_aggregator
 from .base import LossWeighting
 from .dwa import DynamicWeightAverage
 from .equal import EqualWeighting
 from .gradnorm import GradNormWeighting
+from .group_step import TaskGroupStep
 from .rlw import RandomWeighting
 from .static import StaticWeighting
 from .uncertainty import UncertaintyWeighting
@@ -33,8 +35,8 @@ WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "gradnorm": GradNormWeighting,
 }
 
-__all__ = ["AGGREGATORS", "WEIGHTINGS", "LossWeighting", "build_aggregator", "build_weighting", "check_choice",
-           "choice_problems", "group_step_problems", "resolve_weighting", "weighting_problems"]
+__all__ = ["AGGREGATORS", "WEIGHTINGS", "LossWeighting", "build_aggregator", "build_group_step", "build_weighting",
+           "check_choice", "choice_problems", "group_step_problems", "resolve_weighting", "weighting_problems"]
 
 
 def check_choice(key: str, value: Any, registry: dict[str, Any]) -> None:
@@ -158,3 +160,19 @@ def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks:
         except (ImportError, ValueError) as err:
             problems.append(str(err))
     return problems
+
+
+def build_group_step(model: Any, args: Any, aggregator: Any) -> TaskGroupStep | None:
+    """The task-group step of gradient aggregator `aggregator` (a name, instance or class; None: no aggregation)
+    for `model` trained with `args` (`MultiTaskTrainingArguments`); raises `ConfigError` with every problem."""
+    if aggregator is None:
+        return None
+    sharded = "fsdp" if args.fsdp else ("deepspeed" if args.deepspeed else None)
+    problems = group_step_problems(aggregator, args.gradient_aggregator_kwargs, len(model.tasks),
+                                   group_size=args.task_group_size, group_by_length=args.group_by_length,
+                                   fp16=args.fp16, sharded=sharded, encoder_frozen=not model.shared_parameters(),
+                                   sharing=model.sharing.mode)
+    if problems:
+        raise ConfigError(problems)
+    built = build_aggregator(aggregator, len(model.tasks), args.gradient_aggregator_kwargs)
+    return TaskGroupStep(model, built, seed=args.seed)
