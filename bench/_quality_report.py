@@ -116,6 +116,8 @@ def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[s
         best = ranked[0]
         name = f"**{key}** ({metric_label(key)})" if key != "average" else "**on average** (mean of main metrics)"
         values = {v for c in present for v in stats[c][key].values}
+        if sum(stats[c][key].n for c in present) < 2:
+            continue  # one run: nothing to compare it with
         if len(values) == 1:
             # A "best" among identical scores would be an artefact of the table's order.
             lines.append(f"- {name}: every run of every configuration scored exactly {100 * values.pop():.1f}: no "
@@ -129,7 +131,7 @@ def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[s
             text += (f"; single-task wins; the best multi-task configuration, `{runner}` "
                      f"({stats[runner][key].text()}), differs by {difference_text(stats[runner][key], base[key])}")
         lines.append(text + ".")
-    if base is not None:
+    if base is not None and multitask:
         deltas = [c for c in multitask if stats[c]["delta"].n]
         if deltas:
             best = max(deltas, key=lambda c: stats[c]["delta"].mean)

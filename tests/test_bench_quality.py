@@ -172,3 +172,12 @@ def test_logged_task_weights_are_summarised_for_weighting_methods_only() -> None
     assert "mt_proportional" not in line  # all weights exactly 1: nothing to say
     rows[1]["weights"] = rows[2]["weights"] = {}
     assert qr.weights_lines(rows, tasks) == []  # rows from before the weights were kept
+
+
+def test_single_task_rows_alone_get_no_verdicts() -> None:
+    rows = [row("single", 1, {"rte": 0.57, "sst2": 0.8})]
+    assert qr.verdict_lines(qr.table_stats(rows, ["rte", "sst2"]), ["rte", "sst2"]) == []  # one run: no "winner"
+    rows.append(row("single", 2, {"rte": 0.57, "sst2": 0.8}))
+    lines = qr.verdict_lines(qr.table_stats(rows, ["rte", "sst2"]), ["rte", "sst2"])
+    assert lines[0].startswith("- **rte** (acc): every run of every configuration scored exactly 57.0")
+    assert not any("Where multi-task did not help" in line for line in lines)  # no multi-task rows
