@@ -110,14 +110,12 @@ def verdict_lines(stats: dict[str, dict[str, Stat]], tasks: list[str]) -> list[s
     base = stats.get(SINGLE)
     for key in [*tasks, "average"]:
         present = [c for c in configs if stats[c][key].n]
-        if not present:
-            continue
+        if sum(stats[c][key].n for c in present) < 2:
+            continue  # no run, or one: nothing to compare it with
         ranked = sorted(present, key=lambda c: stats[c][key].mean, reverse=True)
         best = ranked[0]
         name = f"**{key}** ({metric_label(key)})" if key != "average" else "**on average** (mean of main metrics)"
         values = {v for c in present for v in stats[c][key].values}
-        if sum(stats[c][key].n for c in present) < 2:
-            continue  # one run: nothing to compare it with
         if len(values) == 1:
             # A "best" among identical scores would be an artefact of the table's order.
             lines.append(f"- {name}: every run of every configuration scored exactly {100 * values.pop():.1f}: no "
