@@ -14,6 +14,10 @@ What is measured
     - full-5ep, full-3ep+lr1e-4, full-3ep+cls, full-3ep+bs16: one more change each (epochs, learning rate, the
       [CLS] token as the head input, batch 16);
     - full-3ep+balanced+lr1e-4, full-3ep+bs16+balanced: two changes together;
+    - on top of full-3ep+balanced+lr1e-4 (the realistic regime's CoLA recipe), one more change each, looking for
+      a recipe above MCC 0.3 in every seed: 5 epochs (full-5ep+balanced+lr1e-4), lr 2e-4 (...+lr2e-4), max
+      pooling (+max), the top encoder layer re-initialised (+reinit1), the head at 1e-3 (+head1e-3, the
+      `head_learning_rate` training argument);
     - plain-3ep: stock `Trainer` + `AutoModelForSequenceClassification` (is the ceiling manyheads'?).
 
     Per variant: dev MCC and accuracy (the whole CoLA dev set, 1,043 rows, by default), the share of dev rows
@@ -91,6 +95,21 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "full-3ep+balanced+lr1e-4": ({**FULL, "class_weights": "auto", "learning_rate": 1e-4},
                                  "the two best single changes together"),
     "full-3ep+bs16+balanced": ({**FULL, "batch_size": 16, "class_weights": "auto"}, "bs16 with class weights auto"),
+    "full-5ep+balanced+lr1e-4": ({**FULL, "epochs": 5, "class_weights": "auto", "learning_rate": 1e-4},
+                                 "full-3ep+balanced+lr1e-4 for 5 epochs"),
+    "full-3ep+balanced+lr2e-4": ({**FULL, "class_weights": "auto", "learning_rate": 2e-4},
+                                 "full-3ep+balanced at learning rate 2e-4"),
+    "full-3ep+balanced+lr1e-4+max": ({**FULL, "class_weights": "auto", "learning_rate": 1e-4, "pooling": "max"},
+                                     "full-3ep+balanced+lr1e-4 with max pooling over tokens"),
+    "full-3ep+balanced+lr1e-4+reinit1": ({**FULL, "class_weights": "auto", "learning_rate": 1e-4, "reinit_layers": 1},
+                                         "full-3ep+balanced+lr1e-4 with the top encoder layer re-initialised"),
+    # The recipe of the one CoLA fine-tune of a sentence-transformers MiniLM we found published
+    # (pszemraj/paraphrase-MiniLM-L12-v2-CoLA, dev MCC 0.495 with 12 layers): long and at a large batch.
+    "long-16ep-bs128": ({**FULL, "epochs": 16, "batch_size": 128, "learning_rate": 8e-5, "scheduler": "cosine",
+                         "warmup": 0.03}, "16 epochs, batch 128, lr 8e-5, cosine, warm-up 0.03"),
+    "full-3ep+balanced+lr1e-4+head1e-3": ({**FULL, "class_weights": "auto", "learning_rate": 1e-4,
+                                           "head_learning_rate": 1e-3},
+                                          "full-3ep+balanced+lr1e-4, the head at 1e-3 (head_learning_rate)"),
     # Not manyheads: transformers' Trainer + AutoModelForSequenceClassification (its head reads the BERT pooler),
     # same rows, epochs, batch, lr and schedule; whether the ceiling is the checkpoint's or manyheads'.
     "plain-3ep": ({**FULL, "pooling": "pooler", "plain": True}, "full-3ep with plain Trainer + AutoModelFor..."),
@@ -108,7 +127,12 @@ STEPS = [("old", "old+mean", "pooler → mean on the subset, 1 epoch"),
          ("full-3ep", "full-3ep+bs16", "batch 32 → 16 at full-3ep"),
          ("full-3ep+balanced", "full-3ep+balanced+lr1e-4", "lr 5e-5 → 1e-4 with class weights auto"),
          ("full-3ep+bs16", "full-3ep+bs16+balanced", "class weights auto at batch 16"),
-         ("full-3ep+pooler", "plain-3ep", "manyheads → plain Trainer, both on the BERT pooler")]
+         ("full-3ep+pooler", "plain-3ep", "manyheads → plain Trainer, both on the BERT pooler"),
+         ("full-3ep+balanced+lr1e-4", "full-5ep+balanced+lr1e-4", "3 → 5 epochs, class weights auto, lr 1e-4"),
+         ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr2e-4", "lr 1e-4 → 2e-4 with class weights auto"),
+         ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+max", "mean → max pooling"),
+         ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+reinit1", "top encoder layer re-initialised"),
+         ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+head1e-3", "the head's learning rate 1e-4 → 1e-3")]
 PUBLISHED_MCC = PUBLISHED["cola"][1]  # MiniLM-L6xH384 fine-tuned on CoLA, GLUE dev MCC (see _quality_report)
 QUICK = {"subset_rows": 32, "full_rows": 32, "max_epochs": 1, "eval_rows": 24}
 
@@ -158,6 +182,28 @@ def acceptable_share(prediction: Any, task: Any) -> dict[str, float]:
     return {"acceptable_share": float((predicted == task.label_list.index("1")).mean())}
 
 
+def reinit_top_layers(encoder: Any, count: int) -> None:
+    """Re-initialise the top `count` encoder layers as BERT initialises them (Zhang et al. 2021: re-initialising
+    the top layers helps small-data fine-tuning). Written out: transformers 5 skips `_init_weights` on modules
+    loaded from a checkpoint (a first try through it trained exactly the unchanged model)."""
+    import torch
+
+    std = encoder.config.initializer_range
+    for layer in encoder.encoder.layer[-count:]:
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=std)
+                torch.nn.init.zeros_(module.bias)
+            elif isinstance(module, torch.nn.LayerNorm):
+                torch.nn.init.ones_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+
+
+def head_text(settings: dict[str, Any]) -> str:
+    head = settings.get("head_learning_rate")
+    return f" (head {lr_text(head)})" if head else ""
+
+
 def train_plain(name: str, settings: dict[str, Any], seed: int, data_dir: str, args: argparse.Namespace,
                 common: dict[str, Any]) -> dict[str, Any]:
     """The `plain` variant: stock `Trainer` + `AutoModelForSequenceClassification` on the same rows and recipe."""
@@ -187,12 +233,17 @@ def train_row(name: str, settings: dict[str, Any], seed: int, data_dir: str, arg
     with tempfile.TemporaryDirectory(prefix="manyheads-cola-") as output_dir:
         training = training_fields(output_dir, settings["batch_size"], -1, seed, bf16=False)
         training.update(num_train_epochs=settings["epochs"], learning_rate=settings["learning_rate"],
-                        warmup_steps=args.warmup, weight_decay=args.weight_decay, lr_scheduler_type="linear",
+                        warmup_steps=settings.get("warmup", args.warmup), weight_decay=args.weight_decay,
+                        lr_scheduler_type=settings.get("scheduler", "linear"),
                         per_device_eval_batch_size=64, logging_steps=0.1)  # a loss logged every tenth of the run
+        if settings.get("head_learning_rate"):
+            training["head_learning_rate"] = settings["head_learning_rate"]
         run = build_config({"model": args.model, "data_dir": data_dir, "max_length": args.max_length, "tasks": [task],
                             "sampling": {"group_by_length": settings["group_by_length"]}, "training": training})
         trainer = build_trainer(run, compute_metrics=acceptable_share)
         trainer.remove_callback(PrinterCallback)
+        if settings.get("reinit_layers"):
+            reinit_top_layers(trainer.model.encoder, settings["reinit_layers"])
         start = time.perf_counter()
         out = trainer.train()
         seconds = time.perf_counter() - start
@@ -223,12 +274,20 @@ def findings(by_variant: dict[str, list[dict[str, Any]]], gold_share: float) -> 
              f"- learn something (mean MCC > 0): {', '.join(n for n in by_variant if mcc[n] > 0) or 'none'}"]
     for a, b, what in STEPS:
         if a in by_variant and b in by_variant:
+            # On the seeds both variants ran (paired: a seed fixes the head's init, dropout and the row order).
+            seeds = sorted({r["seed"] for r in by_variant[a]} & {r["seed"] for r in by_variant[b]})
+            if not seeds:
+                continue
+            pair = [100 * statistics.fmean(r["mcc"] for r in by_variant[n] if r["seed"] in seeds) for n in (a, b)]
             steps = f"{by_variant[a][0]['steps']} → {by_variant[b][0]['steps']} steps"
-            lines.append(f"- {a} → {b} ({what}): MCC {mcc[a]:.1f} → {mcc[b]:.1f} ({mcc[b] - mcc[a]:+.1f}; {steps})")
+            lines.append(f"- {a} → {b} ({what}): MCC {pair[0]:.1f} → {pair[1]:.1f} ({pair[1] - pair[0]:+.1f}; "
+                         f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}; {steps})")
     best = max(mcc, key=lambda n: mcc[n])
     share = statistics.fmean(r["acceptable_share"] for r in by_variant[best])
     seeds = sorted({len(rows) for rows in by_variant.values()})
-    lines += [f"- best here: {best}, MCC {mcc[best]:.1f}, predicting {share:.2f} of dev rows acceptable (gold "
+    best_seeds = ",".join(str(r["seed"]) for r in sorted(by_variant[best], key=lambda r: r["seed"]))
+    lines += [f"- best mean here: {best}, MCC {mcc[best]:.1f} (seeds {best_seeds}; means over different seeds: the "
+              f"paired lines above compare like with like), predicting {share:.2f} of dev rows acceptable (gold "
               f"{gold_share:.2f}); published MiniLM-L6xH384 single-task CoLA: {PUBLISHED_MCC} (microsoft/unilm "
               "MiniLM README: the masked-LM MiniLM, not the sentence-embedding fine-tune all-MiniLM-L6-v2 used here)",
               f"- seeds per variant: {'/'.join(map(str, seeds))}; no difference above is tested against seed spread"]
@@ -302,7 +361,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], rows_dir: Path,
         losses = [r["final_loss"] for r in group if r["final_loss"] is not None]
         lines.append(
             f"| {name} | {VARIANTS[name][1]} | {s['train_rows']} | {s['epochs']} | {s['batch_size']} | "
-            f"{lr_text(s['learning_rate'])} | {group[0]['pooling_used']} | {weights_text} | "
+            f"{lr_text(s['learning_rate'])}{head_text(s)} | {group[0]['pooling_used']} | {weights_text} | "
             f"{'yes' if s['group_by_length'] else 'no'} | {group[0]['steps']} | "
             f"{statistics.fmean(losses) if losses else float('nan'):.3f} | {Stat([r['mcc'] for r in group]).text()} | "
             f"{Stat([r['accuracy'] for r in group]).text()} | "

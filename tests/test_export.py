@@ -19,7 +19,7 @@ from .test_token_classification import colour_rows, write_conll
 
 
 def train_every_type(folder, tiny_model_dir: str, steps: int, with_pair: bool) -> str:
-    """A briefly trained model with one task of every type (two poolings; the pair task `match` optional),
+    """A briefly trained model with one task of every type (four poolings; the pair task `match` optional),
     saved in `folder/model`."""
     from .conftest import review_rows as rows
     from .conftest import write_jsonl
@@ -35,6 +35,8 @@ def train_every_type(folder, tiny_model_dir: str, steps: int, with_pair: bool) -
         {"name": "qa", "type": "question_answering", "text": ["question", "context"], "label": "answers",
          "max_length": 24, "doc_stride": 8, "data": {"train": "squad.json", "format": "squad"}},
         {"name": "mean", "type": "classification", "text": "text", "label": "sentiment", "pooling": "mean",
+         "data": {"train": "train.jsonl"}},
+        {"name": "max", "type": "classification", "text": "text", "label": "sentiment", "pooling": "max",
          "data": {"train": "train.jsonl"}},
     ]
     trainer = build_trainer(build_config(raw))
@@ -137,9 +139,10 @@ def test_question_answering_export_gives_the_same_answers(saved_model, tmp_path)
         assert all(m["offsets"][0] == NO_OFFSET for m in metas)
 
 
-def test_mean_pooling_cannot_be_exported(saved_model, tmp_path):
-    with pytest.raises(ExportError, match="task 'mean' uses mean pooling"):
-        export_task(saved_model, "mean", tmp_path / "x")
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_mean_and_max_pooling_cannot_be_exported(saved_model, tmp_path, pooling):
+    with pytest.raises(ExportError, match=f"task '{pooling}' uses {pooling} pooling, which no stock AutoModelFor"):
+        export_task(saved_model, pooling, tmp_path / "x")
 
 
 def test_export_cli(saved_model, tmp_path, capsys):

@@ -18,7 +18,8 @@ def model_with(encoder, *specs):
 
 
 def test_pooling_variants_compute_what_they_say(tiny_encoder):
-    model = model_with(tiny_encoder, spec("p", "pooler"), spec("c", "cls"), spec("m", "mean")).eval()
+    model = model_with(tiny_encoder, spec("p", "pooler"), spec("c", "cls"), spec("m", "mean"),
+                       spec("x", "max")).eval()
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 10, 3, 0, 0]])
     mask = (ids != 0).long()
     with torch.no_grad():
@@ -29,15 +30,19 @@ def test_pooling_variants_compute_what_they_say(tiny_encoder):
             "p": heads["p"].classifier(pooled),
             "c": heads["c"].classifier(torch.tanh(heads["c"].dense(hidden[:, 0]))),
             "m": heads["m"].classifier((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)),
+            # row 2's max over its 3 real tokens only, written out without masking
+            "x": heads["x"].classifier(torch.stack([hidden[0].max(0).values, hidden[1, :3].max(0).values])),
         }
         logits = model.forward_all(input_ids=ids, attention_mask=mask)
-    for name in "pcm":
+    assert not torch.allclose(hidden[1].max(0).values, hidden[1, :3].max(0).values)  # padding would have won
+    for name in "pcmx":
         assert logits[name].shape == (2, 3)
         assert torch.allclose(logits[name], expected[name], atol=1e-6), name
 
 
-def test_mean_pooling_ignores_padding(tiny_encoder):
-    model = model_with(tiny_encoder, spec("m", "mean")).eval()
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_mean_and_max_pooling_ignore_padding(tiny_encoder, pooling):
+    model = model_with(tiny_encoder, spec("m", pooling)).eval()
     short = torch.tensor([[2, 7, 3]])
     padded = torch.tensor([[2, 7, 3, 0, 0]])
     with torch.no_grad():

@@ -21,7 +21,7 @@ def test_a_trained_model_card_lists_every_task_with_its_metrics(tmp_path, tiny_m
     out = tmp_path / "out"
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(base_config(tiny_model_dir, data_dir, out, max_steps=4)), encoding="utf-8")
-    assert main(["train", str(config)]) == 0
+    assert main(["train", str(config), "--head_learning_rate", "0.01"]) == 0
     card = (out / "README.md").read_text(encoding="utf-8")
     metrics = json.loads((out / "eval_results.json").read_text())
     header = front_matter(card)
@@ -36,6 +36,7 @@ def test_a_trained_model_card_lists_every_task_with_its_metrics(tmp_path, tiny_m
     assert "| sentiment | classification | text | neg, pos | accuracy |" in card
     assert "| colors | multilabel | text | red, green, blue, yellow | micro_f1 |" in card
     assert f"{metrics['eval_average']:.4f}" in card and '"learning_rate": 0.001' in card
+    assert '"head_learning_rate": 0.01' in card and "adapter_learning_rate" not in card  # unset: not shown
     assert "MultiTaskPredictor(" in card
 
 

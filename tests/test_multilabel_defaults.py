@@ -269,6 +269,9 @@ def test_auto_pooling_follows_a_sentence_transformers_folder(tiny_model_dir, tmp
     assert [getattr(t, "pooling", None) for t in tasks] == ["mean", "cls", None]
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({**modes, "pooling_mode_max_tokens": True}))
     assert checkpoint_pooling(folder) is None  # mean + max: no head pooling of that maths
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({**modes, "pooling_mode_mean_tokens": False,
+                                                                  "pooling_mode_max_tokens": True}))
+    assert checkpoint_pooling(folder) == "max"
 
 
 def test_recipe_reads_the_pooling_of_the_encoder_folder(tiny_model_dir, tmp_path):

@@ -122,17 +122,39 @@ def test_hybrid_trains_the_encoder_and_adapters_and_opt_out_has_none(tiny_encode
     assert all(is_adapter_parameter(n) for n, _ in groups["adapter.sentiment"])
 
 
+def optimizer_rates(trainer) -> dict[str, float]:
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    return {names[id(p)]: group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+
+
 def test_adapter_learning_rate_gets_its_own_optimizer_groups(tiny_encoder, tokenizer, tmp_path):
     trainer = train(tiny_encoder, tokenizer, tmp_path, "hybrid", steps=2, learning_rate=1e-4,
                     adapter_learning_rate=2e-3)
     trainer.create_optimizer()
-    names = {id(p): n for n, p in trainer.model.named_parameters()}
-    rates = {}
-    for group in trainer.optimizer.param_groups:
-        for p in group["params"]:
-            rates[names[id(p)]] = group["lr"]
+    rates = optimizer_rates(trainer)
     assert rates and all(rate == (2e-3 if is_adapter_parameter(n) else 1e-4) for n, rate in rates.items())
     assert set(rates) == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_head_learning_rate_with_adapters_and_through_the_scheduler(tiny_encoder, tokenizer, tmp_path):
+    trainer = train(tiny_encoder, tokenizer, tmp_path, "hybrid", steps=10, learning_rate=1e-4,
+                    adapter_learning_rate=2e-3, head_learning_rate=5e-3, warmup_steps=4, weight_decay=0.01)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    rates = optimizer_rates(trainer)
+    expected = {n: 5e-3 if n.startswith("heads.") else 2e-3 if is_adapter_parameter(n) else 1e-4 for n in rates}
+    assert {n for n in rates if n.startswith("heads.")} == {n for n, _ in trainer.model.heads.named_parameters(
+        prefix="heads")}
+    for _ in range(2):  # half-way through the warm-up: every group at half its own rate
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert optimizer_rates(trainer) == pytest.approx({n: rate / 2 for n, rate in expected.items()})
+    decays = {(group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups}
+    assert {(5e-3 / 2, 0.01), (5e-3 / 2, 0.0)} <= decays  # head weights decay, head biases do not (as before)
+
+
+def test_head_learning_rate_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match=r"'head_learning_rate' is 0.0; give a learning rate > 0"):
+        MultiTaskTrainingArguments(output_dir=str(tmp_path), head_learning_rate=0.0)
 
 
 @pytest.fixture

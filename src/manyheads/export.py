@@ -53,9 +53,10 @@ def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     if task.generates:
         return build_stock_seq2seq(model, task_name)
     head = model.heads[task_name]
-    if getattr(head, "pooling", None) == "mean":
-        raise ExportError(f"task '{task_name}' uses mean pooling, which no stock AutoModelForSequenceClassification "
-                          "has; train it with 'pooling: pooler' (BERT family) or 'cls' (RoBERTa family) to export.")
+    if getattr(head, "pooling", None) in ("mean", "max"):
+        raise ExportError(f"task '{task_name}' uses {head.pooling} pooling, which no stock "
+                          "AutoModelForSequenceClassification has; train it with 'pooling: pooler' (BERT family) or "
+                          "'cls' (RoBERTa family) to export.")
     auto_class = getattr(transformers, task.stock_auto_class)
     stock = auto_class.from_config(_stock_config(model, task))
     prefix = stock.base_model_prefix

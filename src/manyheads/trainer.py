@@ -56,7 +56,7 @@ from .data.strategies import SamplingStrategy, resolve_strategy
 from .evaluation import evaluate_tasks
 from .metrics import best_metric_problem, check_metric_functions
 from .model_card import render_card, write_card
-from .modeling.adapters import adapters_at_own_rate
+from .modeling.param_groups import apply_own_rates
 from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
 from .text_generation import StepTokens
@@ -306,11 +306,10 @@ class MultiTaskTrainer(Trainer):
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         user_supplied = self.optimizer is not None
         optimizer = super().create_optimizer(model)
-        if not user_supplied and self.args.adapter_learning_rate is not None:
-            module = self.accelerator.unwrap_model(self.model)
-            if not adapters_at_own_rate(optimizer, module, self.args.adapter_learning_rate):
-                logger.warning("manyheads: adapter_learning_rate is set but the model has no adapters (sharing '%s'); "
-                               "it is unused.", module.sharing.mode)
+        if not user_supplied:
+            for warning in apply_own_rates(optimizer, self.accelerator.unwrap_model(self.model),
+                                           self.args.adapter_learning_rate, self.args.head_learning_rate):
+                logger.warning("manyheads: %s", warning)
         params = [p for p in self.weighting.parameters() if p.requires_grad]
         if params and user_supplied:
             # The user's scheduler was built for the user's parameter groups: adding one now breaks it. The

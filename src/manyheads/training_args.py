@@ -68,6 +68,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
     adapter_learning_rate: float | None = field(default=None, metadata={
         "help": "Learning rate of the task adapters (sharing 'lora' / 'hybrid'); default: learning_rate. LoRA "
                 "usually wants ~10x the full fine-tuning rate (e.g. 5e-4 next to 3e-5 for the shared encoder)."})
+    head_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the task heads (the fresh layers on the encoder); default: learning_rate. A "
+                "higher rate (e.g. 10x) lets a fresh head catch up with a pretrained encoder in short runs."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Round each micro-batch's padded length up to a multiple of this (8 helps tensor cores)."})
 
@@ -101,9 +104,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
         elif self.train_sampling_strategy not in ("random", None):
             raise ValueError(f"'train_sampling_strategy' is {self.train_sampling_strategy!r}; manyheads samples one "
                              "task per micro-batch itself. Use sampling_strategy (and group_by_length) instead.")
-        if self.adapter_learning_rate is not None and not self.adapter_learning_rate > 0:
-            raise ValueError(f"'adapter_learning_rate' is {self.adapter_learning_rate}; give a learning rate > 0, "
-                             "or leave it unset to use learning_rate.")
+        for key in ("adapter_learning_rate", "head_learning_rate"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"'{key}' is {value}; give a learning rate > 0, or leave it unset to use "
+                                 "learning_rate.")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"'max_nonfinite_steps' is {self.max_nonfinite_steps}; it must be >= 1")
 

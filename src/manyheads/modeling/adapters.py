@@ -227,23 +227,3 @@ def merged_encoder_state(encoder: nn.Module, adapter: str | None) -> dict[str, t
             key = f"{owner}.{leaf}"
         state[key] = value
     return state
-
-
-def adapters_at_own_rate(optimizer: torch.optim.Optimizer, module: nn.Module, lr: float) -> bool:
-    """Move the task adapters' parameters out of the optimizer's groups into groups of their own at `lr` (the same
-    weight decay as where they came from), before a scheduler is built on the groups' rates. False when `module`
-    has no adapters (nothing moved)."""
-    adapters = {id(p) for n, p in module.named_parameters() if is_adapter_parameter(n)}
-    if not adapters:
-        return False
-    groups = []
-    for group in optimizer.param_groups:
-        own = [p for p in group["params"] if id(p) in adapters]
-        rest = [p for p in group["params"] if id(p) not in adapters]
-        options = {k: v for k, v in group.items() if k != "params"}
-        groups += [{**options, "params": rest}] if rest else []
-        groups += [{**options, "params": own, "lr": lr}] if own else []
-    optimizer.param_groups.clear()
-    for group in groups:
-        optimizer.add_param_group(group)
-    return True

@@ -4,7 +4,9 @@
 - `pooler`: the encoder's own pooler output, then dropout + linear (as `BertForSequenceClassification`);
 - `cls`: dense + tanh on the first token, then dropout + linear (as `RobertaClassificationHead`);
 - `mean`: masked mean of the token states (how sentence-transformers models such as all-MiniLM-L6-v2
-  were trained), then dropout + linear.
+  were trained), then dropout + linear;
+- `max`: masked max of the token states per dimension (sentence-transformers' `pooling_mode_max_tokens`), then
+  dropout + linear: one token standing out can decide, where a mean dilutes it over the sentence.
 `auto` picks `pooler` when the encoder has one, else `cls`, so a one-task model matches the stock
 `AutoModelForSequenceClassification` and can be exported as one.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLING = ("auto", "pooler", "cls", "mean")
+POOLING = ("auto", "pooler", "cls", "mean", "max")
 
 
 def resolve_pooling(pooling: str, has_pooler: bool) -> str:
@@ -46,7 +48,13 @@ class SequenceHead(nn.Module):
             if attention_mask is None:
                 attention_mask = torch.ones(sequence_output.shape[:2], device=sequence_output.device)
             mask = attention_mask.unsqueeze(-1).to(sequence_output.dtype)
-            features = (sequence_output * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            if self.pooling == "max":
+                # Padding can never be the max: it is pushed to the dtype's lowest value (finite, so an all-padding
+                # row, which real batches do not have, gives a finite value rather than -inf).
+                lowest = torch.finfo(sequence_output.dtype).min
+                features = sequence_output.masked_fill(mask == 0, lowest).amax(1)
+            else:
+                features = (sequence_output * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.classifier(self.dropout(features))
 
 

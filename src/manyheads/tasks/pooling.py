@@ -24,7 +24,7 @@ from .base import SequenceTask, Task
 MODULES_FILE = "modules.json"
 # sentence-transformers Pooling modes with a head pooling of the same maths. `cls` there is the raw first token;
 # ours adds dense + tanh (a fresh layer on the same token), still the token the encoder was trained to fill.
-_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
 
 
 def _read_json(folder: str, name: str) -> Any:
@@ -48,7 +48,7 @@ def _read_json(folder: str, name: str) -> Any:
 
 
 def checkpoint_pooling(name_or_path: str | os.PathLike) -> str | None:
-    """The head pooling (`mean` or `cls`) a sentence-transformers checkpoint was trained with, else None."""
+    """The head pooling (`mean`, `max` or `cls`) a sentence-transformers checkpoint was trained with, else None."""
     folder = str(name_or_path)
     modules = _read_json(folder, MODULES_FILE)
     if not isinstance(modules, list):
