@@ -132,7 +132,8 @@ STEPS = [("old", "old+mean", "pooler → mean on the subset, 1 epoch"),
          ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr2e-4", "lr 1e-4 → 2e-4 with class weights auto"),
          ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+max", "mean → max pooling"),
          ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+reinit1", "top encoder layer re-initialised"),
-         ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+head1e-3", "the head's learning rate 1e-4 → 1e-3")]
+         ("full-3ep+balanced+lr1e-4", "full-3ep+balanced+lr1e-4+head1e-3", "the head's learning rate 1e-4 → 1e-3"),
+         ("full-3ep+balanced+lr1e-4", "long-16ep-bs128", "→ 16 epochs at batch 128, lr 8e-5, cosine, no class weights")]
 PUBLISHED_MCC = PUBLISHED["cola"][1]  # MiniLM-L6xH384 fine-tuned on CoLA, GLUE dev MCC (see _quality_report)
 QUICK = {"subset_rows": 32, "full_rows": 32, "max_epochs": 1, "eval_rows": 24}
 
