@@ -18,6 +18,8 @@ What is measured
       a recipe above MCC 0.3 in every seed: 5 epochs (full-5ep+balanced+lr1e-4), lr 2e-4 (...+lr2e-4), max
       pooling (+max), the top encoder layer re-initialised (+reinit1), the head at 1e-3 (+head1e-3, the
       `head_learning_rate` training argument);
+    - long-16ep-bs128: the recipe of a published CoLA fine-tune of a sentence-transformers MiniLM (16 epochs,
+      batch 128, lr 8e-5, cosine decay, 3 % warm-up, no class weights);
     - plain-3ep: stock `Trainer` + `AutoModelForSequenceClassification` (is the ceiling manyheads'?).
 
     Per variant: dev MCC and accuracy (the whole CoLA dev set, 1,043 rows, by default), the share of dev rows
@@ -26,7 +28,8 @@ What is measured
 
 How
     Every setting of every variant is explicit (a row means the same whatever the defaults are): AdamW, linear
-    decay, 10 % warm-up, weight decay 0.01, max_length 128, dynamic padding, fp32, evaluated once at the end.
+    decay and 10 % warm-up (unless the variant sets its own, as long-16ep-bs128 does), weight decay 0.01,
+    max_length 128, dynamic padding, fp32, evaluated once at the end.
     The 528 rows are the quality study's CoLA subset (data seed 0). One fresh trainer per (variant, seed), in
     this process. Each finished row is kept as JSON in bench/out/cola/<settings key>/rows/, so an interrupted
     study continues where it stopped and --table_only rebuilds the table. The list under the table is computed
@@ -340,8 +343,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], rows_dir: Path,
     model = model_name(args.model)
     lines = header_lines("CoLA alone: why MCC stayed 0, variant by variant", command, date, load_before, load_after)
     lines += [
-        f"- settings: encoder {model}; one `classification` task (main metric MCC); AdamW, linear decay, warm-up "
-        f"{args.warmup}, weight decay {args.weight_decay}, max_length {args.max_length}, fp32, dynamic padding; "
+        f"- settings: encoder {model}; one `classification` task (main metric MCC); AdamW, linear decay and warm-up "
+        f"{args.warmup} (unless a variant's description says otherwise), weight decay {args.weight_decay}, "
+        f"max_length {args.max_length}, fp32, dynamic padding; "
         f"dev: {dev_rows} rows of CoLA dev (gold share acceptable {gold_share:.2f}); training subset of the old* "
         f"variants: data seed {args.data_seed}; rows in `{display_path(rows_dir)}`",
         f"- `pooling: auto` on this checkpoint now reads `{checkpoint_pooling(args.model)}` from its modules.json; "
