@@ -147,7 +147,8 @@ def training_fields(output_dir: str, batch_size: int, steps: int, seed: int, bf1
         "logging_steps": 10**9,
         "disable_tqdm": True,
         "bf16": bf16,
-        # Explicit on a CPU-only machine: TrainingArguments refuses bf16 there otherwise.
+        # For the stock TrainingArguments of the plain-Trainer set-ups: they refuse bf16 on a CPU-only machine
+        # without it (MultiTaskTrainingArguments sets it by itself).
         "use_cpu": not torch.cuda.is_available(),
     }
 
@@ -190,10 +191,13 @@ def machine_line() -> str:
     import torch
     import transformers
 
+    from manyheads.hardware import cpu_has_bf16_matrix_units
+
     device = "CPU"
     if torch.cuda.is_available():
         device = f"GPU {torch.cuda.get_device_name(0)}"
-    return (f"{cpu_model()}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), {device}; "
+    amx = "AMX bf16 units" if cpu_has_bf16_matrix_units() else "no AMX"
+    return (f"{cpu_model()} ({amx}), {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), {device}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}")
 

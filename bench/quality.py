@@ -175,8 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--mtft_split", type=float, default=0.5,
                         help="mt_finetune: share of each task's budget spent in the multi-task phase")
-    parser.add_argument("--group_by_length", action="store_true",
-                        help="batches of similar lengths within each task (sampling.group_by_length): less padding")
+    parser.add_argument("--group_by_length", action=argparse.BooleanOptionalAction, default=False,
+                        help="batches of similar lengths within each task (group_by_length): less padding; "
+                             "--no-group_by_length turns it off (also under --realistic)")
     parser.add_argument("--class_weights", nargs="*", default=[],
                         help="task=auto|none: a classification task's `class_weights` (auto: inverse label "
                              "frequency; --realistic: cola=auto, see bench/cola.py)")
@@ -367,7 +368,8 @@ def run_dict(ctx: Context, spec: RunSpec, seed: int, output_dir: str) -> dict[st
     return {"model": args.model, "data_dir": ctx.data_dir, "max_length": args.max_length,
             "tasks": [{**glue_task_config(t), **({"class_weights": args.class_weights[t]}
                                                   if t in args.class_weights else {})} for t in spec.tasks],
-            "sampling": {**spec.sampling, **({"group_by_length": True} if args.group_by_length else {})},
+            # Always explicit: the library's default (on) is not what a run without the flag measured before.
+            "sampling": {**spec.sampling, "group_by_length": bool(args.group_by_length)},
             "balancing": spec.balancing, "training": training}
 
 

@@ -7,8 +7,9 @@ What is measured
     - plain max_length: `transformers.Trainer` + `AutoModelForSequenceClassification`, every row padded to
       `--max_length` (`padding="max_length"`, the common tutorial recipe);
     - plain dynamic: the same Trainer and model, each batch padded to its longest row;
-    - manyheads: `MultiTaskTrainer` + `MultiTaskModel` with that single task, dynamic padding;
-    - manyheads grouped: the same with `sampling: {group_by_length: true}` (batches of similar lengths).
+    - manyheads, grouping off: `MultiTaskTrainer` + `MultiTaskModel` with that single task, dynamic padding,
+      random batches (`group_by_length: false`, the default before issue 25);
+    - manyheads defaults: the same with length grouping (`group_by_length`, on by default).
 
     All four start from identical weights (the stock model gets the multi-task model's encoder and head, as
     in tests/test_invariants.py), use the same `TrainingArguments` and keep dropout as the model has it. The
@@ -20,6 +21,13 @@ What is measured
 
     Each precision in `--precisions` (fp32, bf16 autocast) is timed in the same run, so bf16/fp32 ratios are
     taken under the same conditions too.
+
+    Speed is reported as samples/s, as tokens/s on real (non-padding) tokens, and as the fraction of this
+    machine's matmul peak that the run reaches end to end: the model FLOPs of the real tokens (forward + backward
+    = 3 x forward; forward = 2 x the linear weights each token passes through + 4 x layers x hidden x row length
+    for attention; padding counts for nothing) per second of Trainer's training time, over the FLOP/s of a
+    2048^3 matmul in the same precision and thread count, timed in the same process before and after the runs
+    (the higher of the two; `--no_peak` skips it).
 
     Each run trains a fresh trainer, re-initialised from the same initial weights, for `samples // batch_size`
     steps. Two timings are taken per run: Trainer's own `train_samples_per_second` (the training loop only;
@@ -67,19 +75,23 @@ from _common import (
     ratio_text,
     require_files,
     training_fields,
+    write_glue_subset,
 )
 
-TASK = "sst2"
-DATA_FILE = Path("sst2") / "train.tsv"
+# Single-sentence and sentence-pair GLUE classification tasks: --task picks the length mix (SST-2 is short,
+# RTE long pairs).
+TASKS = {"sst2": ("sentence",), "cola": ("sentence",), "mrpc": ("sentence1", "sentence2"),
+         "rte": ("sentence1", "sentence2")}
 TARGET_OVERHEAD = 0.98  # manyheads / plain dynamic, same batches
 TARGET_VS_MAX_LENGTH = 3.5  # manyheads / plain max_length
+TARGET_GROUPING = 1.5  # defaults (grouping on) / old defaults (grouping off), issue 25
 PLAIN_MAXLEN, PLAIN, MANYHEADS, GROUPED = "plain_max_length", "plain", "manyheads", "manyheads_grouped"
 KINDS = (PLAIN_MAXLEN, PLAIN, MANYHEADS, GROUPED)
 LABELS = {
     PLAIN_MAXLEN: "plain Trainer, padding=max_length (tutorial recipe)",
     PLAIN: "plain Trainer, dynamic padding",
-    MANYHEADS: "MultiTaskTrainer (1 task), dynamic padding",
-    GROUPED: "MultiTaskTrainer (1 task), group_by_length",
+    MANYHEADS: "MultiTaskTrainer (1 task), group_by_length off (old default)",
+    GROUPED: "MultiTaskTrainer (1 task), defaults (group_by_length on)",
 }
 PRECISIONS = ("fp32", "bf16")
 QUICK = {"samples": 64, "batch_size": 16, "max_length": 64, "repeats": 1, "warmup_steps": 1,
@@ -89,7 +101,10 @@ QUICK = {"samples": 64, "batch_size": 16, "max_length": 64, "repeats": 1, "warmu
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, f"{DATA_FILE} (GLUE SST-2, read with quoting none)")
+    add_common_arguments(parser, "TASK/train.tsv (GLUE, read with quoting none)")
+    parser.add_argument("--task", default="sst2", choices=list(TASKS),
+                        help="which GLUE classification task's rows (the length mix: sst2 short, rte long pairs)")
+    parser.add_argument("--no_peak", action="store_true", help="skip the matmul peak and the fraction of it")
     parser.add_argument("--samples", type=int, default=512,
                         help="training examples per run (rounded down to a multiple of --batch_size)")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -109,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--samples ({args.samples}) must be >= --batch_size ({args.batch_size}) >= 1")
     if args.repeats < 1 or args.warmup_steps < 0:
         parser.error("--repeats must be >= 1 and --warmup_steps >= 0")
-    require_files(parser, args.data_dir, [DATA_FILE])
+    require_files(parser, args.data_dir, [Path(args.task) / "train.tsv"])
     return args
 
 
@@ -127,6 +142,8 @@ class Setup:
     steps: int
     padded_share: dict[str, float]  # set-up -> share of padding tokens in its timed batches
     output_dir: str
+    real_tokens: int  # non-padding tokens of the timed rows (the same rows in every set-up)
+    flops: float  # model FLOPs of training on those real tokens (forward + backward)
 
 
 def sampler_batches(setup_sizes: dict[str, int], batch_size: int, seed: int,
@@ -145,6 +162,43 @@ def padding_share(lengths: list[int], batches: list[list[int]], width: int | Non
     return 1 - real / padded
 
 
+def training_flops(model: Any, task: str, lengths: list[int]) -> float:
+    """Forward + backward (3 x forward) FLOPs of rows of these real lengths: 2 x each linear weight a token passes
+    through, 4 x layers x hidden x length per token for attention (scores and weighted sum), and the pooler and
+    head once per row. Padding is not counted: this is the useful work."""
+    import torch
+
+    per_token = sum(m.weight.numel() for name, m in model.encoder.named_modules()
+                    if isinstance(m, torch.nn.Linear) and "pooler" not in name)
+    per_row = sum(m.weight.numel() for name, m in model.encoder.named_modules()
+                  if isinstance(m, torch.nn.Linear) and "pooler" in name)
+    per_row += sum(m.weight.numel() for m in model.heads[task].modules() if isinstance(m, torch.nn.Linear))
+    layers, hidden = model.encoder.config.num_hidden_layers, model.encoder.config.hidden_size
+    forward = sum(2 * per_token * n + 4 * layers * hidden * n * n + 2 * per_row for n in lengths)
+    return 3.0 * forward
+
+
+def matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a `size`^3 matmul in `precision` with this process's torch threads: the best of `repeats`
+    timed products after three untimed ones (the machine's reachable peak for that precision)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for i in range(repeats + 3):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
 def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
     from transformers import AutoModelForSequenceClassification
 
@@ -152,33 +206,38 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
 
     steps = args.samples // args.batch_size
     samples = steps * args.batch_size  # whole batches: then every set-up trains on exactly the same rows
+    # A clean TSV of a fixed random subset of the task's rows (GLUE's raw files differ in layout).
+    data_dir = Path(output_dir) / "data"
+    write_glue_subset(args.data_dir, data_dir, args.task, "train", samples, seed=0)
+    text = list(TASKS[args.task])
     run = build_config({
         "model": args.model,
-        "data_dir": args.data_dir,
+        "data_dir": str(data_dir),
         "max_length": args.max_length,
         "tasks": [{
-            "name": TASK, "type": "classification", "text": "sentence", "label": "label",
-            "data": {"train": str(DATA_FILE), "quoting": "none", "max_train_samples": samples},
+            "name": args.task, "type": "classification", "text": text if len(text) > 1 else text[0],
+            "label": "label", "data": {"train": f"{args.task}/train.tsv", "quoting": "none"},
         }],
         "training": training_fields(output_dir, args.batch_size, steps, args.seed, bf16=False),
     })
     prepared = prepare_data(run)
-    train = prepared.train[TASK]
+    task = args.task
+    train = prepared.train[task]
     mt_model = build_model(run, prepared.tasks, seed=args.seed)
 
-    num_labels = mt_model.heads[TASK].classifier.out_features
+    num_labels = mt_model.heads[task].classifier.out_features
     stock = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=num_labels)
     prefix = stock.base_model_prefix
     state = {f"{prefix}.{k}": v for k, v in mt_model.encoder.state_dict().items()}
-    state.update({f"classifier.{k}": v for k, v in mt_model.heads[TASK].classifier.state_dict().items()})
+    state.update({f"classifier.{k}": v for k, v in mt_model.heads[task].classifier.state_dict().items()})
     missing, unexpected = stock.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SystemExit(f"stock model does not match the multi-task model: missing {missing}, "
                          f"unexpected {unexpected}")
 
     lengths = [len(ids) for ids in train["input_ids"]]
-    batches = sampler_batches({TASK: len(train)}, args.batch_size, args.seed)[:steps]
-    grouped = sampler_batches({TASK: len(train)}, args.batch_size, args.seed, lengths={TASK: lengths})[:steps]
+    batches = sampler_batches({task: len(train)}, args.batch_size, args.seed)[:steps]
+    grouped = sampler_batches({task: len(train)}, args.batch_size, args.seed, lengths={task: lengths})[:steps]
     if sorted(i for b in grouped for i in b) != sorted(i for b in batches for i in b):
         raise SystemExit("the grouped sampler draws other rows than the plain one: the comparison is invalid")
     order = [i for batch in batches for i in batch]
@@ -195,8 +254,10 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
         MANYHEADS: padding_share(lengths, batches),
         GROUPED: padding_share(lengths, grouped),
     }
+    timed = [lengths[i] for i in order]
     return Setup(run=run, prepared=prepared, order=order, max_length_rows=max_length_rows, mt_model=mt_model,
-                 stock_model=stock, steps=steps, padded_share=padded_share, output_dir=output_dir)
+                 stock_model=stock, steps=steps, padded_share=padded_share, output_dir=output_dir,
+                 real_tokens=sum(timed), flops=training_flops(mt_model, task, timed))
 
 
 def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int, precision: str) -> Any:
@@ -221,7 +282,7 @@ def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int, 
         if kind == PLAIN_MAXLEN:
             rows, collator = setup.max_length_rows, default_data_collator
         else:
-            rows = setup.prepared.train[TASK].select(setup.order).remove_columns("task")
+            rows = setup.prepared.train[args.task].select(setup.order).remove_columns("task")
             collator = DataCollatorWithPadding(setup.prepared.tokenizer)
         trainer = Trainer(model=copy.deepcopy(setup.stock_model),
                           args=TrainingArguments(**fields, train_sampling_strategy="sequential"),
@@ -262,6 +323,7 @@ class Timing:
 @dataclass
 class Results:
     runs: dict[tuple[str, str], list[Timing]] = field(default_factory=dict)  # (precision, kind) -> runs
+    peak: dict[str, float] = field(default_factory=dict)  # precision -> matmul FLOP/s (empty with --no_peak)
 
 
 def timed_train(kind: str, setup: Setup, args: argparse.Namespace, steps: int, precision: str) -> Timing:
@@ -285,11 +347,13 @@ def timed_train(kind: str, setup: Setup, args: argparse.Namespace, steps: int, p
 
 
 def run_benchmark(setup: Setup, args: argparse.Namespace) -> Results:
+    results = Results()
+    if not args.no_peak:
+        results.peak = {precision: matmul_peak(precision) for precision in args.precisions}
     if args.warmup_steps:
         for precision in args.precisions:
             for kind in KINDS:
                 timed_train(kind, setup, args, min(args.warmup_steps, setup.steps), precision)
-    results = Results()
     for i in range(args.repeats):
         for precision in args.precisions:
             for kind in KINDS:
@@ -297,6 +361,9 @@ def run_benchmark(setup: Setup, args: argparse.Namespace) -> Results:
                 results.runs.setdefault((precision, kind), []).append(timing)
                 print(f"  run {i + 1}/{args.repeats} {precision} {kind:17s}: {timing.trainer_sps:8.2f} samples/s "
                       f"(Trainer), {timing.wall_sps:8.2f} (wall), train_loss {timing.loss:.4f}", flush=True)
+    if results.peak:
+        # Measured again at the end: a peak depressed by a passing load would inflate the fractions.
+        results.peak = {p: max(v, matmul_peak(p)) for p, v in results.peak.items()}
     return results
 
 
@@ -310,24 +377,29 @@ def pair_ratio(results: Results, num: tuple[str, str], den: tuple[str, str], att
 
 
 def precision_lines(results: Results, setup: Setup, precision: str) -> list[str]:
+    samples = setup.steps * setup.run.training["per_device_train_batch_size"]
+    peak = results.peak.get(precision)
     rows = [
-        f"**{precision}**",
+        f"**{precision}**" + (f" (matmul peak, 2048^3: {peak / 1e9:.0f} GFLOP/s)" if peak else ""),
         "",
-        "| set-up | padded-token share | samples/s median (Trainer) | samples/s median (wall) | runs (Trainer) |",
-        "|---|---:|---:|---:|---|",
+        "| set-up | padded-token share | samples/s median (Trainer) | samples/s median (wall) | real tokens/s "
+        "| model GFLOP/s on real tokens | fraction of matmul peak | runs (Trainer) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for kind in KINDS:
         runs = results.runs[(precision, kind)]
-        rows.append(f"| {LABELS[kind]} | {setup.padded_share[kind]:.1%} | "
-                    f"{statistics.median(t.trainer_sps for t in runs):.2f} | "
-                    f"{statistics.median(t.wall_sps for t in runs):.2f} | "
+        sps = statistics.median(t.trainer_sps for t in runs)
+        flops = setup.flops * sps / samples
+        rows.append(f"| {LABELS[kind]} | {setup.padded_share[kind]:.1%} | {sps:.2f} | "
+                    f"{statistics.median(t.wall_sps for t in runs):.2f} | {setup.real_tokens * sps / samples:.0f} | "
+                    f"{flops / 1e9:.1f} | {f'{flops / peak:.2f}' if peak else 'n/a'} | "
                     f"{len(runs)}: {ratio_text([t.trainer_sps for t in runs])} |")
     rows.append("")
     comparisons = [  # (numerator, denominator, target or None)
         (MANYHEADS, PLAIN, TARGET_OVERHEAD),
         (MANYHEADS, PLAIN_MAXLEN, TARGET_VS_MAX_LENGTH),
         (GROUPED, PLAIN_MAXLEN, None),
-        (GROUPED, MANYHEADS, None),
+        (GROUPED, MANYHEADS, TARGET_GROUPING),
         (PLAIN, PLAIN_MAXLEN, None),
     ]
     for num, den, target in comparisons:
@@ -343,20 +415,30 @@ def precision_lines(results: Results, setup: Setup, precision: str) -> list[str]
 
 def report(args: argparse.Namespace, setup: Setup, results: Results, command: str, date: str,
            load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> str:
-    settings = (f"model `{args.model}`, task {TASK} ({setup.steps * args.batch_size} samples, {setup.steps} steps "
+    settings = (f"model `{args.model}`, task {args.task} ({setup.steps * args.batch_size} samples, {setup.steps} steps "
                 f"of {args.batch_size}, max_length {args.max_length}), precisions {', '.join(args.precisions)}, "
                 f"seed {args.seed}, timed runs {args.repeats} of each set-up and precision, alternating within "
                 f"each repeat, untimed warm-up {args.warmup_steps} steps of each; batch check: plain, manyheads "
-                "and max_length get the same tokens and labels, grouped the same rows")
-    lines = [*header_lines("throughput: manyheads vs plain Trainer, dynamic vs max_length padding", command,
+                "and max_length get the same tokens and labels, grouped the same rows; "
+                f"{setup.real_tokens} real tokens, {setup.flops / 1e9:.0f} GFLOP of training on them")
+    lines = [*header_lines(f"throughput on {args.task}: manyheads defaults vs grouping off vs plain Trainer", command,
                            date, load_before, load_after), f"- settings: {settings}", ""]
     for precision in args.precisions:
         lines += precision_lines(results, setup, precision)
     if len(args.precisions) == 2:
         lines.append("- bf16 / fp32 (median of per-repeat ratios, Trainer metric): " + ", ".join(
             f"{kind} {pair_ratio(results, ('bf16', kind), ('fp32', kind))[0]:.3f}" for kind in KINDS))
+        fast = "bf16" if bf16_is_fast() else "fp32"
+        lines.append(f"- defaults on this machine (bf16 auto -> {fast}, grouping on) / old defaults (fp32, grouping "
+                     f"off): {pair_ratio(results, (fast, GROUPED), ('fp32', MANYHEADS))[0]:.3f}")
         lines.append("")
     return "\n".join(lines)
+
+
+def bf16_is_fast() -> bool:
+    from manyheads.hardware import bf16_is_fast as fast
+
+    return fast()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as output_dir:
-        print(f"preparing {args.samples} samples of {TASK}, model {args.model}", flush=True)
+        print(f"preparing {args.samples} samples of {args.task}, model {args.model}", flush=True)
         setup = build_setup(args, output_dir)
         check_same_batches(setup, args)
         print(f"timing {args.repeats} alternating runs of {len(KINDS)} set-ups x {len(args.precisions)} "

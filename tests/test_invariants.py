@@ -28,9 +28,12 @@ def test_one_task_weight_one_equals_plain_trainer(tiny_model_dir, data_dir, tmp_
     missing, unexpected = stock.load_state_dict(state, strict=False)
     assert not missing and not unexpected
 
-    # Same batches: the plain Trainer reads the rows in the order the multi-task sampler draws them.
+    # Same batches: the plain Trainer reads the rows in the order the multi-task sampler draws them (grouped by
+    # length, the default, as the trainer's own sampler does).
     train = prepared.train["sentiment"]
-    sampler = MultiTaskBatchSampler({"sentiment": len(train)}, batch_size=8, seed=run.training["seed"])
+    assert mt.args.group_by_length
+    sampler = MultiTaskBatchSampler({"sentiment": len(train)}, batch_size=8, seed=run.training["seed"],
+                                    lengths={"sentiment": [len(ids) for ids in train["input_ids"]]})
     order = [i for _, batch in sampler.schedule(0) for i in batch]
     args = TrainingArguments(output_dir=str(tmp_path / "plain"), per_device_train_batch_size=8, max_steps=8,
                              learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no",

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from manyheads.data.samplers import MultiTaskBatchSampler, task_probabilities
+from manyheads.data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler, task_probabilities
 
 SIZES = {"big": 400, "mid": 100, "small": 12}
 OFFSETS = {"big": (0, 400), "mid": (400, 500), "small": (500, 512)}
@@ -122,6 +122,51 @@ def test_length_grouping_puts_similar_lengths_together():
 
     assert mean_spread(grouped) < mean_spread(plain) / 3
     assert sorted(i for batch in grouped for i in batch) == list(range(400))
+
+
+def test_task_group_steps_group_lengths_and_still_see_every_example():
+    """Length grouping (on by default) serves gradient-aggregation steps too: each task's batch of a step holds
+    similar lengths, and one pass over a task's stream still sees each of its examples once."""
+    rng = np.random.default_rng(1)
+    lengths = {"a": rng.integers(5, 100, 160).tolist(), "b": rng.integers(5, 100, 160).tolist()}
+    grouped = TaskGroupBatchSampler({"a": 160, "b": 160}, batch_size=8, seed=2, lengths=lengths, group_batches=10)
+    plain = TaskGroupBatchSampler({"a": 160, "b": 160}, batch_size=8, seed=2)
+
+    def spreads(sampler):
+        return [np.ptp([lengths[name][i - 160 * (name == "b")] for i in batch])
+                for step in sampler.schedule(0) for name, batch in step]
+
+    assert np.mean(spreads(grouped)) < np.mean(spreads(plain)) / 3
+    steps = grouped.schedule(0)
+    assert len(steps) == 20  # 40 batches of 8, two tasks per step
+    for name, offset in (("a", 0), ("b", 160)):
+        seen = sorted(i - offset for step in steps for task, batch in step if task == name for i in batch)
+        assert seen == list(range(160))
+    assert steps == TaskGroupBatchSampler({"a": 160, "b": 160}, batch_size=8, seed=2, lengths=lengths,
+                                          group_batches=10).schedule(0)  # a pure function of the epoch
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["one-task-steps", "task-group-steps"])
+def test_grouped_batch_8_is_two_accumulated_batches_of_4(group):
+    """As stock Trainer groups lengths by its effective batch: with accumulation 2, the two micro-batches of 4 of
+    a step hold exactly the examples of the grouped batch of 8 (one task: with several, one-task steps of an
+    accumulation may come from different tasks by design)."""
+    rng = np.random.default_rng(3)
+    sizes = {"a": 96, "b": 64} if group else {"a": 96}
+    lengths = {name: rng.integers(5, 100, n).tolist() for name, n in sizes.items()}
+    cls = TaskGroupBatchSampler if group else MultiTaskBatchSampler
+    big = cls(sizes, batch_size=8, seed=4, lengths=lengths, group_batches=4)
+    small = cls(sizes, batch_size=4, seed=4, lengths=lengths, group_batches=4, accumulation=2)
+    if group:
+        big_steps = [[sorted(batch) for _, batch in step] for step in big.schedule(0)]
+        small_steps = small.schedule(0)
+        merged = [[sorted(a + b) for (_, a), (_, b) in zip(x, y)]
+                  for x, y in zip(small_steps[::2], small_steps[1::2])]
+    else:
+        big_steps = [sorted(batch) for batch in big]
+        small_batches = list(small)
+        merged = [sorted(a + b) for a, b in zip(small_batches[::2], small_batches[1::2])]
+    assert merged == big_steps and len(big_steps) > 4
 
 
 def test_rejects_empty_task():

@@ -141,8 +141,9 @@ def test_group_by_length_reduces_padding(tiny_model_dir, data_dir, tmp_path):
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         return 1 - real / sum(b["attention_mask"].numel() for b in batches)
 
-    plain = make_trainer(tiny_model_dir, data_dir, tmp_path / "a")
-    grouped = make_trainer(tiny_model_dir, data_dir, tmp_path / "b", sampling={"group_by_length": True})
+    plain = make_trainer(tiny_model_dir, data_dir, tmp_path / "a", sampling={"group_by_length": False})
+    grouped = make_trainer(tiny_model_dir, data_dir, tmp_path / "b")  # the default
+    assert grouped.args.group_by_length and not plain.args.group_by_length
     assert padded_share(grouped) < padded_share(plain)
 
 

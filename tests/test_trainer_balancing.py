@@ -188,7 +188,6 @@ def test_smaller_groups_follow_the_sampling_probabilities(tiny_model_dir, data_d
 
 
 @pytest.mark.parametrize("balancing, extra, message", [
-    ({"aggregator": "upgrad"}, {"sampling": {"group_by_length": True}}, "group_by_length cannot serve task-group"),
     ({"aggregator": "upgrad"}, {"training": {"fp16": True}}, "Use bf16: true"),
     ({"aggregator": "upgrad"}, {"freeze": {"encoder": True}}, "freeze.encoder is true"),
     ({"aggregator": "upgrad", "group_size": 9}, {}, "group_size is 9 but the run has 3 tasks"),

@@ -12,6 +12,7 @@ from .balancing import AGGREGATORS, WEIGHTINGS, LossWeighting
 from .data.collator import MultiTaskCollator
 from .data.strategies import SAMPLING_STRATEGIES, SamplingStrategy
 from .errors import ConfigError
+from .hardware import bf16_is_fast
 from .inference import MultiTaskPredictor
 from .modeling.adapters import SHARING_MODES, Sharing
 from .modeling.config import MultiTaskConfig
@@ -60,4 +61,5 @@ __all__ = [
     "Task",
     "TokenClassification",
     "WEIGHTINGS",
+    "bf16_is_fast",
 ]

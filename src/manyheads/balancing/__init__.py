@@ -126,7 +126,7 @@ def weighting_problems(weighting: Any, kwargs: dict[str, Any] | None, task_weigh
 
 
 def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks: int, *, group_size: int | None = None,
-                        group_by_length: bool = False, fp16: bool = False, sharded: str | None = None,
+                        fp16: bool = False, sharded: str | None = None,
                         encoder_frozen: bool = False, sharing: str = "hard") -> list[str]:
     """What keeps a gradient aggregator from serving a run, each with the fix (checked by the trainer and the
     recipe alike)."""
@@ -138,9 +138,6 @@ def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks:
     if group_size is not None and group_size > n_tasks:
         problems.append(f"group_size is {group_size} but the run has {n_tasks} tasks; set group_size <= {n_tasks} "
                         "or remove it (all tasks).")
-    if group_by_length:
-        problems.append(f"sampling.group_by_length cannot serve task-group steps (aggregator '{name}'): each step "
-                        "draws one batch of every task. Set group_by_length: false.")
     if sharing == "lora":
         problems.append(f"aggregator '{name}' rewrites the shared encoder's gradient, but sharing 'lora' freezes the "
                         "encoder: each task trains only its own adapter and head, so there is nothing shared to "
@@ -169,7 +166,7 @@ def build_group_step(model: Any, args: Any, aggregator: Any) -> TaskGroupStep | 
         return None
     sharded = "fsdp" if args.fsdp else ("deepspeed" if args.deepspeed else None)
     problems = group_step_problems(aggregator, args.gradient_aggregator_kwargs, len(model.tasks),
-                                   group_size=args.task_group_size, group_by_length=args.group_by_length,
+                                   group_size=args.task_group_size,
                                    fp16=args.fp16, sharded=sharded, encoder_frozen=not model.shared_parameters(),
                                    sharing=model.sharing.mode)
     if problems:

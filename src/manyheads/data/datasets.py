@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch.utils.data import Dataset as TorchDataset
 
-from ..tasks import TASK_COLUMN, Task
+from ..tasks import LABEL_COLUMN, TASK_COLUMN, Task
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -31,6 +31,7 @@ class MultiTaskDataset(TorchDataset):
         self.names = list(self.datasets)
         self.sizes = {name: len(ds) for name, ds in self.datasets.items()}
         self.offsets = np.cumsum([0] + [self.sizes[n] for n in self.names]).tolist()
+        self._lengths: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -39,8 +40,34 @@ class MultiTaskDataset(TorchDataset):
         task = bisect.bisect_right(self.offsets, index) - 1
         return self.datasets[self.names[task]][index - self.offsets[task]]
 
-    def lengths(self) -> dict[str, list[int]]:
-        return {name: [len(ids) for ids in ds["input_ids"]] for name, ds in self.datasets.items()}
+    def lengths(self) -> dict[str, np.ndarray]:
+        """Token count of every row per task, read once: length grouping is on by default and the sampler is
+        rebuilt for every dataloader."""
+        if self._lengths is None:
+            self._lengths = {name: _row_lengths(ds) for name, ds in self.datasets.items()}
+        return self._lengths
+
+
+def _row_lengths(dataset: Any) -> np.ndarray:
+    """Lengths of `input_ids` rows, read in chunks through Arrow where the dataset is a `datasets.Dataset` (no
+    Python list of every token)."""
+    table = getattr(getattr(dataset, "data", None), "table", None)
+    if table is not None and getattr(dataset, "_indices", None) is None and "input_ids" in table.column_names:
+        import pyarrow.compute as pc
+
+        return np.asarray(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False))
+    return np.asarray([len(ids) for ids in dataset["input_ids"]])
+
+
+def _stock_label_column(dataset: Any) -> Any:
+    """A dataset tokenized by the user keeps GLUE's `label` (or `label_ids`) column; stock `Trainer`'s collators
+    rename it to `labels`, and so does manyheads, so that the same tokenized dataset trains in both."""
+    columns = dataset.column_names
+    if LABEL_COLUMN not in columns:
+        for old in ("label", "label_ids"):
+            if old in columns:
+                return dataset.rename_column(old, LABEL_COLUMN)
+    return dataset
 
 
 def is_tokenized(dataset: Any) -> bool:
@@ -97,6 +124,7 @@ def prepare_split(tasks: dict[str, Task], datasets: dict[str, Any] | None, token
     for name, dataset in datasets.items():
         task = tasks[name]
         if is_tokenized(dataset):
+            dataset = _stock_label_column(dataset)
             out[name] = dataset if TASK_COLUMN in dataset.column_names else dataset.add_column(
                 TASK_COLUMN, [name] * len(dataset))
             continue

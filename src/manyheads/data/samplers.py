@@ -47,7 +47,10 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         seed: base seed of task order and example permutations.
         rank, world_size: this process and the number of processes.
         lengths: optional token lengths per task; when given, batches group examples of similar length.
-        group_batches: how many global batches form one length-sorted group.
+        group_batches: how many optimizer steps' worth of examples form one length-sorted group.
+        accumulation: micro-batches per optimizer step (gradient accumulation). Length grouping then keeps the
+            micro-batches of one task's step together, as stock `Trainer` groups by its effective batch: a step of
+            batch 8 and two accumulated micro-batches of 4 see the same examples.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         lengths: dict[str, Sequence[int]] | None = None,
         group_batches: int = 50,
+        accumulation: int = 1,
     ):
         if not task_sizes or min(task_sizes.values()) < 1:
             raise ValueError(f"every task needs at least one training example, got sizes {task_sizes}")
@@ -75,6 +79,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lengths = lengths
         self.group_batches = group_batches
+        self.accumulation = max(1, int(accumulation))
         self.epoch = 0
         global_batch = batch_size * world_size
         # An epoch has as many steps as one proportional pass over every task.
@@ -124,7 +129,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         indices = self._stream(task, epoch * per_epoch, (epoch + 1) * per_epoch)
         if self.lengths is not None:
             lengths = np.asarray(self.lengths[self.names[task]])
-            group = global_batch * self.group_batches
+            group = global_batch * self.accumulation * self.group_batches
             # Sort within groups (not globally) so batches stay random across groups; longest first.
             indices = np.concatenate([
                 chunk[np.argsort(-lengths[chunk], kind="stable")]
@@ -132,7 +137,10 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             ])
         batches = np.split(indices + self.offsets[task], range(global_batch, len(indices), global_batch))
         if self.lengths is not None:
-            batches = [batches[i] for i in self._rng(2, epoch, task).permutation(len(batches))]
+            # Shuffle whole steps (runs of `accumulation` micro-batches), so accumulation keeps a step's examples.
+            acc = self.accumulation
+            steps = [batches[i:i + acc] for i in range(0, len(batches), acc)]
+            batches = [b for i in self._rng(2, epoch, task).permutation(len(steps)) for b in steps[i]]
         return batches
 
     def schedule(self, epoch: int) -> list[tuple[str, list[int]]]:
@@ -154,12 +162,14 @@ class TaskGroupBatchSampler(MultiTaskBatchSampler):
     the tasks of each step are drawn without replacement by the strategy's probabilities (`round_robin`
     cycles). An epoch holds as many examples as one proportional one-task pass. Same purity as the base
     class: the schedule is a function of (seed, epoch, rank, world size).
+
+    With `lengths`, each task's stream is cut into blocks of `group_batches` global batches; a block is sorted by
+    length, cut into batches, and its batches are taken in a seeded random order, so each task's batch of a step
+    holds examples of similar length while every example is still seen once per pass of the stream.
     """
 
     def __init__(self, task_sizes: dict[str, int], batch_size: int, group_size: int | None = None,
                  **kwargs: object):
-        if kwargs.get("lengths") is not None:
-            raise ValueError("length grouping cannot serve task-group steps")
         super().__init__(task_sizes, batch_size, **kwargs)
         k = len(self.sizes)
         self.group_size = group_size or k
@@ -191,16 +201,35 @@ class TaskGroupBatchSampler(MultiTaskBatchSampler):
         for previous in range(epoch):
             for group in self.groups(previous):
                 used[group] += 1
-        position = used * global_batch
-        steps = []
+        steps, blocks = [], {}
         for group in self.groups(epoch):
             step = []
             for t in group:
-                indices = self._stream(t, int(position[t]), int(position[t]) + global_batch) + self.offsets[t]
-                position[t] += global_batch
+                indices = self._nth_batch(t, int(used[t]), global_batch, blocks) + self.offsets[t]
+                used[t] += 1
                 step.append((self.names[t], indices.tolist()))
             steps.append(step)
         return steps
+
+    def _nth_batch(self, task: int, n: int, global_batch: int, blocks: dict) -> np.ndarray:
+        """The n-th global batch of task's stream (local indices); `blocks` caches the sorted block in use."""
+        if self.lengths is None:
+            return self._stream(task, n * global_batch, (n + 1) * global_batch)
+        acc = self.accumulation
+        per_block = self.group_batches * acc
+        block, slot = divmod(n, per_block)
+        if (task, block) not in blocks:
+            size = per_block * global_batch
+            chunk = self._stream(task, block * size, (block + 1) * size)
+            lengths = np.asarray(self.lengths[self.names[task]])
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for key in [key for key in blocks if key[0] == task]:  # keep one block per task
+                del blocks[key]
+            blocks[(task, block)] = (chunk, self._rng(4, task, block).permutation(self.group_batches))
+        chunk, order = blocks[(task, block)]
+        step, micro = divmod(slot, acc)  # whole steps are shuffled, so accumulation keeps a step's examples
+        start = (int(order[step]) * acc + micro) * global_batch
+        return chunk[start:start + global_batch]
 
     def __iter__(self) -> Iterator[list[int]]:
         lo, hi = self.rank * self.task_batch_size, (self.rank + 1) * self.task_batch_size

@@ -20,7 +20,7 @@ import yaml
 from ..balancing import group_step_problems, weighting_problems
 from ..errors import ConfigError, ProblemCollector, shown
 from ..metrics import best_metric_problem
-from ..modeling.adapters import Sharing
+from ..modeling.adapters import Sharing, no_adapter_problem
 from ..tasks import TASK_TYPES, Task, resolve_task_type
 from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
 from .coerce import build_dataclass, coerce, field_hints, parse_scalar, suggest
@@ -256,6 +256,10 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     run.training = training
     _check_best_metric(run, problems)
     _check_balancing(run, problems)
+    adapter_problem = no_adapter_problem(run.sharing.mode, [e.name for e in tasks],
+                                         [e.name for e in tasks if e.task.adapter is True])
+    if adapter_problem and isinstance(raw_tasks, list) and len(tasks) == len(raw_tasks):  # all built: all seen
+        problems.add(f"sharing: {adapter_problem}")
     if run.sharing.mode == "lora" and run.diagnostics.conflict_every:
         problems.add("diagnostics.conflict_every: gradient conflict is measured on the shared encoder, which "
                      "sharing 'lora' freezes (each task trains only its adapter). Set conflict_every: 0, or use "
@@ -289,7 +293,7 @@ def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:
                          "have no training data. Give them 'data.train' or remove them.")
         sharded = next((key for key in ("fsdp", "deepspeed") if training.get(key)), None)
         found += group_step_problems(balancing.aggregator, balancing.aggregator_kwargs, len(run.tasks),
-                                     group_size=balancing.group_size, group_by_length=run.sampling.group_by_length,
+                                     group_size=balancing.group_size,
                                      fp16=bool(training.get("fp16")), sharded=sharded,
                                      encoder_frozen=run.freeze.encoder, sharing=run.sharing.mode)
     for message in found:

@@ -35,7 +35,7 @@ class SamplingConfig:
 
     strategy: str = "proportional"
     temperature: float = 2.0
-    group_by_length: bool = False
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         check_choice("strategy", self.strategy, SAMPLING_STRATEGIES)

@@ -8,7 +8,11 @@ Each value that is text (YAML reads `5e-5` as a string; command-line values are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import functools
+import types
+import typing
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -16,6 +20,11 @@ from transformers import HfArgumentParser
 from ..errors import ProblemCollector, shown
 from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
 from .coerce import suggest
+
+# Fields that also take `auto` (MultiTaskTrainingArguments resolves it), beside the type HfArgumentParser knows.
+AUTO_FIELDS = ("bf16",)
+# Annotated `str | None`, but TrainingArguments also reads a list of options there.
+_LIST_TOO = ("fsdp",)
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,6 +37,22 @@ def training_fields() -> set[str]:
     return set(_actions())
 
 
+@functools.lru_cache(maxsize=1)
+def _scalar_fields() -> frozenset[str]:
+    """Fields whose annotation holds only scalars (str, numbers, booleans, enums): no list or mapping fits them."""
+    def scalar(hint: Any) -> bool:
+        return hint in (str, int, float, bool, type(None)) or (isinstance(hint, type) and issubclass(hint, enum.Enum))
+
+    hints = typing.get_type_hints(MultiTaskTrainingArguments)
+    found = set()
+    for item in dataclasses.fields(MultiTaskTrainingArguments):
+        hint = hints.get(item.name)
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if item.init and all(scalar(m) for m in members) and item.name not in _LIST_TOO:
+            found.add(item.name)
+    return frozenset(found)
+
+
 def _type_name(action: argparse.Action) -> str:
     if action.choices:
         return "one of " + ", ".join(map(str, action.choices))
@@ -35,9 +60,15 @@ def _type_name(action: argparse.Action) -> str:
 
 
 def _typed(key: str, value: Any, action: argparse.Action) -> Any:
+    if key in AUTO_FIELDS and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"  # resolved by MultiTaskTrainingArguments for this machine
     choices = [str(c) for c in action.choices] if action.choices else None
     if isinstance(value, bool) and choices and "no" in choices and not value:
         value = "no"  # YAML 1.1 reads an unquoted `no` as false
+    if isinstance(value, (list, tuple, dict, set)) and key in _scalar_fields():
+        # Without this a list reached TrainingArguments as is: `run_name` built from nested YAML aliases (a few
+        # hundred bytes) was then written out whole, gigabytes, by the run's logging and saved state.
+        raise ValueError(f"'training.{key}': got {shown(value)}, expected {_type_name(action)}")
     if isinstance(value, str) and action.type is not None:
         try:
             value = action.type(value)
