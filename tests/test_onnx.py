@@ -165,7 +165,7 @@ def test_export_errors_name_the_option(trained, tmp_path, capsys):
     a_file.write_text("x")
     cases = [
         (["--format", "onnx", "--output", str(a_file)], "--output: .* is a file"),
-        (["--format", "onnx", "--output", trained], "--output: .* holds a PyTorch model"),
+        (["--format", "onnx", "--output", trained], "--output: .* is MODEL_DIR itself; exporting there"),
         (["--format", "onnx", "--task", "nope", "--output", str(tmp_path / "n")], "--task: unknown task 'nope'"),
         (["--task", "sentiment", "--quantize", "int8", "--output", str(tmp_path / "q")],
          "--quantize: int8 quantization applies to ONNX graphs; add --format onnx"),

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .callbacks.stalled_heads import CONSTANT_KEY
-from .metrics import aggregate_score, metric_function_for, user_metrics
+from .metrics import aggregate_score, metric_function_for, shared_metric, user_metrics
+from .tasks import TASK_COLUMN
 from .text_generation import generate_split
 
 
@@ -26,6 +27,13 @@ class TaskEvaluation:
     constant: bool  # every row got the same prediction
     loss: float | None  # the task's eval loss, when the loop computed one
     main: tuple[float, bool]  # (main metric value, greater is better), for `<prefix>_average`
+    predictions: Any = None  # what Trainer's evaluation loop returned (generated text for generation tasks)
+    label_ids: Any = None
+
+
+def by_task(datasets: Any) -> dict[str, Any]:
+    """`{task: dataset}`; one dataset is keyed by the task name its rows carry."""
+    return datasets if isinstance(datasets, dict) else {datasets[0][TASK_COLUMN]: datasets}
 
 
 def evaluate_task(trainer: Any, name: str, dataset: Any, override: bool, ignore_keys: list[str] | None,
@@ -51,7 +59,8 @@ def evaluate_task(trainer: Any, name: str, dataset: Any, override: bool, ignore_
     return TaskEvaluation(metrics={f"{prefix}_{name}_{k}": v for k, v in scores.items()},
                           constant=bool(task.constant_predictions(output.predictions, output.label_ids)),
                           loss=None if loss is None else float(loss),
-                          main=(scores[task.main_metric_name], task.greater_is_better(task.main_metric_name)))
+                          main=(scores[task.main_metric_name], task.greater_is_better(task.main_metric_name)),
+                          predictions=output.predictions, label_ids=output.label_ids)
 
 
 def evaluate_tasks(trainer: Any, datasets: dict[str, Any], override: bool, ignore_keys: list[str] | None,
@@ -71,6 +80,10 @@ def evaluate_tasks(trainer: Any, datasets: dict[str, Any], override: bool, ignor
             losses.append(result.loss)
         main_scores[name] = result.main
     metrics[f"{prefix}_average"] = aggregate_score(main_scores)
+    shared = shared_metric(trainer.args.metric_for_best_model, [trainer.tasks[n] for n in datasets])
+    reported = [metrics[key] for n in datasets if (key := f"{prefix}_{n}_{shared}") in metrics]
+    if shared and reported:  # metric_for_best_model="accuracy": its mean over the tasks that report it
+        metrics[f"{prefix}_{shared}"] = float(np.mean(reported))
     if losses:
         metrics[f"{prefix}_loss"] = float(np.mean(losses))
     metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from .errors import ConfigError, shown
 from .modeling.model import MultiTaskModel
 from .records import kind_of
+from .tasks.base import SplitText
 
 if TYPE_CHECKING:
     from .onnx_runtime import OnnxMultiTaskModel
@@ -284,8 +285,8 @@ class MultiTaskPredictor:
 
 
 def _as_text(value: Any) -> str:
-    """A cell as text: pre-split words (a list) are joined with spaces."""
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    """A cell as text: pre-split words (a list) are joined with spaces and kept as the words (`SplitText`)."""
+    return SplitText([str(w) for w in value]) if isinstance(value, list) else str(value)
 
 
 def _text_problem(value: Any, words_ok: bool) -> str | None:

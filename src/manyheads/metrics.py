@@ -9,6 +9,7 @@ target's units) and, when it accepts a second argument, the `Task`. Its results 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from difflib import get_close_matches
 from typing import Any
@@ -17,6 +18,7 @@ from transformers import EvalPrediction
 
 from .errors import shown
 
+logger = logging.getLogger(__name__)
 MetricFunction = Callable[..., dict[str, float]]
 
 
@@ -70,7 +72,18 @@ def user_metrics(function: MetricFunction, task: Any, predictions: Any, labels: 
     if not isinstance(result, dict):
         raise TypeError(f"compute_metrics for task '{task.name}' returned {type(result).__name__}; it must return a "
                         "dict {metric name: value}.")
-    return {str(k): float(v) for k, v in result.items()}
+    values = {str(k): float(v) for k, v in result.items()}
+    replaced = sorted(set(values) & set(task.METRICS))
+    if replaced and (task.name, tuple(replaced)) not in _WARNED:
+        # Allowed (a ported script's own f1 is what its metric_for_best_model means), but never silently.
+        _WARNED.add((task.name, tuple(replaced)))
+        logger.warning("manyheads: compute_metrics returned %s for task '%s', which it also reports built in; "
+                       "eval_%s_<name> holds your value, not the built-in one. Rename yours (e.g. 'my_%s') to keep "
+                       "both.", replaced, task.name, task.name, replaced[0])
+    return values
+
+
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def valid_metric_names(tasks: list[Any]) -> set[str]:
@@ -82,6 +95,16 @@ def valid_metric_names(tasks: list[Any]) -> set[str]:
     return names
 
 
+def shared_metric(metric: str | None, tasks: list[Any]) -> str | None:
+    """`metric_for_best_model="accuracy"` (a metric name without a task, as a single-task script writes it): the
+    name when some task reports it built in. Evaluation then logs `eval_accuracy`, the mean of that metric over
+    the tasks that report it."""
+    if metric is None:
+        return None
+    name = metric[len("eval_"):] if metric.startswith("eval_") else metric
+    return name if name not in ("average", "loss") and any(name in t.METRICS for t in tasks) else None
+
+
 def best_metric_problem(metric: str | None, tasks: list[Any], user_defined: bool) -> str | None:
     """Why `metric_for_best_model` names no metric of the run, or None. With user metrics, any
     `<task>_<name>` of a known task is accepted (its names are known only once it has run)."""
@@ -89,7 +112,8 @@ def best_metric_problem(metric: str | None, tasks: list[Any], user_defined: bool
         return None
     name = metric[len("eval_"):] if metric.startswith("eval_") else metric
     valid = valid_metric_names(tasks)
-    if name in valid or (user_defined and any(name.startswith(f"{t.name}_") for t in tasks)):
+    if (name in valid or shared_metric(name, tasks)
+            or (user_defined and any(name.startswith(f"{t.name}_") for t in tasks))):
         return None
     close = get_close_matches(name, list(valid), n=1, cutoff=0.6)
     hint = f" Did you mean 'eval_{close[0]}'?" if close else ""

@@ -9,7 +9,10 @@ model.onnx            fp32 graph. Inputs: input_ids, attention_mask (+ token_typ
 model_int8.onnx       with --quantize int8: the same graph, weights quantized to int8 by ONNX Runtime
                       (`quantize_dynamic`, QInt8 per channel, reduce_range); activations are quantized on the
                       fly.
-config.json           the model's MultiTaskConfig, holding only the exported tasks: settings, labels, fitted state
+config.json           the model's MultiTaskConfig, holding only the exported tasks: settings, labels, fitted state.
+                      Each graph also records each task's label list in its metadata (`metadata_props`,
+                      `manyheads.labels.logits_<task>`), so loading refuses a config.json whose labels were
+                      reordered or replaced since the export.
 manyheads_onnx.json   what makes the folder a manyheads ONNX export: format version, opset, graph inputs and
                       outputs, the files, and the numbers of the export-time checks
 tokenizer files       as `AutoTokenizer.save_pretrained` writes them
@@ -35,7 +38,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -43,7 +46,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .modeling.model import MultiTaskModel
-from .onnx_runtime import FORMAT, MANIFEST, open_session, output_name, require, run_graph
+from .onnx_runtime import FORMAT, MANIFEST, labels_key, open_session, output_name, require, run_graph
 from .tasks import Task
 
 MODEL_FILE = "model.onnx"
@@ -69,8 +72,10 @@ class OnnxExport:
         folder: the output folder.
         tasks: the exported tasks, in graph output order.
         max_diff: per task, max |ONNX fp32 - PyTorch| of the logits over the generated check batches.
-        int8: per task (with `quantize="int8"`), `max_diff` against fp32 ONNX and `agreement`: the share of
-            rows (tokens, for token and span tasks) whose arg-max over the outputs is the fp32 graph's.
+        int8: per task (with `quantize="int8"`), `max_diff` against fp32 ONNX, `agreement`: the share of rows
+            (tokens, for token and span tasks) whose decision is the fp32 graph's, and `decision`, what is compared:
+            `"arg-max"` over the outputs, or `"thresholds"` for a task that decides per label at its thresholds
+            (multilabel: the whole label set must match).
     """
 
     folder: str
@@ -78,6 +83,16 @@ class OnnxExport:
     files: dict[str, str]
     max_diff: dict[str, float]
     int8: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ThresholdDecisions(Protocol):
+    """A task that decides per output at thresholds (multilabel) rather than by arg-max: `predicted(logits)` gives
+    its 0/1 decisions at `decision_thresholds()`."""
+
+    def decision_thresholds(self) -> np.ndarray: ...
+
+    def predicted(self, predictions: np.ndarray) -> np.ndarray: ...
 
 
 class _AllHeads(nn.Module):
@@ -229,6 +244,8 @@ def _export(model: MultiTaskModel, tokenizer: Any, names: list[str], output: str
         result = OnnxExport(folder=output, tasks=names, files={"fp32": MODEL_FILE}, max_diff={})
         large = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
         graph = _export_graph(wrapper, probes[0], inputs, os.path.join(staging, MODEL_FILE), large)
+        labels = {n: model.tasks[n].label_list for n in names}
+        _record_labels(graph, labels)
         result.max_diff = _compare(open_session(graph), probes, expected, names)
         worst = max(result.max_diff, key=result.max_diff.get)
         if result.max_diff[worst] > TOLERANCE:
@@ -239,7 +256,8 @@ def _export(model: MultiTaskModel, tokenizer: Any, names: list[str], output: str
                 f"({model.config.encoder.get('model_type')}) or head; leave the task out with --task.")
         if quantize == "int8":
             result.files["int8"] = INT8_FILE
-            result.int8 = _quantize(graph, os.path.join(staging, INT8_FILE), probes, names, large)
+            result.int8 = _quantize(graph, os.path.join(staging, INT8_FILE), probes, model.tasks, names, large)
+            _record_labels(os.path.join(staging, INT8_FILE), labels)  # whether or not the quantizer kept them
         _write_metadata(staging, model, tokenizer, inputs, shapes, result)
         _publish(staging, output)
     except BaseException:
@@ -266,6 +284,19 @@ def _export_graph(wrapper: _AllHeads, example: dict[str, torch.Tensor], inputs: 
     return path
 
 
+def _record_labels(path: str, labels: dict[str, list[str]]) -> None:
+    """Write each task's label list into the graph's metadata (onnx `metadata_props`): config.json can be edited
+    after the export, and only the graph itself can say which label each output column belongs to."""
+    onnx = require("onnx", "ONNX export")
+    graph = onnx.load(path, load_external_data=False)  # the weights of a large model stay in their .data file
+    values = {labels_key(name): json.dumps(names) for name, names in labels.items() if names}
+    kept = [(p.key, p.value) for p in graph.metadata_props if p.key not in values]
+    del graph.metadata_props[:]
+    for key, value in [*kept, *values.items()]:
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, path)
+
+
 def _compare(session: Any, probes: list[dict[str, torch.Tensor]], expected: list[list[np.ndarray]],
              names: list[str]) -> dict[str, float]:
     """Per task, max |graph - expected| over the probes."""
@@ -279,8 +310,8 @@ def _compare(session: Any, probes: list[dict[str, torch.Tensor]], expected: list
     return diff
 
 
-def _quantize(source: str, target: str, probes: list[dict[str, torch.Tensor]], names: list[str],
-              large: bool) -> dict[str, dict[str, float]]:
+def _quantize(source: str, target: str, probes: list[dict[str, torch.Tensor]], tasks: dict[str, Task],
+              names: list[str], large: bool) -> dict[str, dict[str, Any]]:
     """Write the int8 graph and measure it against the fp32 graph on the probes."""
     quantization = require("onnxruntime.quantization", "--quantize int8")
     with _quiet():
@@ -290,7 +321,7 @@ def _quantize(source: str, target: str, probes: list[dict[str, torch.Tensor]], n
         quantization.quantize_dynamic(source, target, weight_type=quantization.QuantType.QInt8, per_channel=True,
                                       reduce_range=True, use_external_data_format=large)
     fp32, int8 = open_session(source), open_session(target)
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
     for name in names:
         same = total = 0
         diff = 0.0
@@ -298,10 +329,20 @@ def _quantize(source: str, target: str, probes: list[dict[str, torch.Tensor]], n
             a, b = run_graph(fp32, probe, [name])[0], run_graph(int8, probe, [name])[0]
             diff = max(diff, float(np.abs(a - b).max()))
             real = probe["attention_mask"].numpy().astype(bool) if a.ndim == 3 else np.ones(len(a), bool)
-            same += int((a.argmax(-1) == b.argmax(-1))[real].sum())
+            same += int(decisions_agree(tasks[name], a, b)[real].sum())
             total += int(real.sum())
-        report[name] = {"max_diff": diff, "agreement": same / total}
+        decision = "thresholds" if isinstance(tasks[name], ThresholdDecisions) else "arg-max"
+        report[name] = {"max_diff": diff, "agreement": same / total, "decision": decision}
     return report
+
+
+def decisions_agree(task: Task, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row (per token for token and span tasks), whether logits `a` and `b` lead `task` to the same decision:
+    the same label set at the task's thresholds for a multilabel head, whose arg-max decides nothing; else the
+    same arg-max."""
+    if isinstance(task, ThresholdDecisions):
+        return (task.predicted(a) == task.predicted(b)).all(-1)
+    return a.argmax(-1) == b.argmax(-1)
 
 
 def _write_metadata(folder: str, model: MultiTaskModel, tokenizer: Any, inputs: list[str],

@@ -39,6 +39,12 @@ def output_name(task: str) -> str:
     return f"logits_{task}"
 
 
+def labels_key(task: str) -> str:
+    """The graph's metadata key (onnx `metadata_props`) holding the JSON label list of `task`'s output, in the
+    order of its columns."""
+    return f"manyheads.labels.{output_name(task)}"
+
+
 def open_session(path: str, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Any:
     ort = require("onnxruntime", "ONNX inference")
     options = ort.SessionOptions()
@@ -111,6 +117,9 @@ class OnnxMultiTaskModel:
         self.file = path
         self.session = open_session(path, providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        problems = head_problems(self.session, self.tasks, self.manifest, folder)
+        if problems:
+            raise ConfigError(problems)
 
     def forward_all(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
                     tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -122,6 +131,35 @@ class OnnxMultiTaskModel:
                  "token_type_ids": np.zeros_like(ids) if token_type_ids is None else token_type_ids}
         names = list(tasks) if tasks is not None else list(self.tasks)
         return dict(zip(names, run_graph(self.session, {n: given[n] for n in self.input_names}, names)))
+
+
+def head_problems(session: Any, tasks: dict[str, Task], manifest: dict[str, Any],
+                  folder: str | os.PathLike) -> list[str]:
+    """One line per task whose labels in config.json do not fit the graph: a different number of labels than its
+    output has columns, or (for graphs that record it) another label order. Either way the predictor would put
+    the graph's scores under the wrong names and exit 0, so the folder is refused."""
+    widths = {o.name: o.shape[-1] for o in session.get_outputs()}
+    recorded = session.get_modelmeta().custom_metadata_map
+    fix = f"export the model again (`manyheads export MODEL_DIR --format onnx --output {folder} --overwrite`)"
+    problems = []
+    for name, task in tasks.items():
+        output = output_name(name)
+        width = widths.get(output)
+        if not isinstance(width, int):  # a symbolic axis: the width the export recorded
+            width = (manifest["outputs"].get(output) or [None])[-1]
+        labels = task.label_list
+        if isinstance(width, int) and width != task.num_outputs:
+            wants = f"{len(labels)} label(s) {labels}" if labels else f"{task.num_outputs} output column(s)"
+            problems.append(f"config.json: task '{name}' has {wants} but the graph's output {output} has {width} "
+                            f"column(s); config.json does not belong to this graph: {fix}.")
+            continue
+        if labels_key(name) in recorded:
+            exported = json.loads(recorded[labels_key(name)])
+            if exported != labels:
+                problems.append(f"config.json: task '{name}' lists its labels as {labels} but the graph's output "
+                                f"{output} was exported with the labels {exported}, in that order; predictions "
+                                f"would carry the wrong names: {fix}, or restore that list in config.json.")
+    return problems
 
 
 def load_onnx_folder(folder: Any, tokenizer: Any = None, file: str | None = None,

@@ -25,6 +25,7 @@ from typing import Any
 from .errors import ConfigError
 
 LOCK_FILE = ".manyheads.lock"
+LOCK_POLL_SECONDS = 0.1
 
 
 def lock_path(output_dir: str) -> str:
@@ -47,8 +48,24 @@ def _busy_error(output_dir: str, holder: dict[str, Any]) -> ConfigError:
                        "finish, stop it, or set --output_dir to another folder.")
 
 
-def check_not_locked(output_dir: str) -> None:
+def _flock(handle: Any, wait: float) -> bool:
+    """Take the exclusive lock on `handle`, trying for up to `wait` seconds; whether it was taken."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        # Polled rather than a blocking flock: a blocking call could not give up after `wait` seconds.
+        time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def check_not_locked(output_dir: str, wait: float = 0.0) -> None:
     """Raise `ConfigError` when a live run holds the folder's lock; writes nothing (for checks before a run).
+
+    `wait`: seconds to give a holder that is going away (e.g. a run killed a moment ago) to release it.
 
     Raises:
         ConfigError: naming the holder's pid and host.
@@ -61,33 +78,32 @@ def check_not_locked(output_dir: str) -> None:
     except OSError:
         return
     with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _busy_error(output_dir, _holder(path)) from None
+        if not _flock(handle, wait):
+            raise _busy_error(output_dir, _holder(path))
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class OutputLock:
     """Exclusive lock on an output folder (created if needed) while the `with` block runs.
 
+    `wait`: seconds to keep trying while another process holds it (default: refuse at once).
+
     Raises:
         ConfigError: another live process holds it (one line naming its pid and host).
     """
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, wait: float = 0.0):
         self.output_dir = output_dir
+        self.wait = wait
         self._handle: Any = None
 
     def acquire(self) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
         path = lock_path(self.output_dir)
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open for the life of the lock
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock(handle, self.wait):
             handle.close()
-            raise _busy_error(self.output_dir, _holder(path)) from None
+            raise _busy_error(self.output_dir, _holder(path))
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))

@@ -10,11 +10,14 @@ runs the tasks of `MultiTaskPredictor.predict`: those named in `tasks`, else eve
 Errors are JSON `{"error": "<one line>"}`: 400 body not JSON; 413 body over `max_body_bytes` or more than
 `max_request_rows` records; 422 JSON that is not a valid request (names the key or `records[i]` and field);
 404/405 route or method; 503 server not started or shutting down; 500 a failure on the server (its traceback
-goes to the server log only). Needs `pip install "manyheads[serve]"` (starlette, uvicorn).
+goes to the server log only). On SIGTERM, `serve` finishes the requests it can within `shutdown_timeout` and
+answers the others 503 before uvicorn would cut them off; a client that hangs up mid-request is one log line.
+Needs `pip install "manyheads[serve]"` (starlette, uvicorn).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import importlib.util
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, shown
 from .records import kind_of
-from .server_batcher import Batcher, Limits, RequestError
+from .server_batcher import SHUTTING_DOWN, Batcher, Limits, RequestError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -168,6 +171,8 @@ def create_app(predictor: MultiTaskPredictor, *, backend: str | None = None, max
         raise ConfigError(missing)
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -194,6 +199,10 @@ def create_app(predictor: MultiTaskPredictor, *, backend: str | None = None, max
             predictions = await batcher.submit(request_tasks(predictor, records, tasks), records)
         except RequestError as err:
             return error(err.status, str(err))
+        except ClientDisconnect:
+            # Nobody is left to answer (the response goes nowhere): a line for the log, not a traceback.
+            logger.info("a client disconnected before sending its whole request body; request dropped")
+            return error(400, "request body: the client disconnected before sending all of it")
         return JSONResponse({"predictions": predictions})
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -221,9 +230,40 @@ def create_app(predictor: MultiTaskPredictor, *, backend: str | None = None, max
 
     app = Starlette(routes=[Route("/", index, methods=["GET"]), Route("/health", health, methods=["GET"]),
                             Route("/predict", predict, methods=["POST"])],
+                    middleware=[Middleware(_AnswerWhenCutOff, batcher=batcher)],
                     exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
     app.state.batcher = batcher
     return app
+
+
+class _AnswerWhenCutOff:
+    """ASGI middleware: a request that the ASGI server cancels while shutting down (its graceful timeout ran out,
+    e.g. a client still sending its body) gets the 503 JSON answer, not uvicorn's plain-text 500 and a logged
+    traceback. Other cancellations go on as they came."""
+
+    def __init__(self, app: Any, batcher: Batcher):
+        self.app, self.batcher = app, batcher
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_track(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_track)
+        except asyncio.CancelledError:
+            if not self.batcher.draining:
+                raise
+            if not started:  # once a response has begun, the server closes the connection on its own
+                from starlette.responses import JSONResponse
+
+                await JSONResponse({"error": SHUTTING_DOWN}, status_code=503)(scope, receive, send)
 
 
 def load_predictor(model_dir: str | os.PathLike, backend: str = "torch", device: str | None = None,
@@ -239,8 +279,9 @@ def serve(model: MultiTaskPredictor | str | os.PathLike, host: str = "127.0.0.1"
           log_level: str = "info", **limits: Any) -> None:
     """Serve `model` (a predictor, or a saved model folder) with uvicorn until SIGINT/SIGTERM.
 
-    On a signal the server stops accepting connections, lets in-flight requests finish (for at most
-    `shutdown_timeout` seconds), then returns. `limits`: the `Limits` fields, as for `create_app`.
+    On a signal the server stops accepting connections and lets in-flight requests finish; those that cannot
+    finish within `shutdown_timeout` seconds get a 503 JSON answer. Then it returns. `limits`: the `Limits`
+    fields, as for `create_app`.
     """
     if missing := missing_dependencies():
         raise ConfigError(missing)
@@ -253,9 +294,29 @@ def serve(model: MultiTaskPredictor | str | os.PathLike, host: str = "127.0.0.1"
     log_config["loggers"][__name__] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level, log_config=log_config,
                             timeout_graceful_shutdown=shutdown_timeout)
-    server = uvicorn.Server(config)
+    server = _draining_server(config, app.state.batcher)
     with _signals_stop(server):
         server.run()
+
+
+def _answer_within(shutdown_timeout: float) -> float:
+    """Seconds after a shutdown signal at which the requests still queued get their 503: before uvicorn's graceful
+    timeout cancels them, leaving time for the answers to go out (uvicorn looks for closed connections every
+    0.1 s)."""
+    return shutdown_timeout - min(1.0, 0.25 * shutdown_timeout)
+
+
+def _draining_server(config: Any, batcher: Batcher) -> Any:
+    """A `uvicorn.Server` that starts draining `batcher` when its shutdown starts. Without it, uvicorn cancels the
+    requests still running at its timeout, and each one gets a plain-text 500 and a traceback in the log."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            batcher.drain(_answer_within(self.config.timeout_graceful_shutdown))
+            await super().shutdown(sockets=sockets)
+
+    return DrainingServer(config)
 
 
 @contextlib.contextmanager

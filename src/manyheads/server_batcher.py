@@ -5,6 +5,10 @@ until `max_wait_ms` after it arrived (or until the batch is full), adds every qu
 set up to `max_batch_size` rows, and runs the batch on ONE thread that owns the predictor (torch is not
 re-entrant here), so the event loop keeps answering (`/health` during a long batch). Each request's future gets
 exactly its own rows back, in order.
+
+Shutting down: `drain(seconds)` runs what is queued without waiting for batches to fill and, `seconds` later,
+answers every request still queued or running with a 503, so that the ASGI server's own shutdown timeout never
+cuts a request off without an answer.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from .inference import MultiTaskPredictor
 
 logger = logging.getLogger(__name__)
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,18 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._arrived: asyncio.Event | None = None
+        self._draining = False  # drain() was called: batches no longer wait to fill
+        self._closed = False  # the drain time is over (or stop()): requests get a 503
+        self._turn_away_later: asyncio.TimerHandle | None = None
 
     @property
     def ready(self) -> bool:
         return self._worker is not None and not self._worker.done()
+
+    @property
+    def draining(self) -> bool:
+        """Shutdown has begun (`drain` was called)."""
+        return self._draining
 
     @property
     def queued_rows(self) -> int:
@@ -102,17 +115,39 @@ class Batcher:
     async def start(self) -> None:
         # Made here, not in __init__: they belong to the loop that serves (a test client may start the app twice).
         self._arrived = asyncio.Event()
+        self._draining = self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manyheads-predict")
         self._worker = asyncio.create_task(self._work(), name="manyheads-batcher")
 
+    def drain(self, seconds: float) -> None:
+        """Shutdown has begun: predict what is queued without waiting for batches to fill, and after `seconds`
+        answer every request still queued or being predicted (and any new one) with a 503. Call it on the event
+        loop, with `seconds` short enough for those answers to go out before the server stops waiting."""
+        if self._draining:
+            return
+        self._draining = True
+        if self._arrived is not None:
+            self._arrived.set()  # a batch waiting to fill goes now
+        self._turn_away_later = asyncio.get_running_loop().call_later(max(0.0, seconds), self._turn_away)
+
+    def _turn_away(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            # A batch on the thread runs to its end, but its requests are answered now; nothing new starts.
+            self._worker.cancel()
+        self._fail(self._pending + self._running, RequestError(503, SHUTTING_DOWN))
+        self._pending, self._running = [], []
+
     async def stop(self) -> None:
         """Fail what is still queued (uvicorn has already let in-flight requests finish) and free the thread."""
+        if self._turn_away_later is not None:
+            self._turn_away_later.cancel()
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        self._fail(self._pending + self._running, RequestError(503, "the server is shutting down; send the "
-                                                                     "request again once it is back"))
+        self._fail(self._pending + self._running, RequestError(503, SHUTTING_DOWN))
         self._pending, self._running = [], []
         if self._executor is not None:
             # A batch already on the thread cannot be interrupted; do not wait for it here.
@@ -120,6 +155,8 @@ class Batcher:
 
     async def submit(self, tasks: tuple[str, ...], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The predictions of `records` (each running `tasks`), in order, once the worker has run them."""
+        if self._closed:
+            raise RequestError(503, SHUTTING_DOWN)
         if not self.ready or self._arrived is None:
             raise RequestError(503, "the server is not running: serve the app with its lifespan on "
                                     "(starlette's TestClient: use it as `with TestClient(app) as client`)")
@@ -155,7 +192,7 @@ class Batcher:
         deadline = first.arrived + self.limits.max_wait_ms / 1000
         # The deadline counts from the piece's arrival: a piece that queued while a batch ran does not wait again.
         while sum(len(p.records) for p in self._pending if p.tasks == first.tasks) < self.limits.max_batch_size \
-                and loop.time() < deadline:
+                and loop.time() < deadline and not self._draining:
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11
                 await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())

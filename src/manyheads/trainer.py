@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, rotate_checkpoints
 from transformers.utils import logging
 
 from .balancing import build_group_step, build_weighting
@@ -53,7 +53,7 @@ from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_sp
 from .data.loader import build_train_loader
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
-from .evaluation import evaluate_tasks
+from .evaluation import by_task, evaluate_task, evaluate_tasks
 from .metrics import best_metric_problem, check_metric_functions
 from .model_card import render_card, write_card
 from .modeling.param_groups import apply_own_rates
@@ -124,6 +124,7 @@ class MultiTaskTrainer(Trainer):
         self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
         self._nonfinite_streak = 0
         self.weighting_optimizer: torch.optim.Optimizer | None = None
+        self._resumed_from: str | None = None  # the checkpoint train() resumed from, for the weighting's optimizer
         self._step_tokens = StepTokens()  # generation tasks: target tokens of the current optimizer step
 
     def _prepare_datasets(self, model: Any, train: Any, evaluation: Any, tokenizer: Any) -> tuple[Any, Any]:
@@ -171,11 +172,12 @@ class MultiTaskTrainer(Trainer):
             "seed": self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             "rank": self.args.process_index,
             "world_size": self.args.world_size,
+            "lengths": data.lengths() if self.args.group_by_length else None,
+            "accumulation": self.args.gradient_accumulation_steps,
         }
         if self.group_step is not None:
             return TaskGroupBatchSampler(data.sizes, group_size=self.args.task_group_size, **common)
-        return MultiTaskBatchSampler(data.sizes, lengths=data.lengths() if self.args.group_by_length else None,
-                                     **common)
+        return MultiTaskBatchSampler(data.sizes, **common)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
@@ -224,6 +226,12 @@ class MultiTaskTrainer(Trainer):
             self.weighting.zero_grad(set_to_none=True)
             self._weighting_grads_stale = False
         if GROUP_COLUMN in inputs:
+            if self.group_step is None:
+                mixed = list(inputs[GROUP_COLUMN])
+                raise ValueError(f"a training micro-batch mixes tasks {mixed}, but MultiTaskTrainer trains one task "
+                                 "per micro-batch (no gradient_aggregator is set). Keep its own "
+                                 "get_train_dataloader (its sampler draws one task per batch; sampling_strategy "
+                                 "sets the mix), or set gradient_aggregator to train several tasks per step.")
             loss = self._task_group_step(model, inputs)
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -315,6 +323,8 @@ class MultiTaskTrainer(Trainer):
             # The user's scheduler was built for the user's parameter groups: adding one now breaks it. The
             # weighting's parameters get their own optimizer, stepped with each optimizer step (constant lr).
             self.weighting_optimizer = torch.optim.AdamW(params, lr=self.weighting.param_lr, weight_decay=0.0)
+            if self._resumed_from:  # Trainer restores the checkpoint before the optimizers exist
+                load_balancing(self._resumed_from, self.weighting, self.weighting_optimizer, self.args.device)
         elif params:
             # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
             optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
@@ -382,6 +392,7 @@ class MultiTaskTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._resumed_from = resume_from_checkpoint
         if load_balancing(resume_from_checkpoint, self.weighting, self.weighting_optimizer, self.args.device):
             self._last_weights = self.weighting.weights()
 
@@ -393,9 +404,23 @@ class MultiTaskTrainer(Trainer):
         datasets = eval_dataset if override else self.eval_dataset
         if datasets is None:
             raise ValueError("MultiTaskTrainer: evaluation requires an eval_dataset.")
-        if not isinstance(datasets, dict):
-            datasets = {datasets[0][TASK_COLUMN]: datasets}
-        metrics = evaluate_tasks(self, datasets, override, ignore_keys, metric_key_prefix)
+        metrics = evaluate_tasks(self, by_task(datasets), override, ignore_keys, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None,
+                metric_key_prefix: str = "test") -> PredictionOutput:
+        """One task's split (its rows carry the task name, or `{task: dataset}` with one entry): its predictions,
+        labels and metrics as `evaluate` reports them (`test_<task>_<metric>`, `test_<task>_loss`)."""
+        datasets = by_task(test_dataset)
+        if len(datasets) != 1:
+            raise ValueError(f"MultiTaskTrainer.predict takes one task's dataset, got {list(datasets)}: call it per "
+                             "task, or use evaluate() for all tasks' metrics.")
+        (name, dataset), = datasets.items()
+        result = evaluate_task(self, name, dataset, True, ignore_keys, metric_key_prefix)
+        metrics = dict(result.metrics)
+        if result.loss is not None:
+            metrics[f"{metric_key_prefix}_{name}_loss"] = metrics[f"{metric_key_prefix}_loss"] = result.loss
+        return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=metrics)
+

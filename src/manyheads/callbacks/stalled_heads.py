@@ -8,16 +8,25 @@ same label set, no label ever, a regression output with no spread: `Task.constan
 predictor scores (F1 0, MCC 0, correlation 0). It names the task and the usual fixes, logs a warning, and
 appends one line per flagged task to `diagnostics/stalled_heads.jsonl`, which `manyheads report` shows.
 
+A head can also score below a constant answer without being constant itself (a multilabel head whose rare labels
+fire on most rows scores a lower micro-F1 than always answering the most frequent label). For a task type that
+can say what the best constant answer scores on given labels (the `ConstantBaseline` capability: multilabel), the
+callback compares the task's main metric with it on the same eval labels, warns once per task, and records it in
+the same file at each evaluation where it holds. It reads those labels from the evaluation loaders Trainer hands
+to `on_prediction_step` (one task's split per loader), the only way a callback sees them.
+
 `MultiTaskTrainer` adds it by default; remove it with `trainer.remove_callback(StalledHeadsCallback)`. It only
 reads the evaluation's metrics and the model's task objects.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from transformers.utils import logging
 
+from ..tasks import LABEL_COLUMN, TASK_COLUMN
 from .base import DiagnosticCallback, unwrap
 
 logger = logging.get_logger(__name__)
@@ -30,6 +39,14 @@ CONSTANT_KEY = "constant_predictions"
 CONSTANT_SCORES = {"f1": 0.0, "micro_f1": 0.0, "macro_f1": 0.0, "mcc": 0.0, "pearson": 0.0, "spearman": 0.0}
 
 
+@runtime_checkable
+class ConstantBaseline(Protocol):
+    """A task type that knows the best constant answer: `constant_baseline(labels)` gives the main metric that
+    answer scores on these labels (as the eval loop collects them) and the answer in words, or None."""
+
+    def constant_baseline(self, labels: Any) -> tuple[float, str] | None: ...
+
+
 def stall_reason(metrics: dict[str, float], prefix: str, task: Any) -> str | None:
     """Why `task` looks stalled in one evaluation's `metrics` (keys `<prefix>_<task>_<metric>`), else None."""
     if metrics.get(f"{prefix}_{task.name}_{CONSTANT_KEY}") == 1.0:
@@ -40,6 +57,22 @@ def stall_reason(metrics: dict[str, float], prefix: str, task: Any) -> str | Non
     if metric in CONSTANT_SCORES and value is not None and abs(value - CONSTANT_SCORES[metric]) < 1e-12:
         return f"its main metric {metric} is {value:g}, what a constant prediction scores"
     return None
+
+
+def below_constant_reason(metrics: dict[str, float], prefix: str, task: ConstantBaseline, labels: Any) -> str | None:
+    """Why `task`'s main metric in `metrics` is worse than the best constant answer on `labels`, else None."""
+    baseline = task.constant_baseline(labels)
+    metric = task.main_metric_name
+    value = metrics.get(f"{prefix}_{task.name}_{metric}")
+    if baseline is None or value is None:
+        return None
+    score, answer = baseline
+    # A margin of rounding only: equal to the constant is the stall check's business, not this one's.
+    worse = value < score - 1e-9 if task.greater_is_better(metric) else value > score + 1e-9
+    if not worse:
+        return None
+    return (f"its main metric {metric} is {value:.4g}, {'below' if task.greater_is_better(metric) else 'above'} the "
+            f"{score:.4g} that a constant answer scores on the same eval labels ({answer})")
 
 
 def advice(task: Any, several_tasks: bool) -> str:
@@ -67,25 +100,58 @@ class StalledHeadsCallback(DiagnosticCallback):
     def __init__(self, output_dir: str | None = None):
         super().__init__(output_dir, log_to_trackers=False)
         self.warnings: list[str] = []
+        self._below_warned: set[str] = set()  # tasks already warned about scoring below a constant answer
+        self._loader: Any = None  # the evaluation loader of the last prediction step
+        self._eval_sets: dict[str, Any] = {}  # task name -> its split in the evaluation under way
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start_file(args, state, STALLED_FILE)
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None,
+                           **kwargs: Any) -> None:
+        # `MultiTaskTrainer.evaluate` runs Trainer's evaluation loop once per task; each loop's loader holds that
+        # task's split (with its `task` column). Looked at once per loader, not per batch.
+        if eval_dataloader is None or eval_dataloader is self._loader:
+            return
+        self._loader = eval_dataloader
+        dataset = getattr(eval_dataloader, "dataset", None)
+        columns = getattr(dataset, "column_names", None) or []
+        # Map-style splits only: an iterable one cannot be read again without running it through.
+        if TASK_COLUMN in columns and LABEL_COLUMN in columns and hasattr(dataset, "__len__") and len(dataset):
+            self._eval_sets[dataset[0][TASK_COLUMN]] = dataset
+
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     model: Any = None, **kwargs: Any) -> None:
         tasks = getattr(unwrap(model), "tasks", None) or {}
+        eval_sets, self._eval_sets, self._loader = self._eval_sets, {}, None
         if not metrics or not state.is_world_process_zero:
             return
         for task in tasks.values():
             prefix = next((k[:-len(f"_{task.name}_{CONSTANT_KEY}")] for k in metrics
                            if k.endswith(f"_{task.name}_{CONSTANT_KEY}")), None)
-            reason = stall_reason(metrics, prefix, task) if prefix is not None else None
-            if reason is None:
+            if prefix is None:
                 continue
-            fixes = advice(task, len(tasks) > 1)
-            message = (f"manyheads: task '{task.name}' looks stalled at step {state.global_step}: {reason}; its head "
-                       f"has learnt nothing beyond a constant answer. Likely fixes: {fixes}.")
+            reason = stall_reason(metrics, prefix, task)
+            if reason is not None:
+                self._flag(args, state, task, reason, len(tasks) > 1,
+                           f"looks stalled at step {state.global_step}: {reason}; its head has learnt nothing beyond "
+                           "a constant answer")
+            elif isinstance(task, ConstantBaseline) and task.name in eval_sets:
+                labels = np.asarray(list(eval_sets[task.name][LABEL_COLUMN]))
+                reason = below_constant_reason(metrics, prefix, task, labels)
+                if reason is not None:
+                    self._flag(args, state, task, reason, len(tasks) > 1,
+                               f"scores below a constant answer at step {state.global_step}: {reason}",
+                               warn=task.name not in self._below_warned)
+                    self._below_warned.add(task.name)
+
+    def _flag(self, args: Any, state: Any, task: Any, reason: str, several_tasks: bool, what: str,
+              warn: bool = True) -> None:
+        """Warn about `task` (unless `warn` is off) and record it in `stalled_heads.jsonl`."""
+        fixes = advice(task, several_tasks)
+        if warn:
+            message = f"manyheads: task '{task.name}' {what}. Likely fixes: {fixes}."
             self.warnings.append(message)
             logger.warning(message)
-            self.append_jsonl(args, STALLED_FILE, {"step": state.global_step, "task": task.name, "type": task.type,
-                                                   "reason": reason, "fixes": fixes})
+        self.append_jsonl(args, STALLED_FILE, {"step": state.global_step, "task": task.name, "type": task.type,
+                                               "reason": reason, "fixes": fixes})

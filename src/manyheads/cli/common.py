@@ -60,17 +60,20 @@ def _fmt(value: Any) -> str:
 def metrics_rows(metrics: dict[str, float], tasks: list[str], prefix: str = "eval") -> list[dict[str, Any]]:
     """One row per task with its metrics, from flat `eval_<task>_<metric>` keys. Left out: the runtime and the
     stalled-head flag `constant_predictions` (a 0/1 for `StalledHeadsCallback`, which warns in words itself)."""
-    rows = []
-    for task in tasks:
-        head = f"{prefix}_{task}_"
-        values = {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
-        rows.append({"task": task, **{k: v for k, v in values.items()
-                                      if k not in ("runtime", "constant_predictions")}})
-    return rows
+    # A key belongs to the longest task name it starts with: with tasks `a` and `a_loss`,
+    # `eval_a_loss_accuracy` is a metric of `a_loss`, not a metric `loss_accuracy` of `a`.
+    owners: dict[str, dict[str, float]] = {task: {} for task in tasks}
+    longest_first = sorted(tasks, key=len, reverse=True)
+    for key, value in metrics.items():
+        owner = next((t for t in longest_first if key.startswith(f"{prefix}_{t}_")), None)
+        if owner is not None:
+            owners[owner][key[len(f"{prefix}_{owner}_"):]] = value
+    return [{"task": task, **{k: v for k, v in owners[task].items() if k not in ("runtime", "constant_predictions")}}
+            for task in tasks]
 
 
 def model_dir_problem(path: str) -> str | None:
-    """Why `path` is not a saved manyheads model folder (for predict and serve), or None."""
+    """Why `path` is not a saved manyheads model folder (for predict, serve, evaluate and export), or None."""
     hint = "give the folder written by 'manyheads train' (or trainer.save_model)"
     if not os.path.exists(path):
         return f"MODEL_DIR: folder not found: {path}; {hint}."

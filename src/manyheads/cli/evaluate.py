@@ -7,7 +7,15 @@ import json
 import os
 import tempfile
 
-from .common import THRESHOLD_HELP, apply_threshold, format_table, metrics_rows, parse_threshold, quiet_libraries
+from .common import (
+    THRESHOLD_HELP,
+    apply_threshold,
+    format_table,
+    metrics_rows,
+    model_dir_problem,
+    parse_threshold,
+    quiet_libraries,
+)
 
 HELP = "Evaluate a saved multi-task model on the eval splits declared in a config."
 
@@ -35,8 +43,23 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     threshold = parse_threshold(args.threshold)
     quiet_libraries()
-    run_config = load_config(args.config, extra)
-    model = MultiTaskModel.from_pretrained(args.model_dir)
+    # A missing folder, a file or a plain encoder folder is one line, reported with the config's problems (else
+    # from_pretrained fails with "Repo id must be in the form ..." or an AttributeError).
+    model_problem = model_dir_problem(args.model_dir)
+    try:
+        run_config = load_config(args.config, extra)
+    except ConfigError as err:
+        raise ConfigError(([model_problem] if model_problem else []) + err.problems) from None
+    if model_problem:
+        raise ConfigError(model_problem)
+    try:
+        model = MultiTaskModel.from_pretrained(args.model_dir)
+    except ConfigError:
+        raise  # already names the folder and the fix (strict loading's ModelLoadError)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"MODEL_DIR: could not load the model in {args.model_dir}: {first}. Give the folder "
+                          "written by 'manyheads train'.") from None
     missing = [t.name for t in run_config.tasks if t.name not in model.tasks]
     if missing:
         raise ConfigError(f"tasks: {missing} are not in the model at {args.model_dir} (it has {list(model.tasks)}). "

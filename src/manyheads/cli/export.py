@@ -10,7 +10,7 @@ import argparse
 import os
 
 from ..errors import ConfigError
-from .common import quiet_libraries
+from .common import model_dir_problem, quiet_libraries
 
 HELP = ("Export one task as a stock transformers model folder (--format stock), or every task as one ONNX graph "
         "(--format onnx).")
@@ -25,15 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stock: the task to export (exactly one); onnx: a task to include (repeat for several; "
                              "default: every task)")
     parser.add_argument("--output", required=True, help="folder to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a model that --output already holds (never MODEL_DIR itself)")
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="onnx only: also write model_int8.onnx (ONNX Runtime dynamic int8 quantization)")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    problems = []
+    # A missing folder, a file or a plain encoder folder: one line here, not a traceback from loading it.
+    model_problem = model_dir_problem(args.model_dir)
+    problems = [model_problem] if model_problem else []
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         problems.append(f"--output: {args.output} is a file; export writes a folder (config, weights, tokenizer). "
                         "Give a new or existing folder.")
+    problems += _output_problems(args.model_dir, args.output, args.overwrite)
     if args.quantize and args.format != "onnx":
         problems.append(f"--quantize: {args.quantize} quantization applies to ONNX graphs; add --format onnx "
                         "(a stock folder keeps its PyTorch weights).")
@@ -56,6 +61,24 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+# Files whose presence says a folder holds a model (manyheads, stock transformers or an ONNX export).
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "model.onnx")
+
+
+def _output_problems(model_dir: str, output: str, overwrite: bool) -> list[str]:
+    """An export never writes over the model it reads, nor over another model unless --overwrite says so."""
+    if not os.path.isdir(output):
+        return []
+    if os.path.isdir(model_dir) and os.path.samefile(model_dir, output):
+        return [f"--output: {output} is MODEL_DIR itself; exporting there would overwrite the multi-task model. "
+                "Give another folder."]
+    found = [name for name in MODEL_FILES if os.path.exists(os.path.join(output, name))]
+    if found and not overwrite:
+        return [f"--output: {output} already holds a model ({', '.join(found)}); the export would overwrite it. "
+                "Give a new folder, or add --overwrite to replace that model."]
+    return []
+
+
 def _run_onnx(args: argparse.Namespace) -> int:
     from ..onnx_export import export_onnx
 
@@ -65,8 +88,10 @@ def _run_onnx(args: argparse.Namespace) -> int:
     print(f"tasks {', '.join(done.tasks)} exported as one ONNX graph to {graph}")
     print(f"max |ONNX - PyTorch| of the logits per task (generated inputs): {diffs}")
     if done.int8:
-        agreement = ", ".join(f"{name} {v['agreement']:.1%} (max diff {v['max_diff']:.1e})"
-                              for name, v in done.int8.items())
-        print(f"int8 graph {os.path.join(args.output, done.files['int8'])}; arg-max agreement with fp32 per task "
+        # A multilabel head decides per label at its thresholds: its arg-max would say nothing about its answers.
+        how = {"thresholds": "same label set at its thresholds", "arg-max": "same arg-max"}
+        agreement = ", ".join(f"{name} {v['agreement']:.1%} {how.get(v.get('decision'), 'same arg-max')} "
+                              f"(max diff {v['max_diff']:.1e})" for name, v in done.int8.items())
+        print(f"int8 graph {os.path.join(args.output, done.files['int8'])}; decision agreement with fp32 per task "
               f"(generated inputs): {agreement}")
     return 0

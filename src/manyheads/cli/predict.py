@@ -30,11 +30,14 @@ HELP = "Predict every task (or the chosen ones) for each row of a CSV/TSV/JSONL 
 CHUNK_ROWS = 8192  # rows read, checked and predicted together: bounds memory; large enough that sorting
 # rows by length within a chunk pads about as little as sorting the whole input (1024 was 6 % slower)
 PARTIAL = ".partial"
+PREVIOUS = ".previous"
 EPILOG = """\
 Streaming: JSONL is read line by line and CSV/TSV row by row (a .json list is read whole: use JSONL for big
 inputs). Rows are predicted in chunks of --chunk_rows and written to OUTPUT.partial as each chunk is done;
 OUTPUT.partial is renamed to OUTPUT when every row is done: OUTPUT never holds a partial result (a killed run
-leaves OUTPUT.partial; a run stopped by an error removes it).
+leaves OUTPUT.partial; a run stopped by an error removes it). An OUTPUT of an earlier run is moved to
+OUTPUT.previous when a run starts (so a killed run never leaves an old, complete OUTPUT beside its partial one),
+deleted when the run completes, and put back when it stops at an error. --output may not be the --input file.
 
 Which tasks run on a row: with --task, exactly those, and each must be able to read every row; without it,
 every task whose input fields the row has (a single-text task also reads a plain 'text' field), and a row
@@ -110,6 +113,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                                        backend=args.backend, onnx_file=args.onnx_file)
     except ConfigError:
         raise  # already names the folder and the fix (e.g. strict loading's ModelLoadError)
+    except _graph_errors(args.backend) as err:
+        # ONNX Runtime parses the graph only when the session is created: a truncated copy fails here.
+        graph = os.path.join(args.model_dir, args.onnx_file or "model.onnx")
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from <path> failed:Protobuf parsing failed."
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = text.rsplit("failed:", 1)[-1].strip().rstrip(".")
+        raise ConfigError(f"MODEL_DIR: {graph} cannot be read as an ONNX graph ({reason}); the file is truncated or "
+                          "corrupted. Export it again: manyheads export <the trained model's folder> --format onnx "
+                          f"--output {args.model_dir} --overwrite.") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"MODEL_DIR: could not load the model in {args.model_dir}: {err}") from None
     unknown = [t for t in args.task or [] if t not in predictor.tasks]
@@ -122,7 +134,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if note:
         print(f"note: {note}.", file=sys.stderr)
     chunk_rows = args.chunk_rows or max(CHUNK_ROWS, args.batch_size)
-    partial = args.output + PARTIAL
+    partial, previous = args.output + PARTIAL, args.output + PREVIOUS
+    if os.path.isfile(args.output):
+        # An earlier run's complete OUTPUT beside this run's OUTPUT.partial would pass for this run's result if this
+        # run were killed: it waits as OUTPUT.previous, and comes back if this run stops at a bad row.
+        os.replace(args.output, previous)
     try:
         handle = open(partial, "w", encoding="utf-8")
     except OSError as err:
@@ -135,16 +151,33 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         # A bad row or an unreadable file: the lines written so far are of no use on their own. (A killed
         # run cannot get here: it leaves OUTPUT.partial, which says what it is.)
         os.remove(partial)
+        if os.path.isfile(previous):
+            os.replace(previous, args.output)
         hint = " (--on_error skip marks such rows and predicts the others)" if isinstance(err, BadRow) else ""
         raise ConfigError([*err.problems, f"--output: {args.output} not written: the run stopped at the problem "
                                           f"above, and {partial} was removed{hint}."]) from None
     os.replace(partial, args.output)
+    if os.path.isfile(previous):
+        os.remove(previous)
     tasks = ", ".join(f"{name} {summary.per_task[name]}" for name in predictor.tasks if summary.per_task[name])
     print(f"{summary.rows} rows -> {args.output}; rows predicted per task: {tasks or 'none'}")
     if summary.rows_with_errors:
         print(f"{summary.rows_with_errors} rows marked with \"error\" (--on_error skip); the first: "
               f"{summary.first_error}")
     return 0
+
+
+def _graph_errors(backend: str) -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's errors for a graph file it cannot parse (truncated, corrupted, not a graph); none for torch.
+
+    Its exception classes derive from `Exception` only, so `(OSError, ValueError)` misses them."""
+    if backend != "onnx":
+        return ()
+    try:
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoModel
+    except ImportError:  # onnxruntime missing: loading the folder says how to install it
+        return ()
+    return InvalidProtobuf, InvalidGraph, NoModel
 
 
 def _argument_problems(args: argparse.Namespace) -> list[str]:
@@ -159,7 +192,10 @@ def _argument_problems(args: argparse.Namespace) -> list[str]:
     elif not os.access(args.input, os.R_OK):
         problems.append(f"--input: {args.input} cannot be read (no permission).")
     folder = os.path.dirname(args.output) or "."
-    if os.path.isdir(args.output):
+    if os.path.isfile(args.input) and os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        problems.append(f"--output: {args.output} is the --input file; predictions would replace the rows being "
+                        "read. Give another file.")
+    elif os.path.isdir(args.output):
         problems.append(f"--output: {args.output} is a folder; give a file in it, e.g. "
                         f"{os.path.join(args.output, 'predictions.jsonl')}.")
     elif not os.path.isdir(folder):

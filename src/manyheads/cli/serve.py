@@ -24,9 +24,9 @@ Errors are JSON {"error": "<one line>"}: 400 body not JSON; 413 body over --max_
 --max_request_rows records; 422 not a valid request (the key, or records[i] and the field); 404 / 405 route
 or method; 503 shutting down; 500 a failure on the server (traceback in the server's log only).
 
-SIGTERM or Ctrl+C: stops accepting connections, finishes the requests in flight (at most
---shutdown_timeout seconds), exits 0. The server has no authentication: keep --host on a loopback address
-unless a proxy in front of it controls access.
+SIGTERM or Ctrl+C: stops accepting connections, finishes the requests in flight that fit in
+--shutdown_timeout seconds, answers the others 503 (JSON, as above), exits 0. The server has no
+authentication: keep --host on a loopback address unless a proxy in front of it controls access.
 """
 
 
@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_request_rows", type=int, default=256, help="records per request; more is a 413")
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20, help="request body size; more is a 413")
     parser.add_argument("--shutdown_timeout", type=float, default=10.0,
-                        help="seconds the requests in flight get to finish after SIGTERM")
+                        help="seconds the requests in flight get to finish after SIGTERM; those still queued "
+                             "near the end get a 503")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

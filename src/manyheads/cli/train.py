@@ -168,27 +168,61 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     from ..checkpoints import latest_complete_checkpoint
     from ..errors import ConfigError, RunStopped
     from ..output_lock import OutputLock
-    from ..recipe.build import prepare_data
+    from ..recipe.build import prepare_data, sharing_problems
     from ..recipe.resume import resume_problems
 
     prepared = prepare_data(run)
     output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
     checkpoint = resolve_resume(resume, output_dir) if resume is not None else None
+    # Checked before the lock below creates the output folder: a refused run leaves it as it was.
+    problems = sharing_problems(run)
     if checkpoint is not None:
-        problems = resume_problems(checkpoint, run, prepared)
-        if problems:
-            raise ConfigError(problems)
+        problems += resume_problems(checkpoint, run, prepared)
+    if problems:
+        raise ConfigError(problems)
     # One process holds the folder for the whole run (the other ranks of a distributed run share it).
     with OutputLock(output_dir) if _main_rank() else contextlib.nullcontext():
         try:
             return _train_locked(run, prepared, output_dir, resume, overwrite, command)
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except (OSError, RuntimeError) as err:
+            reason = disk_full_reason(err, output_dir)
+            if reason is None:
                 raise
             last = latest_complete_checkpoint(output_dir)
             where = f"the latest complete checkpoint, {last}, is intact" if last else "no checkpoint had been saved"
-            raise RunStopped(f"disk full while writing to {output_dir} ({err.strerror}); {where}. Free space, then "
+            raise RunStopped(f"disk full while writing to {output_dir} ({reason}); {where}. Free space, then "
                              "resume with --resume.", exit_code=DISK_FULL_EXIT_CODE) from None
+
+
+# What is left on a disk that a write filled up (files of the failed save included) is below this.
+_FULL_MARGIN = 64 * 2**20
+
+
+def disk_full_reason(err: BaseException, output_dir: str) -> str | None:
+    """Why a save failed, when it failed for want of space (the strerror), or None for any other error.
+
+    `torch.save` given a path (as Trainer saves optimizer.pt and scheduler.pt) writes through C++ and reports a
+    full disk as a RuntimeError of its zip writer ("unexpected pos ...", "PytorchStreamWriter failed writing
+    file ...") with no errno, so such an error counts as a full disk when the disk is indeed (nearly) full.
+    """
+    seen: BaseException | None = err
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # the OSError, or the one torch's writer met writing
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen.strerror or os.strerror(seen.errno)
+        visited.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    if not isinstance(err, RuntimeError) or "PytorchStreamReader" in text or not (
+            "PytorchStreamWriter" in text or "inline_container" in text):
+        return None
+    folder = os.path.abspath(output_dir)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if shutil.disk_usage(folder).free >= _FULL_MARGIN:
+        return None
+    first = text.strip().splitlines()[0]
+    return f"{os.strerror(errno.ENOSPC)}; torch.save: {first}"
 
 
 def _main_rank() -> bool:

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import ConfigError, ProblemCollector
-    from ..recipe.build import plan_table, prepare_data
+    from ..recipe.build import plan_table, prepare_data, sharing_problems
     from ..recipe.config import collect_config, read_yaml
 
     quiet_libraries()
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         except ConfigError as err:
             problems.extend(err)
     if run_config is not None:
+        problems.problems.extend(sharing_problems(run_config))
         from .train import default_output_dir, output_dir_problem
 
         unusable = output_dir_problem(run_config.training.get("output_dir") or default_output_dir(args.config))

@@ -18,6 +18,7 @@ rows belong to different tasks goes through PEFT's mixed-adapter forward (`per_r
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -65,9 +66,9 @@ class Sharing:
             problems.append(f"mode: got {shown(self.mode)}; valid: {', '.join(SHARING_MODES)}.")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             problems.append(f"r: got {shown(self.r)}; the LoRA rank is an integer >= 1 (8 or 16 are usual).")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            problems.append(f"alpha: got {shown(self.alpha)}; give a number > 0 (often 2 * r).")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < math.inf:
+            problems.append(f"alpha: got {shown(self.alpha)}; give a finite number > 0 (often 2 * r).")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             problems.append(f"dropout: got {shown(self.dropout)}; give a number in [0, 1).")
         if self.target_modules is not None and not (isinstance(self.target_modules, str) or (
                 isinstance(self.target_modules, list) and self.target_modules
@@ -112,6 +113,14 @@ def target_modules(sharing: Sharing, model_type: str) -> list[str] | str:
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
     return list(defaults.get(model_type) or ()) or "all-linear"
+
+
+def no_adapter_problem(mode: str, tasks: Sequence[str], with_adapter: Sequence[str]) -> str | None:
+    """Sharing 'lora' with no task that has an adapter trains the heads alone: say so instead of training."""
+    if mode != "lora" or with_adapter:
+        return None
+    return (f"sharing 'lora' freezes the encoder and trains one adapter per task, but every task ({list(tasks)}) has "
+            "adapter: false, so only the heads would train. Give some tasks adapter: true, or use sharing 'hard'.")
 
 
 def add_adapters(encoder: nn.Module, sharing: Sharing, names: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..errors import ConfigError
 from ..model_card import render_card, write_card
 from ..tasks import Task, task_from_spec
 from .adapters import (
@@ -29,6 +30,7 @@ from .adapters import (
     is_adapter_parameter,
     lora_layers,
     merged_encoder_state,
+    no_adapter_problem,
     per_row_adapters,
     set_trainable,
 )
@@ -93,7 +95,11 @@ class MultiTaskModel(PreTrainedModel):
         self.tasks: dict[str, Task] = {task.name: task for task in task_list}
         self.sharing = Sharing.from_value(config.sharing)
         if self.sharing.adapters:
-            add_adapters(self.encoder, self.sharing, [t.name for t in task_list if t.adapter])
+            with_adapter = [t.name for t in task_list if t.adapter]
+            problem = no_adapter_problem(self.sharing.mode, list(self.tasks), with_adapter)
+            if problem:
+                raise ConfigError(problem)
+            add_adapters(self.encoder, self.sharing, with_adapter)
         # A plain list, not registered as submodules: the layers already belong to the encoder.
         self._lora_layers = lora_layers(self.encoder)
         self.heads = nn.ModuleDict()

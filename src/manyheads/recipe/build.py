@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoTokenizer, set_seed
 from ..callbacks import GradientConflictCallback, UpdateMonitorCallback, attach_callbacks, make_probe_batches
 from ..data.collator import MultiTaskCollator
 from ..data.samplers import MultiTaskBatchSampler
-from ..errors import ConfigError, ProblemCollector
+from ..errors import ConfigError, ProblemCollector, shown
 from ..modeling.model import MultiTaskModel
 from ..tasks import Task, apply_checkpoint_pooling
 from ..trainer import MultiTaskTrainer
@@ -80,10 +80,12 @@ def check_model_folder(model: str) -> list[str]:
 
 
 def damaged_weight_files(folder: str) -> list[str]:
-    """Problems of safetensors files in `folder` that cannot be opened (truncated copies, partial downloads):
-    opening reads only the header, which is checked against the file's size."""
+    """Problems of the weight files in `folder` that cannot be opened (truncated copies, partial downloads) or,
+    for PyTorch pickles (`pytorch_model.bin`), that hold something else than tensors. Opening a safetensors file
+    reads only the header, which is checked against the file's size."""
     problems = []
-    for name in sorted(n for n in os.listdir(folder) if n.endswith(".safetensors")):
+    names = sorted(os.listdir(folder))
+    for name in (n for n in names if n.endswith(".safetensors")):
         try:
             with safe_open(os.path.join(folder, name), "pt"):
                 pass
@@ -91,7 +93,77 @@ def damaged_weight_files(folder: str) -> list[str]:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             problems.append(f"model: {os.path.join(folder, name)} cannot be read ({first}); the file is truncated or "
                             "corrupted. Copy or download the model again.")
+    if not any(n.endswith(".safetensors") for n in names):  # else transformers reads those, never the pickles
+        for name in (n for n in names if n.startswith("pytorch_model") and n.endswith(".bin")):
+            problem = torch_file_problem(os.path.join(folder, name), tensors=True)
+            if problem:
+                problems.append(f"model: {problem}. Copy or download the model again.")
     return problems
+
+
+def torch_file_problem(path: str, tensors: bool = False, numpy: bool = False) -> str | None:
+    """Why a file written by `torch.save` cannot be loaded (`"<path> cannot be read (...)"`), or None.
+
+    Loaded as Trainer and transformers load it (`weights_only=True`, so a planted pickle of other objects is
+    refused unrun; with `numpy`, numpy arrays allowed too, as Trainer allows them in its RNG state) but
+    memory-mapped, so a large file costs little. The content must be a mapping (a state dict), of tensors only
+    when `tensors`.
+    """
+    import contextlib
+    import pickle
+    import warnings
+    import zipfile
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    try:
+        with warnings.catch_warnings(), safe_globals() if numpy else contextlib.nullcontext():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4 ...": the error below says it all
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        # Its message suggests weights_only=False, which would run whatever the pickle holds.
+        return (f"{path} cannot be read (it holds Python objects other than tensors, refused unread: loading them "
+                "could run code)")
+    except Exception as err:  # RuntimeError, OSError, EOFError of a truncated or corrupted file
+        # Torch's first sentence says what failed; the rest of its paragraph guesses at causes.
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        return f"{path} cannot be read ({first}); the file is truncated or corrupted"
+    if not isinstance(content, dict):
+        return f"{path} cannot be read (it holds a {type(content).__name__}, not a state dict)"
+    if tensors and not all(isinstance(v, torch.Tensor) for v in content.values()):
+        odd = next(k for k, v in content.items() if not isinstance(v, torch.Tensor))
+        return f"{path} cannot be read (entry {shown(odd)} is not a tensor: this is not a weights file)"
+    return None
+
+
+def sharing_problems(run: RunConfig) -> list[str]:
+    """Problems of the adapters the config asks for (target_modules that match no layer, PEFT missing), found on
+    the encoder's skeleton: built on the meta device from its config, so no weight is loaded or allocated.
+    Otherwise they surface only when the model is built, after `train` has taken (and created) the output folder.
+    """
+    if not run.sharing.adapters:
+        return []
+    import torch
+
+    from ..modeling.adapters import add_adapters
+    from ..modeling.generation import backbone_from_config
+
+    try:
+        with torch.device("meta"):
+            skeleton = backbone_from_config(AutoConfig.from_pretrained(run.model))
+    except Exception:  # the encoder folder is checked (and reported) by check_model_folder
+        return []
+    try:
+        with torch.device("meta"):
+            add_adapters(skeleton, run.sharing, ["check"])
+    except ConfigError as err:
+        return list(err.problems)
+    except ImportError as err:  # PEFT is optional: its install hint
+        return [f"sharing: {err}"]
+    except Exception:  # anything else of the skeleton is the real build's to report, with the weights loaded
+        return []
+    return []
 
 
 def load_tokenizer(run: RunConfig) -> Any:

@@ -75,8 +75,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        # Only the words true/false: a quoted "yes" or "1" is text the user may not mean as a switch.
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
         raise ValueError(f"'{key}': got {shown(value)}, expected true or false")
     if hint is int:
         if isinstance(value, bool):

@@ -15,11 +15,14 @@ and trains a run that has none from the start (`--overwrite`, which clears what 
 A folder that holds a comparison of another config, other seeds or other data is refused.
 
 SIGTERM (a scheduler's preemption) is passed on to the runs in progress, which save a checkpoint and stop;
-the comparison then exits 143 and continues where it stopped when it is run again.
+the comparison then exits 143 and continues where it stopped when it is run again. The runs' processes die with
+the comparison's however it dies (SIGKILL included, on Linux), and a run folder that a live `manyheads train`
+still holds is waited for (`RUN_LOCK_WAIT_SECONDS`), then refused before anything is written into it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -36,8 +39,8 @@ from typing import IO, Any
 import yaml
 
 from ..checkpoints import checkpoints, is_complete
-from ..errors import RunStopped
-from ..output_lock import OutputLock
+from ..errors import ConfigError, RunStopped
+from ..output_lock import OutputLock, check_not_locked
 from ..preemption import PREEMPTED_EXIT_CODE, Preemption
 from ..report.comparison import COMPARE_FILE, COMPARE_MARKDOWN
 from .compare_plan import (
@@ -58,6 +61,10 @@ from .compare_table import markdown_table, summarize
 __all__ = ["plan_comparison", "read_result", "run_comparison", "stored_parameters"]
 
 POLL_SECONDS = 0.2
+# How long a rerun waits for a run folder that a training process still holds (one dying with a killed
+# comparison releases it within moments) before refusing it.
+RUN_LOCK_WAIT_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 # Runs `manyheads train ARGS` in this process, its output going to the log; returns the exit code.
@@ -127,6 +134,35 @@ def _child_env(jobs: int) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGKILL when this process dies (Linux; None elsewhere).
+
+    Without it a comparison killed outright (SIGKILL, out of memory) leaves its runs training as orphans, and a
+    rerun would train the same runs beside them. The child's signal survives `exec`.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: nothing would signal this child
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _check_run_folders_free(comparison: Comparison, todo: list[PlannedRun]) -> None:
+    """Refuse, before any run starts, a run folder that a live training still holds (e.g. one left by an earlier
+    comparison), after giving a dying one `RUN_LOCK_WAIT_SECONDS` to go."""
+    for planned in todo:
+        try:
+            check_not_locked(str(comparison.folder(planned)), wait=RUN_LOCK_WAIT_SECONDS)
+        except ConfigError as err:
+            raise ConfigError(err.details, where=planned.label) from None
+
+
 def _resumable_checkpoint(folder: Path, max_steps: int) -> str | None:
     """The newest complete checkpoint before the run's last step, with the checkpoints after it removed; None
     when there is none.
@@ -151,15 +187,24 @@ def _prepare(comparison: Comparison, planned: PlannedRun) -> _Attempt:
     """Write the run's config into its folder and choose: resume from its newest complete checkpoint, or start
     over (`--overwrite` clears what an attempt without a complete checkpoint left)."""
     folder = comparison.folder(planned)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {**planned.config, "training": {**planned.config["training"], "output_dir": str(folder.resolve())}}
     config_file = folder / RUN_CONFIG_FILE
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    checkpoint = _resumable_checkpoint(folder, planned.max_steps)
-    argv = ["train", str(config_file), *(["--resume", checkpoint] if checkpoint else ["--overwrite"])]
-    log = open(folder / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed when the attempt ends)
-    log.write(f"\n$ manyheads {' '.join(argv)}\n")
-    log.flush()
+    # Held while the folder is changed (checkpoints removed): no training may be writing there meanwhile. The run
+    # itself (`manyheads train`) takes the lock again once this is released.
+    lock = OutputLock(str(folder), wait=RUN_LOCK_WAIT_SECONDS)
+    try:
+        lock.acquire()
+    except ConfigError as err:
+        raise ConfigError(err.details, where=planned.label) from None
+    try:
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        checkpoint = _resumable_checkpoint(folder, planned.max_steps)
+        argv = ["train", str(config_file), *(["--resume", checkpoint] if checkpoint else ["--overwrite"])]
+        log = open(folder / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed when the attempt ends)
+        log.write(f"\n$ manyheads {' '.join(argv)}\n")
+        log.flush()
+    finally:
+        lock.release()
     return _Attempt(planned, argv, log, time.monotonic(), os.path.basename(checkpoint) if checkpoint else None)
 
 
@@ -234,17 +279,19 @@ def _train_in_turn(comparison: Comparison, todo: list[PlannedRun], progress: _Pr
 
 def _train_side_by_side(comparison: Comparison, todo: list[PlannedRun], progress: _Progress, jobs: int,
                         preemption: Preemption) -> None:
-    env, running = _child_env(jobs), []
+    env, running, die_with_parent = _child_env(jobs), [], _die_with_parent()
     try:
         while todo or running:
             while todo and len(running) < jobs and not preemption.requested:
                 attempt = _prepare(comparison, todo.pop(0))
                 attempt.process = subprocess.Popen([sys.executable, "-m", "manyheads.cli.main", *attempt.argv],
-                                                   stdout=attempt.log, stderr=subprocess.STDOUT, env=env)
+                                                   stdout=attempt.log, stderr=subprocess.STDOUT, env=env,
+                                                   preexec_fn=die_with_parent)
                 progress.started(attempt)
                 running.append(attempt)
             if preemption.requested:
                 _stop(running, signal.SIGTERM)
+                running.clear()
                 raise _stopped(comparison)
             time.sleep(POLL_SECONDS)
             for attempt in [a for a in running if a.process.poll() is not None]:
@@ -252,6 +299,11 @@ def _train_side_by_side(comparison: Comparison, todo: list[PlannedRun], progress
                 progress.ended(attempt, attempt.process.returncode)
     except KeyboardInterrupt:
         _stop(running, signal.SIGINT)
+        raise
+    except BaseException:
+        # Any other way out (a run folder refused, a bug) must not leave runs training unwatched: SIGTERM makes
+        # them save a checkpoint and stop, so that a rerun resumes them.
+        _stop(running, signal.SIGTERM)
         raise
 
 
@@ -298,6 +350,7 @@ def _train_missing(comparison: Comparison, jobs: int, echo: Callable[[str], None
         at_once = "one at a time" if jobs == 1 or len(todo) == 1 else f"{min(jobs, len(todo))} at a time"
         echo(f"{len(todo)} of {progress.total} runs to train, {at_once}; the output of each goes to {LOG_FILE} in "
              f"its folder under {comparison.output_dir}")
+    _check_run_folders_free(comparison, todo)
     with Preemption() as preemption:
         if jobs == 1 and train_here is not None:
             _train_in_turn(comparison, todo, progress, train_here, preemption)

@@ -84,21 +84,26 @@ def _file_format(data: DataConfig, path: Path) -> str | None:
 
 
 class ConllError(ValueError):
-    """A CoNLL line whose column count is wrong (the message names the line and its content)."""
+    """A CoNLL line that cannot be read (the message names the line, its content and the fix)."""
+
+
+_CONLL_FIX = ("Give every token line the same whitespace-separated columns (word first, tag in 'tag_column'), with "
+              "a blank line between sentences")
 
 
 def read_conll(path: Path, tag_column: int = -1, encoding: str = "utf-8") -> Dataset:
     """CoNLL column file -> rows of `tokens` and `tags` (blank line between sentences, -DOCSTART- skipped).
 
     Raises:
-        ConllError: naming the line whose column count differs from the file's first line.
+        ConllError: naming the line (and its content) that has a single column, a column count other than the
+            first token line's, or no column `tag_column`.
     """
     from datasets import Dataset
 
     sentences: dict[str, list] = {"tokens": [], "tags": []}
     words: list[str] = []
     tags: list[str] = []
-    width = None
+    width, first = None, None
     with open(path, encoding=encoding) as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
@@ -108,9 +113,20 @@ def read_conll(path: Path, tag_column: int = -1, encoding: str = "utf-8") -> Dat
                     sentences["tags"].append(tags)
                 words, tags = [], []
                 continue
-            width = width or len(fields)
-            if len(fields) != width or len(fields) < 2:
-                raise ConllError(f"line {number} has {len(fields)} columns, expected {width} (>= 2): {line.strip()!r}")
+            if len(fields) < 2:
+                raise ConllError(f"line {number} has 1 column ({shown(line.strip())}); a token line holds the word "
+                                 f"and its tag. {_CONLL_FIX}")
+            if width is None:
+                width, first = len(fields), number
+                # Checked once, on the first token line: every other line has its width.
+                if not -width <= tag_column < width:
+                    columns = "1" if width == 2 else f"1 to {width - 1}"
+                    raise ConllError(f"tag_column {tag_column} is not a column of line {number}, which has {width} "
+                                     f"columns ({shown(line.strip())}). Set the task's data.tag_column to {columns} "
+                                     "(0 is the word), or -1 for the last column")
+            if len(fields) != width:
+                raise ConllError(f"line {number} has {len(fields)} columns, expected {width} as on line {first} (the "
+                                 f"first token line): {shown(line.strip())}. {_CONLL_FIX}")
             words.append(fields[0])
             tags.append(fields[tag_column])
     if words:
@@ -205,8 +221,7 @@ def _load_local(task: TaskEntry, split: str, run: RunConfig, problems: ProblemCo
     try:
         return _read_file(data, path, fmt), str(path)
     except ConllError as err:
-        problems.add(f"{path}: cannot read as conll: {err}. Give every token line the same whitespace-separated "
-                     "columns (word first, tag in 'tag_column'), with a blank line between sentences.")
+        problems.add(f"{path}: cannot read as conll: {err}.")
         return None
     except Exception as err:  # datasets wraps parser errors in many types; report the first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -12,11 +12,27 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from .build import PreparedData, damaged_weight_files
+from ..checkpoints import BALANCING_OPTIMIZER_STATE, BALANCING_STATE
+from .build import PreparedData, damaged_weight_files, torch_file_problem
 from .config import RunConfig
 
 # Encoder config fields whose difference means another architecture or size.
 _ENCODER_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+# Training state that Trainer (and MultiTaskTrainer) read back with torch.load on resume: rng_state.pth, or one
+# rng_state_<rank>.pth per process of a distributed run.
+_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", BALANCING_STATE, BALANCING_OPTIMIZER_STATE)
+
+
+def _state_problems(checkpoint: str) -> list[str]:
+    """The checkpoint's training-state files that torch.load would fail on, deep inside Trainer's resume."""
+    found = []
+    for name in sorted(os.listdir(checkpoint)):
+        rng = name.startswith("rng_state") and name.endswith(".pth")  # numpy's generator state among tensors
+        if name in _STATE_FILES or rng:
+            problem = torch_file_problem(os.path.join(checkpoint, name), numpy=rng)
+            found += [problem] if problem else []
+    return [f"--resume: {problem}. Resume from an earlier checkpoint (--resume PATH), or start over (--overwrite)."
+            for problem in found]
 
 
 def _read_json(path: str) -> Any:
@@ -27,7 +43,7 @@ def _read_json(path: str) -> Any:
 def resume_problems(checkpoint: str, run: RunConfig, prepared: PreparedData) -> list[str]:
     """Why `checkpoint` cannot continue this run: unreadable files, other tasks, labels or encoder."""
     where = f"--resume: {checkpoint}"
-    problems = damaged_weight_files(checkpoint)
+    problems = damaged_weight_files(checkpoint) + _state_problems(checkpoint)
     try:
         config = _read_json(os.path.join(checkpoint, "config.json"))
         _read_json(os.path.join(checkpoint, "trainer_state.json"))

@@ -68,5 +68,15 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
 
 
 def stalled_lines(run_dir: str | Path) -> list[str]:
-    """The stalled-head findings of a run (see `RunData.stalled_lines`), for the terminal."""
-    return load_run(run_dir).stalled_lines()
+    """The stalled-head findings of a run (see `RunData.stalled_lines`), for the terminal; none for a comparison
+    folder, which holds no run of its own (each run's report lists its own).
+
+    Raises:
+        ConfigError: `run_dir` is neither a run folder nor a comparison folder.
+    """
+    try:
+        return load_run(run_dir).stalled_lines()
+    except ConfigError:
+        if load_comparison(run_dir) is None:
+            raise
+        return []

@@ -26,6 +26,7 @@ import bisect
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -118,6 +119,9 @@ class Task:
             problems.append(f"weight: got {self.weight}; a loss weight must be a finite number >= 0.")
         if self.max_length < 1:
             problems.append(f"max_length: got {self.max_length}; it must be >= 1.")
+        if not isinstance(self.adapter, bool):
+            problems.append(f"adapter: got {shown(self.adapter)}; give true or false (a YAML string such as \"yes\" "
+                            "is not read as a switch).")
         for key in ("labels", "label_names"):
             values = getattr(self, key)
             if not isinstance(values, list):
@@ -300,10 +304,39 @@ class SequenceTask(Task):
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
+def unknown_label_message(task: Task, kind: str, value: Any) -> str:
+    """Why a row's label is refused: not among the labels the user declared, or (nothing declared) absent from the
+    training split the labels were fitted on: the user never declared any, so do not say they did."""
+    known = list(task.label_list)
+    if task.labels or task.label_names:
+        return f"{kind} {shown(value)} is not in the declared labels {known}. Add it to 'labels' or fix the row."
+    return (f"{kind} {shown(value)} does not occur in the training split (labels found there: {known}), so the head "
+            "has no output for it. Declare every label in 'labels', or move such rows into the training split.")
+
+
+class SplitText(str):
+    """Text joined with spaces from words the caller had already split (a list of words as input): it keeps those
+    words, so a token task answers one tag per given word ("spider-man" stays one word), never a re-split."""
+
+    words: list[str]
+
+    def __new__(cls, words: Sequence[str]) -> SplitText:
+        text = super().__new__(cls, " ".join(words))
+        text.words = list(words)
+        return text
+
+
 def split_words(text: str, tokenizer: Any = None) -> tuple[list[str], list[tuple[int, int]]]:
     """Words of raw text and their character spans, split as the tokenizer splits words (its pre-tokenizer),
     so "Chicago." is "Chicago" and "." as in training data; a pre-tokenizer that rewrites words (byte-level
-    BPE's "Ġ") or none gives the same rule by regular expression."""
+    BPE's "Ġ") or none gives the same rule by regular expression. Words given already split (`SplitText`) are
+    kept as they are."""
+    if isinstance(text, SplitText):
+        spans, start = [], 0
+        for word in text.words:
+            spans.append((start, start + len(word)))
+            start += len(word) + 1
+        return list(text.words), spans
     pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
     if pre is not None:
         pieces = pre.pre_tokenize_str(text)

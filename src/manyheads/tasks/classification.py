@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_
 from torch import nn
 
 from ..errors import shown
-from .base import SequenceTask, all_same, softmax
+from .base import SequenceTask, all_same, softmax, unknown_label_message
 from .labels import label_key, sorted_labels
 
 if TYPE_CHECKING:
@@ -80,6 +80,11 @@ class Classification(SequenceTask):
             where = f"{source}: data row {row + 1}, column '{column}'"
             if _is_empty(value):
                 return problems + [f"{where}: the label is empty. Fill or drop that row."]
+            if isinstance(value, (dict, list, tuple)):
+                kind = "an object" if isinstance(value, dict) else "a list"
+                return problems + [f"{where}: the label is {kind} ({shown(value)}); a classification label is one "
+                                   "name or number. Flatten the column (a list of labels per row is a multilabel "
+                                   "task)."]
             try:
                 name = self._label_of(value)
             except ValueError as err:
@@ -89,8 +94,7 @@ class Classification(SequenceTask):
                                    "holds names or numbers, not both. Fix the row (or map numbers with label_names)."]
             if declared is not None and name not in declared:
                 # The declared list as the user wrote it (its order is the head's order).
-                return problems + [f"{where}: label {shown(value)} is not in the declared labels {list(declared)}. "
-                                   "Add it to 'labels' or fix the row."]
+                return problems + [f"{where}: {unknown_label_message(self, 'label', value)}"]
         return problems
 
     def fit(self, train: Dataset | None) -> None:
@@ -121,10 +125,23 @@ class Classification(SequenceTask):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weights = self.fitted.get("class_weights")
         weight = torch.tensor(weights, dtype=torch.float32, device=logits.device) if weights else None
+        if labels.dim() > 1 and labels.numel() == logits.shape[0]:
+            labels = labels.reshape(-1)  # [1, N] (`.unsqueeze(0)` in tutorials): stock models flatten it too
         return nn.functional.cross_entropy(logits.float(), labels, weight=weight)
 
     def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
         return all_same(np.asarray(predictions).argmax(-1))
+
+    def constant_baseline(self, labels: np.ndarray) -> tuple[float, str] | None:
+        """The main metric of always answering the most frequent label of these encoded `labels` (the best constant
+        answer for accuracy; for F1, precision, recall and MCC every constant scores alike), and that answer."""
+        labels = np.asarray(labels).reshape(-1).astype(int)
+        if not len(labels) or self.num_outputs < 1:
+            return None
+        best = int(np.bincount(labels, minlength=self.num_outputs).argmax())
+        logits = np.zeros((len(labels), self.num_outputs))
+        logits[:, best] = 1.0
+        return self.compute_metrics(logits, labels)[self.main_metric_name], f"always {self.label_list[best]!r}"
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = predictions.argmax(-1)

@@ -8,11 +8,13 @@ Decision thresholds: with imbalanced labels a sigmoid head rarely lifts a rare l
 steps, so a fixed 0.5 predicts nothing for it (micro/macro F1 0). By default (`threshold: tuned`) each label gets
 the threshold that maximises its F1 on the eval split, fitted whenever `MultiTaskTrainer` evaluates the run's own
 eval split after training steps (`fit_on_predictions`; never on a test split, nor in `manyheads evaluate`) and
-saved in `fitted["thresholds"]`, so `predict`, `serve` and exports use them; a label with fewer than 5 positives
-in the eval split gets the one threshold that maximises micro-F1 over all labels. Without an eval split, or
-before the first evaluation, the thresholds are 0.5. The eval metrics of those evaluations are computed with
-the thresholds just fitted on the same rows, so they are optimistic; judge a model on a split that chose
-nothing (`manyheads evaluate --split test`).
+saved in `fitted["thresholds"]`, so `predict`, `serve` and exports use them. A label falls back to the one
+threshold that maximises micro-F1 over all labels when it has fewer than 5 positives in the eval split, or when
+its own threshold would lower that micro-F1 (a rare label whose F1 peaks at the bottom of the grid, predicted on
+nearly every row); see `fit_on_predictions`. Without an eval split, or before the first evaluation, the
+thresholds are 0.5. The eval metrics of those evaluations are computed with the thresholds just fitted on the
+same rows, so they are optimistic; judge a model on a split that chose nothing (`manyheads evaluate --split
+test`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from ..errors import ConfigError, shown
-from .base import SequenceTask, all_same, sigmoid
+from .base import SequenceTask, all_same, sigmoid, unknown_label_message
 from .labels import sorted_labels
 
 if TYPE_CHECKING:
@@ -109,8 +111,7 @@ class MultiLabel(SequenceTask):
                 return problems + [f"{where}: {err}. Fix the row or label_names."]
             unknown = [v for v in names if declared is not None and v not in declared]
             if unknown:
-                return problems + [f"{where}: label {shown(unknown[0])} is not in the declared labels "
-                                   f"{list(declared)}. Add it to 'labels' or fix the row."]
+                return problems + [f"{where}: {unknown_label_message(self, 'label', unknown[0])}"]
         return problems
 
     def fit(self, train: Dataset | None) -> None:
@@ -184,9 +185,26 @@ class MultiLabel(SequenceTask):
         self.threshold = threshold
 
     def fit_on_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> None:
-        """`threshold: tuned`: per-label thresholds that maximise F1 on these eval-split predictions."""
+        """`threshold: tuned`: per-label thresholds fitted on these eval-split predictions.
+
+        The rule, per label, on the grid 0.02 .. 0.98:
+        1. its own threshold is the one with the best F1 for that label;
+        2. the global threshold is the one with the best micro-F1 over all labels;
+        3. the label keeps its own threshold only if it has at least `MIN_TUNING_POSITIVES` (5) positives here and,
+           swapped in for the global threshold with every other label at the global one, it does not lower the
+           micro-F1 over all labels; otherwise it gets the global threshold.
+
+        Step 3 is there because a label's own F1 is a poor guide for a rare label the head has not learnt: its F1
+        often peaks at the bottom of the grid (predicting it on nearly every row), which floods every row with a
+        false positive and drops micro-F1 below a flat 0.5 (issue 29: a label at 0.02 predicted on 2,121 test rows
+        where 16 had it). Swaps that each keep micro-F1 also keep it together (each one's gain is linear in its
+        true and predicted positives), so the tuned thresholds never score a lower micro-F1 on the eval split
+        than the best single threshold, 0.5 included. With `main_metric: macro_f1`, a mean of per-label F1s that
+        one label's false positives cannot hurt elsewhere, step 3 only asks for the 5 positives.
+        """
         if self.threshold == TUNED and len(labels):
-            self.fitted["thresholds"] = tune_thresholds(sigmoid(predictions.astype(np.float64)), labels.astype(int))
+            self.fitted["thresholds"] = tune_thresholds(sigmoid(predictions.astype(np.float64)), labels.astype(int),
+                                                        keep_micro_f1=self.main_metric_name != "macro_f1")
 
     def predicted(self, predictions: np.ndarray) -> np.ndarray:
         """0/1 label matrix from logits, with the current decision thresholds."""
@@ -196,14 +214,34 @@ class MultiLabel(SequenceTask):
         return all_same(self.predicted(predictions))
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
-        predicted = self.predicted(predictions)
-        labels = labels.astype(int)
-        return {
-            "micro_f1": float(f1_score(labels, predicted, average="micro", zero_division=0)),
-            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-            "exact_match": float((predicted == labels).all(axis=1).mean()),
-            "jaccard": jaccard(labels, predicted),
-        }
+        return label_set_scores(np.asarray(labels).astype(int), self.predicted(predictions))
+
+    def constant_baseline(self, labels: np.ndarray) -> tuple[float, str] | None:
+        """The main metric of the best constant answer on these 0/1 `labels` (rows x labels), and that answer.
+
+        The answers tried: the k most frequent labels on every row, for each k from 0 (no label) to all of them
+        (k = 1 is "always the most frequent label"; the labels carried by most rows are one of these), and the
+        most frequent label set. That is the best constant for micro-F1, macro-F1 and exact match; for Jaccard the
+        best of these. None when there are no rows.
+        """
+        labels = np.asarray(labels).astype(int)
+        if labels.ndim != 2 or not len(labels) or labels.shape[1] != len(self.label_list):
+            return None
+        names = self.label_list
+        by_frequency = np.argsort(-labels.sum(0), kind="stable")
+        answers = [by_frequency[:k] for k in range(len(names) + 1)]
+        sets, counts = np.unique(labels, axis=0, return_counts=True)
+        answers.append(np.flatnonzero(sets[int(np.argmax(counts))]))
+        metric = self.main_metric_name
+        greater = self.greater_is_better(metric)
+        best: tuple[float, str] | None = None
+        for answer in answers:
+            predicted = np.zeros_like(labels)
+            predicted[:, answer] = 1
+            score = label_set_scores(labels, predicted)[metric]
+            if best is None or (score > best[0] if greater else score < best[0]):
+                best = (score, f"always the label set {[names[i] for i in sorted(answer)]}")
+        return best
 
     def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         probs = sigmoid(np.asarray(logits, dtype=np.float64))
@@ -249,17 +287,38 @@ def _f1_per_threshold(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return true_positive, predicted_positive, np.broadcast_to(positive.sum(0), true_positive.shape)
 
 
-def tune_thresholds(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+def tune_thresholds(probs: np.ndarray, labels: np.ndarray, keep_micro_f1: bool = True) -> list[float]:
     """Per label, the grid threshold (0.02 .. 0.98) with the best F1 on `labels`; labels with fewer than
-    `MIN_TUNING_POSITIVES` positives, and ties, fall back to (or towards) the threshold with the best micro-F1."""
+    `MIN_TUNING_POSITIVES` positives, ties, and (with `keep_micro_f1`) labels whose own threshold would lower the
+    micro-F1 over all labels fall back to (or towards) the threshold with the best micro-F1 (the rule:
+    `MultiLabel.fit_on_predictions`)."""
     tp, predicted, actual = _f1_per_threshold(probs, labels)
     micro = 2 * tp.sum(1) / np.maximum(predicted.sum(1) + actual.sum(1), 1)
-    best_global = float(_GRID[int(np.argmax(micro))])
+    best = int(np.argmax(micro))
+    best_global = float(_GRID[best])
     f1 = 2 * tp / np.maximum(predicted + actual, 1)  # grid x labels
     # Among equal F1, the threshold nearest the global one: a flat stretch of the curve says nothing more.
-    per_label = _GRID[np.argmax(f1 - 1e-9 * np.abs(_GRID - best_global)[:, None], axis=0)]
-    enough = labels.sum(0) >= MIN_TUNING_POSITIVES
-    return [float(t) if ok else best_global for t, ok in zip(per_label, enough)]
+    own = np.argmax(f1 - 1e-9 * np.abs(_GRID - best_global)[:, None], axis=0)
+    keep = labels.sum(0) >= MIN_TUNING_POSITIVES
+    if keep_micro_f1:
+        # Micro-F1 = 2 TP / (predicted + actual) with label l alone at its own threshold; compared as integer
+        # cross-products, so a swap that changes nothing (own == global) is never refused by rounding.
+        columns = np.arange(labels.shape[1])
+        swapped_tp = tp[best].sum() - tp[best] + tp[own, columns]
+        swapped_total = predicted[best].sum() - predicted[best] + predicted[own, columns] + actual[best].sum()
+        global_total = predicted[best].sum() + actual[best].sum()
+        keep &= swapped_tp * global_total >= tp[best].sum() * swapped_total
+    return [float(_GRID[i]) if ok else best_global for i, ok in zip(own, keep)]
+
+
+def label_set_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """The multilabel metrics of a 0/1 `predicted` matrix against 0/1 `labels` (rows x labels)."""
+    return {
+        "micro_f1": float(f1_score(labels, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "exact_match": float((predicted == labels).all(axis=1).mean()),
+        "jaccard": jaccard(labels, predicted),
+    }
 
 
 def jaccard(labels: np.ndarray, predicted: np.ndarray) -> float:

@@ -19,7 +19,7 @@ from seqeval.scheme import IOB2, IOBES
 from torch import nn
 
 from ..errors import shown
-from .base import Task, all_same, softmax
+from .base import Task, all_same, softmax, unknown_label_message
 from .heads import TokenHead
 from .labels import sorted_labels
 
@@ -102,8 +102,7 @@ class TokenClassification(Task):
                 return [f"{where}, column '{tags_col}': {err}. Fix the row or label_names."]
             unknown = [t for t in names if declared is not None and t not in declared]
             if unknown:
-                return [f"{where}, column '{tags_col}': tag {shown(unknown[0])} is not in the declared labels "
-                        f"{list(declared)}. Add it to 'labels' or fix the row."]
+                return [f"{where}, column '{tags_col}': {unknown_label_message(self, 'tag', unknown[0])}"]
         return []
 
     def fit(self, train: Dataset | None) -> None:
