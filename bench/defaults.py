@@ -52,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--train_only", action="store_true", help="train the arms' missing runs; write no table")
     parser.add_argument("--table_only", action="store_true", help="build the table from cached runs; train nothing")
-    parser.add_argument("--quick", action="store_true", help="smoke settings (quality.py --quick)")
     return parse_with_presets(parser, argv, {})
 
 
