@@ -85,7 +85,7 @@ def make_trainer(backbone, tokenizer, out, steps=300, train_rows=400, tasks=None
 # exact match ~0.5, on 4000 rows 0.92). Proportional sampling gives the copy task most of the steps here.
 # BERT2BERT copies with random batches: with length grouping (the default) at this high rate it collapsed
 # (measured: exact match 1.0 random vs 0.0 grouped at 3e-3, 0.43 grouped at 1e-3): when every batch holds one
-# length, a copy task's output length can be learnt per batch instead of from the input. README, "Length grouping".
+# length, a copy task's output length can be learnt per batch instead of from the input (bench/copy_grouping.py).
 SETTINGS = {"bert2bert": {"steps": 300, "train_rows": 400, "learning_rate": 3e-3, "group_by_length": False},
             "t5": {"steps": 600, "train_rows": 4000, "learning_rate": 1e-3, "sampling": "proportional",
                    "lr_scheduler_type": "constant"}}
