@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from transformers.trainer_utils import PredictionOutput
 
 from .callbacks.stalled_heads import CONSTANT_KEY
 from .metrics import aggregate_score, metric_function_for, shared_metric, user_metrics
@@ -88,3 +89,17 @@ def evaluate_tasks(trainer: Any, datasets: dict[str, Any], override: bool, ignor
         metrics[f"{prefix}_loss"] = float(np.mean(losses))
     metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)
     return metrics
+
+
+def predict_task(trainer: Any, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> PredictionOutput:
+    """`MultiTaskTrainer.predict`: one task's split, evaluated as `evaluate` does, with its predictions and labels."""
+    datasets = by_task(dataset)
+    if len(datasets) != 1:
+        raise ValueError(f"MultiTaskTrainer.predict takes one task's dataset, got {list(datasets)}: call it per "
+                         "task, or use evaluate() for all tasks' metrics.")
+    (name, split), = datasets.items()
+    result = evaluate_task(trainer, name, split, True, ignore_keys, prefix)
+    metrics = dict(result.metrics)
+    if result.loss is not None:
+        metrics[f"{prefix}_{name}_loss"] = metrics[f"{prefix}_loss"] = result.loss
+    return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=metrics)

@@ -53,7 +53,7 @@ from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_sp
 from .data.loader import build_train_loader
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
-from .evaluation import by_task, evaluate_task, evaluate_tasks
+from .evaluation import by_task, evaluate_tasks, predict_task
 from .metrics import best_metric_problem, check_metric_functions
 from .model_card import render_card, write_card
 from .modeling.param_groups import apply_own_rates
@@ -413,14 +413,5 @@ class MultiTaskTrainer(Trainer):
                 metric_key_prefix: str = "test") -> PredictionOutput:
         """One task's split (its rows carry the task name, or `{task: dataset}` with one entry): its predictions,
         labels and metrics as `evaluate` reports them (`test_<task>_<metric>`, `test_<task>_loss`)."""
-        datasets = by_task(test_dataset)
-        if len(datasets) != 1:
-            raise ValueError(f"MultiTaskTrainer.predict takes one task's dataset, got {list(datasets)}: call it per "
-                             "task, or use evaluate() for all tasks' metrics.")
-        (name, dataset), = datasets.items()
-        result = evaluate_task(self, name, dataset, True, ignore_keys, metric_key_prefix)
-        metrics = dict(result.metrics)
-        if result.loss is not None:
-            metrics[f"{metric_key_prefix}_{name}_loss"] = metrics[f"{metric_key_prefix}_loss"] = result.loss
-        return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=metrics)
+        return predict_task(self, test_dataset, ignore_keys, metric_key_prefix)
 
