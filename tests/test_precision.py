@@ -57,6 +57,19 @@ def test_bf16_is_fast_follows_each_branch(force, branch, expected):
     assert hardware.bf16_is_fast() is expected
 
 
+@pytest.mark.parametrize("branch, bf16, reason", [
+    ("amx", True, "CPU autocast; this CPU has AMX bf16 matrix units"),
+    ("no_amx", True, "CPU autocast; this CPU has no AMX, where bf16 usually runs slower than fp32"),
+    ("amx", False, "this CPU has AMX, bf16 would be faster (bf16: auto picks it)"),
+    ("no_amx", False, "this CPU has no AMX bf16 matrix units, where fp32 is faster"),
+    ("gpu_bf16", True, "the GPU supports bf16"),
+    ("gpu_no_bf16", False, "the GPU has no bf16 support"),
+])
+def test_precision_reason_names_each_branch(force, branch, bf16, reason):
+    force(branch)
+    assert hardware.precision_reason(bf16) == reason
+
+
 @needs_cpu_only
 def test_amx_branch_auto_builds_real_bf16_cpu_arguments(force, tmp_path):
     """Branch amx: the arguments transformers used to refuse ("Your setup doesn't support bf16/gpu")."""

@@ -347,3 +347,21 @@ def test_label_names_and_label_separator_read_index_labels(tiny_encoder, tokeniz
     trainer.train()
     prediction = MultiTaskPredictor(trainer.model, tokenizer, device="cpu").predict([{"text": "red box"}])[0]
     assert set(prediction["colors"]["scores"]) == set(colors) and prediction["good"]["label"] in ("no", "yes")
+
+
+def test_length_grouping_is_the_default_for_training_only(tiny_encoder, tokenizer, tmp_path):
+    """The sampler a Python user gets groups by length (issue 25); group_by_length=False gives random batches; the
+    evaluation loader keeps the dataset's order either way."""
+    grouped = trainer_for(tiny_encoder, tokenizer, tmp_path / "a", eval_dataset=raw_sets(24, 2))
+    plain = trainer_for(tiny_encoder, tokenizer, tmp_path / "b", args=arguments(tmp_path / "b", group_by_length=False))
+    assert grouped.args.group_by_length and grouped._batch_sampler().lengths is not None
+    assert plain._batch_sampler().lengths is None
+
+    def padding(trainer):
+        batches = list(trainer.get_train_dataloader())
+        return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel()
+                                                                              for b in batches)
+
+    assert padding(grouped) < padding(plain)
+    order = [int(i) for b in grouped.get_eval_dataloader("sentiment") for i in b["input_ids"][:, 1]]
+    assert order == [row[1] for row in grouped.eval_dataset["sentiment"]["input_ids"]]

@@ -21,6 +21,12 @@ def has_accelerator() -> bool:
             or bool(mps is not None and mps.is_available()))
 
 
+def has_fp16_device() -> bool:
+    """A CUDA or XPU device: where fp16 autocast (and its loss scaling) runs; elsewhere fp16=True would train fp32."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
 def cpu_has_bf16_matrix_units() -> bool:
     """The CPU has AMX tiles (Intel Sapphire Rapids and later): bf16 matrix products run several times faster
     than fp32 ones. AVX512-BF16 alone converts, it does not make autocast pay."""
@@ -58,4 +64,5 @@ def precision_reason(bf16: bool) -> str:
             "this CPU has no AMX bf16 matrix units, where fp32 is faster")
 
 
-__all__ = ["accelerator_has_bf16", "bf16_is_fast", "cpu_has_bf16_matrix_units", "has_accelerator", "precision_reason"]
+__all__ = ["accelerator_has_bf16", "bf16_is_fast", "cpu_has_bf16_matrix_units", "has_accelerator", "has_fp16_device",
+           "precision_reason"]

@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import TrainingArguments
 
 from . import hardware
@@ -36,11 +35,6 @@ RENAMED_ARGUMENTS = {
     "fp16_backend": "half_precision_backend",
     "push_to_hub_token": "hub_token",
 }
-
-
-def _has_fp16_device() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
 
 
 @dataclass
@@ -91,7 +85,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
                 setattr(self, key, {})
         self._check_multitask()
         self._resolve_precision()
-        if self.fp16 and (self.use_cpu or not _has_fp16_device()):
+        if self.fp16 and (self.use_cpu or not hardware.has_fp16_device()):
             raise ValueError("fp16=True needs a CUDA (or XPU) device and none is available here, so training would "
                              "silently run in fp32. Use bf16=True for mixed precision on this machine, or remove fp16.")
         super().__post_init__()
