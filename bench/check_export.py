@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50, help="inputs per task")
     args = parser.parse_args()
 
-    from manyheads.export import ExportError, export_task
-    from manyheads.inference import MultiTaskPredictor
+    from manyheads.export.stock import ExportError, export_task
+    from manyheads.serving.predictor import MultiTaskPredictor
 
     predictor = MultiTaskPredictor(args.model_dir)
     for name, task in predictor.model.tasks.items():

@@ -5,9 +5,9 @@ What is measured
     task's label/scores or value) for the same input sentences:
 
     - manyheads: one `MultiTaskModel` with N sequence-level heads, saved to one folder and served by
-      `manyheads.inference.MultiTaskPredictor`, whose `predict(records)` runs ONE encoder pass per batch and
+      `manyheads.serving.predictor.MultiTaskPredictor`, whose `predict(records)` runs ONE encoder pass per batch and
       all N heads on it;
-    - separate: the N tasks exported with `manyheads.export.export_task` to N stock folders
+    - separate: the N tasks exported with `manyheads.export.stock.export_task` to N stock folders
       (`AutoModelForSequenceClassification` + tokenizer each), all N loaded, each run over all inputs.
 
     The model is built, not trained: speed does not depend on the values of the weights. It is the real
@@ -273,7 +273,7 @@ def build_setup(args: argparse.Namespace, records: list[dict[str, Any]], workdir
     from transformers import AutoTokenizer, set_seed
 
     from manyheads import MultiTaskModel
-    from manyheads.export import export_task
+    from manyheads.export.stock import export_task
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     configs = task_configs(args.tasks, args.max_length)
@@ -305,7 +305,7 @@ def build_setup(args: argparse.Namespace, records: list[dict[str, Any]], workdir
 def load_runner(kind: str, setup: Setup, batch_size: int, max_length: int) -> Any:
     """An object with `.predict(records)`: the MultiTaskPredictor or the N stock models."""
     if kind == MANYHEADS:
-        from manyheads.inference import MultiTaskPredictor
+        from manyheads.serving.predictor import MultiTaskPredictor
 
         return MultiTaskPredictor(setup.manyheads_folder, device=setup.device, batch_size=batch_size)
     return SeparateModels(setup.stock_tasks, setup.device, batch_size, max_length)

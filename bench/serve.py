@@ -10,7 +10,7 @@ What is measured (the project's issue 17)
       `MultiTaskPredictor(DIR, backend="onnx", onnx_file="model_int8.onnx")`;
     - separate: 4 stock `AutoModelForSequenceClassification` folders, one per task, run with plain transformers
       by `SeparateModels` of bench/inference.py (study 3), each over every request. Mean pooling has no stock
-      class, so, as in study 3, each stock folder is written by `manyheads.export.export_task` from a model with
+      class, so, as in study 3, each stock folder is written by `manyheads.export.stock.export_task` from a model with
       the default pooling: the trained demo encoder (a full copy in each folder) plus a fresh seeded head of the
       task's type and labels. The compute per row is that of 4 separately trained stock models (encoder,
       pooler, linear head), but the heads are untrained: the baseline is timed, its predictions are not scored;
@@ -37,7 +37,7 @@ How
     Threads: every measured process uses `--threads` (default 1): OMP_NUM_THREADS in its environment (torch,
     the server included, reads it; each subprocess reports torch.get_num_threads()), and the ONNX Runtime
     session opened with intra_op_num_threads = --threads (the predictor has no thread option, so the probe
-    wraps `manyheads.onnx_runtime.open_session`). Why 1 by default: on this shared 2-core machine, while
+    wraps `manyheads.export.onnx_runtime.open_session`). Why 1 by default: on this shared 2-core machine, while
     another process (a test run) held one core, 2 torch threads made single-row requests ~30x slower than 1
     thread (540 vs 16 ms, an informal timing, not one of these runs: the threads wait for the busy core);
     1 thread keeps the set-ups comparable whatever the load; `--threads 2` measures the other case. The
@@ -197,7 +197,7 @@ def build_stock(model_dir: Path, workdir: Path) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer, set_seed
 
     from manyheads import TASK_TYPES, MultiTaskModel
-    from manyheads.export import export_task
+    from manyheads.export.stock import export_task
 
     trained = MultiTaskModel.from_pretrained(str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -224,7 +224,7 @@ def build_stock(model_dir: Path, workdir: Path) -> list[dict[str, Any]]:
 
 def request_texts(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
     """Generated reviews (not the eval set): single-row texts and the batches."""
-    from manyheads.demo_data import generate_reviews
+    from manyheads.cli.demo_data import generate_reviews
 
     texts = [r["text"] for r in generate_reviews(args.single_requests + args.batches * args.batch_size,
                                                  seed=POOL_SEED)]
@@ -297,13 +297,13 @@ def load_runner(spec: dict[str, Any]) -> tuple[Any, int | None]:
 
         tasks = [StockTask(**t) for t in spec["stock"]]
         return SeparateModels(tasks, "cpu", spec["batch_size"], spec["max_length"]), None
-    from manyheads.inference import MultiTaskPredictor
+    from manyheads.serving.predictor import MultiTaskPredictor
 
     if kind == TORCH:
         return MultiTaskPredictor(spec["model_dir"], device="cpu", batch_size=spec["batch_size"]), None
     import onnxruntime as ort
 
-    import manyheads.onnx_runtime as runtime
+    import manyheads.export.onnx_runtime as runtime
 
     def open_session(path: str, providers: Any = ("CPUExecutionProvider",)) -> Any:
         options = ort.SessionOptions()
@@ -684,8 +684,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  max_length=max_length)["input_ids"]]
         info["max_length"], info["mean_tokens"] = max_length, sum(lengths) / len(lengths)
         info["separate_line"] = (
-            f"{len(stock)} stock `{stock[0]['auto_class']}` folders written by `manyheads.export.export_task`, each "
-            "holding a full copy of the trained demo encoder plus a fresh head (seed "
+            f"{len(stock)} stock `{stock[0]['auto_class']}` folders written by "
+            "`manyheads.export.stock.export_task`, each holding a full copy of the trained demo encoder plus a "
+            "fresh head (seed "
             f"{HEAD_SEED}) of its task's type and labels with the default (BERT pooler) pooling, since mean pooling "
             "has no stock class; loaded side by side and run by bench/inference.py's `SeparateModels` (plain "
             "transformers, rows sorted by length, same batch size and max_length, softmax/sigmoid/value "

@@ -125,7 +125,7 @@ def _checkpoint(tasks: list, corrupt: bool = False):
     """A complete-looking checkpoint-4 in the output folder, of a model with `tasks` (task objects)."""
     def build(ctx: Ctx) -> None:
         from manyheads import MultiTaskModel
-        from manyheads.checkpoints import mark_complete
+        from manyheads.training.checkpoints import mark_complete
 
         folder = ctx.out / "checkpoint-4"
         MultiTaskModel.from_encoder(make_encoder(), tasks).save_pretrained(folder)
@@ -143,7 +143,7 @@ def _other_encoder_checkpoint(ctx: Ctx) -> None:
     from transformers import BertConfig, BertModel
 
     from manyheads import MultiTaskModel
-    from manyheads.checkpoints import mark_complete
+    from manyheads.training.checkpoints import mark_complete
 
     ctx.only(0, labels=["neg", "pos"])
     folder = ctx.out / "checkpoint-4"

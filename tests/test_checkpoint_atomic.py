@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from manyheads.checkpoints import is_complete
 from manyheads.cli.main import main
+from manyheads.training.checkpoints import is_complete
 
 from .conftest import base_config
 from .run_helpers import assert_same_weights, count_optimizer_steps

@@ -15,9 +15,9 @@ import pytest
 
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
-from manyheads.output_lock import OutputLock, check_not_locked
 from manyheads.recipe.compare import plan_comparison
 from manyheads.recipe.compare_plan import write_plan
+from manyheads.training.output_lock import OutputLock, check_not_locked
 
 from .test_compare import write_config
 

@@ -8,9 +8,9 @@ import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, pipeline
 
 from manyheads.cli.main import main
-from manyheads.export import ExportError, build_stock_model, export_task
-from manyheads.inference import MultiTaskPredictor
+from manyheads.export.stock import ExportError, build_stock_model, export_task
 from manyheads.recipe import build_config, build_trainer
+from manyheads.serving.predictor import MultiTaskPredictor
 from manyheads.tasks.question_answering import NO_OFFSET, best_span
 
 from .conftest import COLORS, FILLER, GOOD, base_config

@@ -17,8 +17,8 @@ from manyheads.callbacks import STALLED_FILE, StalledHeadsCallback
 from manyheads.callbacks.stalled_heads import stall_reason
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
-from manyheads.inference import MultiTaskPredictor
 from manyheads.report import load_run
+from manyheads.serving.predictor import MultiTaskPredictor
 from manyheads.tasks import Regression, TokenClassification, apply_checkpoint_pooling, checkpoint_pooling
 from manyheads.tasks.multilabel import jaccard, tune_thresholds
 

@@ -68,7 +68,7 @@ def test_a_user_metric_named_like_a_builtin_is_not_silent(tiny_encoder, tokenize
     args = MultiTaskTrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to="none", save_strategy="no")
     trainer = MultiTaskTrainer(model=model, args=args, train_dataset=data, eval_dataset=data,
                                processing_class=tokenizer, compute_metrics=lambda p: {"precision": 0.125})
-    with caplog.at_level(logging.WARNING, logger="manyheads.metrics"):
+    with caplog.at_level(logging.WARNING, logger="manyheads.tasks.metrics"):
         metrics = trainer.evaluate()
     assert metrics["eval_s_precision"] == 0.125  # the user's value, as a ported script expects
     assert "compute_metrics returned ['precision'] for task 's', which it also reports built in" in caplog.text

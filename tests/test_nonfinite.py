@@ -7,9 +7,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from manyheads.checkpoints import is_complete
 from manyheads.cli.main import main
 from manyheads.tasks.regression import Regression as RegressionTask
+from manyheads.training.checkpoints import is_complete
 
 from .conftest import base_config
 

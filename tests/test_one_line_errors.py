@@ -166,7 +166,7 @@ def test_disk_full_while_saving_the_optimizer_is_exit_4(errno_given, tmp_path, t
                                                         monkeypatch):
     """torch.save reports the full disk as a RuntimeError of its zip writer ("unexpected pos ..."); given a path
     (as Trainer saves optimizer.pt) it carries no errno, so then the disk's free space is what says "full"."""
-    from manyheads.checkpoints import is_complete
+    from manyheads.training.checkpoints import is_complete
 
     out = tmp_path / "out"
     raw = base_config(tiny_model_dir, data_dir, out, max_steps=9, save_strategy="steps", save_steps=3)

@@ -19,10 +19,10 @@ import torch
 from manyheads import MultiTaskModel
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
-from manyheads.inference import MultiTaskPredictor
-from manyheads.onnx_export import OnnxExportError, export_onnx
-from manyheads.onnx_runtime import MANIFEST, OnnxMultiTaskModel
+from manyheads.export.onnx import OnnxExportError, export_onnx
+from manyheads.export.onnx_runtime import MANIFEST, OnnxMultiTaskModel
 from manyheads.recipe import build_config, build_trainer
+from manyheads.serving.predictor import MultiTaskPredictor
 
 from .conftest import BAD, COLORS, FILLER, GOOD, base_config, review_rows, write_jsonl
 from .test_export import train_every_type
@@ -180,7 +180,7 @@ def test_export_errors_name_the_option(trained, tmp_path, capsys):
 
 
 def test_a_graph_that_differs_from_pytorch_writes_nothing(trained, tmp_path, monkeypatch):
-    from manyheads import onnx_export
+    from manyheads.export import onnx as onnx_export
 
     real = onnx_export._compare
     monkeypatch.setattr(onnx_export, "_compare", lambda *a: {**real(*a), "score": 0.25})
@@ -232,6 +232,6 @@ def test_missing_onnx_packages_give_one_line_with_the_install_hint(trained, expo
 
 def test_import_manyheads_needs_no_onnx_package():
     code = ("import sys; sys.modules.update(onnx=None, onnxruntime=None, onnxscript=None); import manyheads, "
-            "manyheads.inference, manyheads.onnx_export, manyheads.cli.main")
+            "manyheads.serving.predictor, manyheads.export.onnx, manyheads.cli.main")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -16,8 +16,8 @@ import pytest
 from manyheads import Classification, MultiLabel, MultiTaskModel
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
-from manyheads.inference import MultiTaskPredictor
-from manyheads.onnx_runtime import MANIFEST, labels_key, open_session, run_graph
+from manyheads.export.onnx_runtime import MANIFEST, labels_key, open_session, run_graph
+from manyheads.serving.predictor import MultiTaskPredictor
 
 from .conftest import COLORS, make_encoder, make_tokenizer, write_jsonl
 
@@ -118,7 +118,7 @@ def test_an_export_without_recorded_labels_still_loads(export, tmp_path):
 
 
 def test_int8_check_compares_multilabel_decisions_at_the_thresholds(export):
-    from manyheads.onnx_export import _probes
+    from manyheads.export.onnx import _probes
 
     checks = json.loads((export["graph"] / MANIFEST).read_text())["checks"]["int8"]
     assert checks["sentiment"]["decision"] == "arg-max"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from manyheads.cli.main import main
-from manyheads.output_lock import OutputLock
+from manyheads.training.output_lock import OutputLock
 
 from .conftest import base_config
 from .run_helpers import assert_same_weights

@@ -7,8 +7,8 @@ import pytest
 from manyheads import Classification, MultiTaskModel, TokenClassification
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
-from manyheads.inference import MultiTaskPredictor
 from manyheads.records import iter_records, read_records
+from manyheads.serving.predictor import MultiTaskPredictor
 
 from .conftest import make_encoder, make_tokenizer, review_rows
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from manyheads.checkpoints import is_complete
 from manyheads.cli.main import main
-from manyheads.preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
+from manyheads.training.checkpoints import is_complete
+from manyheads.training.preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
 
 from .conftest import base_config
 from .run_helpers import assert_same_weights, count_optimizer_steps
@@ -29,7 +29,7 @@ import os, sys, time
 from transformers import TrainerCallback
 import manyheads.recipe.build as build
 from manyheads.cli.main import main
-from manyheads.preemption import PreemptionCallback
+from manyheads.training.preemption import PreemptionCallback
 
 class Gate(TrainerCallback):
     def __init__(self, trainer):

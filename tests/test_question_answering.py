@@ -7,8 +7,8 @@ import pytest
 from datasets import Dataset
 
 from manyheads import ConfigError
-from manyheads.inference import MultiTaskPredictor
 from manyheads.recipe import build_config, build_trainer, prepare_data
+from manyheads.serving.predictor import MultiTaskPredictor
 from manyheads.tasks.question_answering import (
     NO_OFFSET,
     QuestionAnswering,

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from manyheads.checkpoints import mark_complete
 from manyheads.recipe import build_config, build_trainer
 from manyheads.trainer import MultiTaskTrainer
+from manyheads.training.checkpoints import mark_complete
 
 from .conftest import base_config, make_encoder, make_tokenizer
 

@@ -59,8 +59,8 @@ def test_disk_full_during_a_save_is_one_line_and_the_last_checkpoint_stays(tmp_p
                                                                             capsys, monkeypatch):
     import errno
 
-    from manyheads.checkpoints import is_complete
     from manyheads.trainer import MultiTaskTrainer
+    from manyheads.training.checkpoints import is_complete
 
     out = tmp_path / "out"
     raw = base_config(tiny_model_dir, data_dir, out, max_steps=9, save_strategy="steps", save_steps=3)

@@ -10,8 +10,8 @@ from transformers import AutoModel
 
 from manyheads import MultiTaskModel
 from manyheads.cli.main import main
-from manyheads.inference import MultiTaskPredictor
 from manyheads.recipe import build_config, build_trainer
+from manyheads.serving.predictor import MultiTaskPredictor
 
 from .conftest import base_config, review_rows
 

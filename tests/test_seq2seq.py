@@ -19,7 +19,7 @@ from manyheads import (
     Seq2Seq,
 )
 from manyheads.errors import ConfigError
-from manyheads.export import build_stock_model, export_task
+from manyheads.export.stock import build_stock_model, export_task
 from manyheads.tasks.seq2seq import text_metrics
 
 from .conftest import WORDS, make_tokenizer, review_rows
@@ -217,7 +217,7 @@ def test_seq2seq_settings_and_data_are_checked():
 
 
 def test_onnx_export_refuses_a_generation_task(trained, tmp_path):
-    from manyheads.onnx_export import export_onnx
+    from manyheads.export.onnx import export_onnx
 
     _, trainer, _, folder = trained
     with pytest.raises(ConfigError, match="generates text, which the ONNX export does not cover"):

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from manyheads import Classification, MultiTaskModel, MultiTaskPredictor, Regression
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
-from manyheads.server import create_app
+from manyheads.serving.server import create_app
 
 from .conftest import make_encoder, make_tokenizer, review_rows
 
@@ -248,7 +248,7 @@ def test_a_failure_on_the_server_is_a_one_line_500_with_the_traceback_in_the_log
         return predictor.predict_rows(records, row_tasks)
 
     failing.predict_rows = predict_rows
-    with caplog.at_level(logging.ERROR, logger="manyheads.server"), \
+    with caplog.at_level(logging.ERROR, logger="manyheads.serving.server"), \
             TestClient(create_app(failing)) as test_client:
         failed = test_client.post("/predict", json={"records": texts(1, 1)})
         after = test_client.post("/predict", json={"records": texts(1, 1)})  # the worker lives on
@@ -357,7 +357,7 @@ def test_a_real_server_finishes_its_in_flight_request_and_exits_0_on_sigterm(mod
 
 
 def test_the_onnx_backend_serves_the_same_predictions(model_dir, predictor, tmp_path, capsys):
-    from manyheads.server import load_predictor
+    from manyheads.serving.server import load_predictor
 
     assert main(["export", model_dir, "--format", "onnx", "--output", str(tmp_path / "onnx"), "--quantize",
                  "int8"]) == 0, capsys.readouterr().err

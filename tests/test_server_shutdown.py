@@ -24,7 +24,7 @@ from .conftest import make_encoder, make_tokenizer, review_rows
 # The real command, with each predict call slowed by argv[1] seconds (so the queue outlasts the shutdown timeout).
 SLOW_SERVER = """
 import sys, time
-from manyheads.inference import MultiTaskPredictor
+from manyheads.serving.predictor import MultiTaskPredictor
 predict_rows = MultiTaskPredictor.predict_rows
 def slow(self, records, row_tasks):
     time.sleep(float(sys.argv[1]))

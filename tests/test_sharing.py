@@ -19,7 +19,7 @@ from manyheads import (
 )
 from manyheads.callbacks.update_monitor import parameter_groups
 from manyheads.errors import ConfigError
-from manyheads.export import build_stock_model
+from manyheads.export.stock import build_stock_model
 from manyheads.modeling.adapters import adapter_of, is_adapter_parameter
 from manyheads.recipe import build_config, build_trainer
 from manyheads.recipe.config import load_config
@@ -275,7 +275,7 @@ def test_yaml_short_form(tmp_path, tiny_model_dir, data_dir):
 
 def test_onnx_export_runs_one_pass_per_adapter_and_matches(trained_lora, tokenizer, tmp_path):
     pytest.importorskip("onnxruntime")
-    from manyheads.onnx_export import export_onnx
+    from manyheads.export.onnx import export_onnx
 
     exported = export_onnx(trained_lora, tmp_path / "onnx", tokenizer=tokenizer)
     assert set(exported.max_diff) == {"sentiment", "score"} and max(exported.max_diff.values()) < 1e-5

@@ -6,9 +6,9 @@ from datasets import Dataset
 from transformers import BertTokenizerFast
 
 from manyheads import ConfigError
-from manyheads.inference import MultiTaskPredictor
 from manyheads.recipe import build_config, build_trainer, prepare_data
 from manyheads.recipe.loading import read_conll
+from manyheads.serving.predictor import MultiTaskPredictor
 from manyheads.tasks.token_classification import TokenClassification, entity_spans
 
 from .conftest import base_config

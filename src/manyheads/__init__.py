@@ -13,10 +13,10 @@ from .data.collator import MultiTaskCollator
 from .data.strategies import SAMPLING_STRATEGIES, SamplingStrategy
 from .errors import ConfigError
 from .hardware import bf16_is_fast
-from .inference import MultiTaskPredictor
 from .modeling.adapters import SHARING_MODES, Sharing
 from .modeling.config import MultiTaskConfig
 from .modeling.model import MultiTaskModel, MultiTaskOutput
+from .serving.predictor import MultiTaskPredictor
 from .tasks import (
     TASK_TYPES,
     Classification,

@@ -24,9 +24,9 @@ trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased"
 - `log`: merges per-task training losses (`loss_<task>`), weights (`weight_<task>`) and gradient statistics,
   gathered across ranks.
 - `_save_checkpoint` / `_load_from_checkpoint`: the balancing state travels with each checkpoint, a checkpoint
-  is marked complete only once everything is written (`manyheads.checkpoints`), and older checkpoints are
+  is marked complete only once everything is written (`manyheads.training.checkpoints`), and older checkpoints are
   rotated out (`save_total_limit`) only after that.
-- `evaluate`: runs Trainer's `evaluation_loop` per task (`manyheads.evaluation`) and adds each task's metrics,
+- `evaluate`: runs Trainer's `evaluation_loop` per task (`manyheads.training.evaluation`) and adds each task's metrics,
   the user's `compute_metrics` results, `eval_<task>_constant_predictions` (read by `StalledHeadsCallback`, added
   by default) and `eval_average`; on the run's own eval split, once the model has trained, each task first fits
   what it fits on its eval predictions (`Task.fit_on_predictions`: multilabel thresholds).
@@ -47,19 +47,19 @@ from transformers.utils import logging
 
 from .balancing import build_group_step, build_weighting
 from .callbacks.stalled_heads import StalledHeadsCallback
-from .checkpoints import load_balancing, mark_complete, save_balancing
 from .data.collator import MultiTaskCollator
 from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_split
 from .data.loader import build_train_loader
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
-from .evaluation import by_task, evaluate_tasks, predict_task
-from .metrics import best_metric_problem, check_metric_functions
-from .model_card import render_card, write_card
+from .modeling.model_card import render_card, write_card
 from .modeling.param_groups import apply_own_rates
-from .task_losses import TaskLossWindow
 from .tasks import GROUP_COLUMN, TASK_COLUMN
-from .text_generation import StepTokens
+from .tasks.metrics import best_metric_problem, check_metric_functions
+from .training.checkpoints import load_balancing, mark_complete, save_balancing
+from .training.evaluation import by_task, evaluate_tasks, predict_task
+from .training.generation import StepTokens
+from .training.task_losses import TaskLossWindow
 from .training_args import as_multitask_arguments
 
 logger = logging.get_logger(__name__)

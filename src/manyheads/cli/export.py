@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     quiet_libraries()
     if args.format == "onnx":
         return _run_onnx(args)
-    from ..export import ExportError, export_task
+    from ..export.stock import ExportError, export_task
 
     try:
         class_name = export_task(args.model_dir, tasks[0], args.output)
@@ -80,7 +80,7 @@ def _output_problems(model_dir: str, output: str, overwrite: bool) -> list[str]:
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
-    from ..onnx_export import export_onnx
+    from ..export.onnx import export_onnx
 
     done = export_onnx(args.model_dir, args.output, tasks=args.task, quantize=args.quantize)
     diffs = ", ".join(f"{name} {diff:.1e}" for name, diff in done.max_diff.items())

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .common import THRESHOLD_HELP, apply_threshold, model_dir_problem, parse_threshold, quiet_libraries
 
 if TYPE_CHECKING:
-    from ..inference import MultiTaskPredictor
+    from ..serving.predictor import MultiTaskPredictor
 
 HELP = "Predict every task (or the chosen ones) for each row of a CSV/TSV/JSONL file, one encoder pass per batch."
 CHUNK_ROWS = 8192  # rows read, checked and predicted together: bounds memory; large enough that sorting
@@ -100,8 +100,8 @@ class Summary:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..inference import MultiTaskPredictor
     from ..records import iter_records
+    from ..serving.predictor import MultiTaskPredictor
 
     problems = _argument_problems(args)
     threshold = parse_threshold(args.threshold)

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..server import Limits, load_predictor, missing_dependencies, serve
+    from ..serving.server import Limits, load_predictor, missing_dependencies, serve
 
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_request_rows, args.max_body_bytes)
     problems = [p for p in (missing_dependencies(), model_dir_problem(args.model_dir)) if p] + limits.problems("--")

@@ -4,7 +4,7 @@ Everything that can be checked is checked before anything is written: the config
 folder, and the output folder (which must not hold another run unless `--resume` or `--overwrite` says what
 to do with it). Exit codes: 0 done; 2 bad input, nothing written; 3 too many consecutive non-finite losses
 (the last checkpoint is intact); 4 disk full while saving (the last complete checkpoint is intact); 143
-preempted by SIGTERM, with a complete checkpoint to resume from (`manyheads.preemption`).
+preempted by SIGTERM, with a complete checkpoint to resume from (`manyheads.training.preemption`).
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
         return None
     if resume != "latest":
         return resume
-    from ..checkpoints import latest_complete_checkpoint
+    from ..training.checkpoints import latest_complete_checkpoint
 
     return latest_complete_checkpoint(output_dir)
 
 
 def previous_run(output_dir: str) -> list[str]:
     """What in `output_dir` was written by a run (checkpoint folders, trainer state, model files)."""
-    from ..checkpoints import checkpoints
+    from ..training.checkpoints import checkpoints
 
     if not os.path.isdir(output_dir):
         return []
@@ -91,9 +91,9 @@ def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> st
         ConfigError: the folder holds another run and neither --resume nor --overwrite is given; --resume finds
             no complete checkpoint; both flags are given.
     """
-    from ..checkpoints import is_complete
     from ..errors import ConfigError
-    from ..output_lock import check_not_locked
+    from ..training.checkpoints import is_complete
+    from ..training.output_lock import check_not_locked
 
     unusable = output_dir_problem(output_dir)
     if unusable:
@@ -141,7 +141,7 @@ def parameter_line(model: Any) -> str:
 def _remove_checkpoints(output_dir: str) -> None:
     """--overwrite: the old run's checkpoints go, so that neither --resume nor save_total_limit's rotation can
     mix them with the new run's. Other files are replaced as the new run writes them."""
-    from ..checkpoints import checkpoints
+    from ..training.checkpoints import checkpoints
 
     if not _main_rank():
         return  # one process deletes; the others would race it
@@ -165,11 +165,11 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     A SIGTERM during training saves a checkpoint and raises `RunStopped` (exit code 143); too many
     consecutive non-finite losses raise `RunStopped` (exit code 3). `command` is shown in the resume hint.
     """
-    from ..checkpoints import latest_complete_checkpoint
     from ..errors import ConfigError, RunStopped
-    from ..output_lock import OutputLock
     from ..recipe.build import prepare_data, sharing_problems
     from ..recipe.resume import resume_problems
+    from ..training.checkpoints import latest_complete_checkpoint
+    from ..training.output_lock import OutputLock
 
     prepared = prepare_data(run)
     output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
@@ -231,11 +231,11 @@ def _main_rank() -> bool:
 
 def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, overwrite: bool,
                   command: str | None) -> tuple[Any, dict[str, float]]:
-    from ..checkpoints import latest_complete_checkpoint
     from ..errors import RunStopped
-    from ..preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
     from ..recipe.build import build_trainer
     from ..trainer import NonFiniteLossError
+    from ..training.checkpoints import latest_complete_checkpoint
+    from ..training.preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
 
     # Only now, with config and data checked and the folder locked: a failed check leaves the old run as it was.
     if overwrite:

@@ -19,7 +19,6 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
-from ..model_card import render_card, write_card
 from ..tasks import Task, task_from_spec
 from .adapters import (
     NO_ADAPTER,
@@ -35,7 +34,7 @@ from .adapters import (
     set_trainable,
 )
 from .config import MultiTaskConfig
-from .generation import (
+from .decoders import (
     backbone_from_config,
     build_decoder,
     encoder_of,
@@ -46,6 +45,7 @@ from .generation import (
     warm_start,
 )
 from .load_check import ModelLoadError, load_problems
+from .model_card import render_card, write_card
 
 
 @dataclass

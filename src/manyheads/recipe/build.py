@@ -147,7 +147,7 @@ def sharing_problems(run: RunConfig) -> list[str]:
     import torch
 
     from ..modeling.adapters import add_adapters
-    from ..modeling.generation import backbone_from_config
+    from ..modeling.decoders import backbone_from_config
 
     try:
         with torch.device("meta"):

@@ -38,11 +38,11 @@ from typing import IO, Any
 
 import yaml
 
-from ..checkpoints import checkpoints, is_complete
 from ..errors import ConfigError, RunStopped
-from ..output_lock import OutputLock, check_not_locked
-from ..preemption import PREEMPTED_EXIT_CODE, Preemption
 from ..report.comparison import COMPARE_FILE, COMPARE_MARKDOWN
+from ..training.checkpoints import checkpoints, is_complete
+from ..training.output_lock import OutputLock, check_not_locked
+from ..training.preemption import PREEMPTED_EXIT_CODE, Preemption
 from .compare_plan import (
     LOG_FILE,
     MULTI_TASK,

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from ..errors import ConfigError, ProblemCollector
-from ..metrics import best_metric_problem
+from ..tasks.metrics import best_metric_problem
 from .build import prepare_data
 from .config import RunConfig, apply_overrides, build_config, read_yaml
 

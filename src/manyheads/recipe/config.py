@@ -19,9 +19,9 @@ import yaml
 
 from ..balancing import group_step_problems, weighting_problems
 from ..errors import ConfigError, ProblemCollector, shown
-from ..metrics import best_metric_problem
 from ..modeling.adapters import Sharing, no_adapter_problem
 from ..tasks import TASK_TYPES, Task, resolve_task_type
+from ..tasks.metrics import best_metric_problem
 from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
 from .coerce import build_dataclass, coerce, field_hints, parse_scalar, suggest
 from .loading import FORMATS as FILE_FORMATS

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from ..checkpoints import BALANCING_OPTIMIZER_STATE, BALANCING_STATE
+from ..training.checkpoints import BALANCING_OPTIMIZER_STATE, BALANCING_STATE
 from .build import PreparedData, damaged_weight_files, torch_file_problem
 from .config import RunConfig
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from ..callbacks.base import CONFLICT_FILE, DIAGNOSTICS_DIR, MONITOR_FILE, RUN_FILE
 from ..callbacks.stalled_heads import CONSTANT_KEY, STALLED_FILE
-from ..checkpoints import checkpoints
 from ..errors import ConfigError
 from ..tasks import TASK_TYPES
+from ..training.checkpoints import checkpoints
 
 STATE_FILE = "trainer_state.json"
 # Per-task eval keys that are timings, not metrics.

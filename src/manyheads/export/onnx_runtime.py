@@ -1,4 +1,4 @@
-"""Running a graph written by `manyheads.onnx_export`: the exported folder behind the interface
+"""Running a graph written by `manyheads.export.onnx`: the exported folder behind the interface
 `MultiTaskPredictor` uses (`tasks`, `config`, `forward_all`), on ONNX Runtime.
 
 onnx and onnxruntime are optional (`pip install "manyheads[onnx]"`): they are imported only when a graph is
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .modeling.config import MultiTaskConfig
-from .tasks import Task, task_from_spec
+from ..errors import ConfigError
+from ..modeling.config import MultiTaskConfig
+from ..tasks import Task, task_from_spec
 
 MANIFEST = "manyheads_onnx.json"
 FORMAT = ("manyheads-onnx", 1)  # the manifest's "format" and "version"

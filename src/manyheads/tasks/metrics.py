@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import EvalPrediction
 
-from .errors import shown
+from ..errors import shown
 
 logger = logging.getLogger(__name__)
 MetricFunction = Callable[..., dict[str, float]]

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from .errors import ConfigError, shown
-from .modeling.model import MultiTaskModel
-from .records import kind_of
-from .tasks.base import SplitText
+from ..errors import ConfigError, shown
+from ..modeling.model import MultiTaskModel
+from ..records import kind_of
+from ..tasks.base import SplitText
 
 if TYPE_CHECKING:
-    from .onnx_runtime import OnnxMultiTaskModel
+    from ..export.onnx_runtime import OnnxMultiTaskModel
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -77,7 +77,7 @@ class MultiTaskPredictor:
         self.backend, self.batch_size = backend, batch_size
         self.model: MultiTaskModel | OnnxMultiTaskModel
         if backend == "onnx":
-            from .onnx_runtime import load_onnx_folder  # here: onnxruntime is optional for `import manyheads`
+            from ..export.onnx_runtime import load_onnx_folder  # here: onnxruntime is optional for `import manyheads`
 
             self.model, self.tokenizer = load_onnx_folder(model, tokenizer, onnx_file, device)
             self.device = torch.device("cpu")  # ONNX Runtime takes its inputs from host memory

@@ -29,15 +29,15 @@ import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, shown
-from .records import kind_of
-from .server_batcher import SHUTTING_DOWN, Batcher, Limits, RequestError
+from ..errors import ConfigError, shown
+from ..records import kind_of
+from .batcher import SHUTTING_DOWN, Batcher, Limits, RequestError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
 
-    from .inference import MultiTaskPredictor
+    from .predictor import MultiTaskPredictor
 
 logger = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install "manyheads[serve]"'
@@ -269,7 +269,7 @@ class _AnswerWhenCutOff:
 def load_predictor(model_dir: str | os.PathLike, backend: str = "torch", device: str | None = None,
                    batch_size: int = 32, onnx_file: str | None = None) -> MultiTaskPredictor:
     """The predictor of a saved model folder (torch) or of its ONNX export (`onnx_file`: e.g. the int8 graph)."""
-    from .inference import MultiTaskPredictor
+    from .predictor import MultiTaskPredictor
 
     return MultiTaskPredictor(model_dir, device=device, batch_size=batch_size, backend=backend, onnx_file=onnx_file)
 

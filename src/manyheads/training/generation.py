@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .tasks import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN
+from ..tasks import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN
 
 
 class StepTokens:

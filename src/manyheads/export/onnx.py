@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .modeling.model import MultiTaskModel
+from ..errors import ConfigError
+from ..modeling.model import MultiTaskModel
+from ..tasks import Task
 from .onnx_runtime import FORMAT, MANIFEST, labels_key, open_session, output_name, require, run_graph
-from .tasks import Task
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"

@@ -15,7 +15,7 @@ on purpose: the run is not finished, and a scheduler that restarts failed jobs m
 From Python:
 
 ```python
-from manyheads.preemption import Preemption, PreemptionCallback
+from manyheads.training.preemption import Preemption, PreemptionCallback
 
 with Preemption() as preemption:            # SIGTERM now only sets a flag
     callback = PreemptionCallback(preemption)

@@ -1,4 +1,4 @@
-"""Dynamic batching for `manyheads.server`: the rows of concurrent requests share predict calls.
+"""Dynamic batching for `manyheads.serving.server`: the rows of concurrent requests share predict calls.
 
 Requests are queued in pieces of at most `max_batch_size` rows; one asyncio worker takes the oldest piece, waits
 until `max_wait_ms` after it arrived (or until the batch is full), adds every queued piece with the same task
@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import shown
+from ..errors import shown
 
 if TYPE_CHECKING:
-    from .inference import MultiTaskPredictor
+    from .predictor import MultiTaskPredictor
 
 logger = logging.getLogger(__name__)
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"

@@ -22,7 +22,7 @@ import socket
 import time
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 LOCK_FILE = ".manyheads.lock"
 LOCK_POLL_SECONDS = 0.1

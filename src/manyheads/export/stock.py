@@ -17,8 +17,8 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
-from .modeling.generation import generation_config_values, is_encoder_decoder
-from .modeling.model import MultiTaskModel
+from ..modeling.decoders import generation_config_values, is_encoder_decoder
+from ..modeling.model import MultiTaskModel
 
 # Our head's parameter names -> the stock head's, per head layout; the one whose keys match the stock
 # model's head exactly is used. Pooler heads are BERT's classifier; cls heads RoBERTa's classification head.

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from transformers.trainer_utils import PredictionOutput
 
-from .callbacks.stalled_heads import CONSTANT_KEY
-from .metrics import aggregate_score, metric_function_for, shared_metric, user_metrics
-from .tasks import TASK_COLUMN
-from .text_generation import generate_split
+from ..callbacks.stalled_heads import CONSTANT_KEY
+from ..tasks import TASK_COLUMN
+from ..tasks.metrics import aggregate_score, metric_function_for, shared_metric, user_metrics
+from .generation import generate_split
 
 
 @dataclass

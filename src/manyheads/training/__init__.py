@@ -1,0 +1,2 @@
+"""What `MultiTaskTrainer` delegates to: per-task evaluation and generation, per-task losses, checkpoints,
+preemption and the output lock."""
