@@ -198,7 +198,8 @@ def test_a_folder_holding_another_comparison_is_refused(finished, tmp_path, caps
     plan_before = (out / "compare_plan.json").read_text()
     assert main(compare(finished["config"], out, "--learning_rate", "0.01")) == 2
     error = capsys.readouterr().err
-    assert f"--output_dir: {out} holds a comparison of a different config (config keys that differ: training)" in error
+    assert (f"--output_dir: {out} holds a comparison of a different config (config keys that differ: "
+            "learning_rate)") in error
     assert main(["compare", str(finished["config"]), "--seeds", "1", "3", "--output_dir", str(out)]) == 2
     assert "seeds [1, 2] there, [1, 3] now" in capsys.readouterr().err
     assert (out / "compare_plan.json").read_text() == plan_before

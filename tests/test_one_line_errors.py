@@ -19,7 +19,7 @@ import yaml
 
 from manyheads.cli.main import main
 
-from .conftest import base_config, make_encoder, make_tokenizer, review_rows, write_jsonl
+from .conftest import base_config, make_encoder, make_tokenizer, require, review_rows, write_jsonl
 from .test_bad_inputs import snapshot
 
 NOT_A_MODEL_FIX = "give the folder written by 'manyheads train'"
@@ -133,7 +133,7 @@ def test_resume_with_unreadable_training_state_is_one_line(case, checkpointed_ru
         target.write_bytes(target.read_bytes()[:-200])
     else:
         torch.save({"state": Planted(tmp_path / "ran")}, target)
-    config = write_config(tmp_path / "cfg.yaml", {**raw, "training": {**raw["training"], "output_dir": str(out)}})
+    config = write_config(tmp_path / "cfg.yaml", {**raw, "output_dir": str(out)})
     before = snapshot(out)
     capsys.readouterr()
     line = one_error(capsys, main(["train", config, "--resume"]))
@@ -237,17 +237,16 @@ def test_encoder_pickle_without_tensors_is_one_line(content, command, tmp_path, 
     assert not (tmp_path / "ran").exists() and not out.exists()
 
 
-# ----- f. a YAML alias bomb under training: -----
+# ----- f. a YAML alias bomb in a training field -----
 
 def bomb_under_training(raw: dict, key: str) -> str:
-    """The config's YAML with `training.<key>` set to 10**8 strings: 8 levels of nested aliases, a few hundred
+    """The config's YAML with the training field `<key>` set to 10**8 strings: 8 levels of nested aliases, a few hundred
     bytes (as test_bad_inputs' `yaml_alias_bomb` does under `freeze:`)."""
     names = "abcdefgh"
     levels = ["    - &a [x, x, x, x, x, x, x, x, x, x]"] + [
         f"    - &{names[i + 1]} [" + ", ".join([f"*{names[i]}"] * 10) + "]" for i in range(7)]
-    text = yaml.safe_dump({k: v for k, v in raw.items() if k != "training"})
-    training = yaml.safe_dump({"training": raw["training"]})
-    return text + training + f"  {key}:\n" + "\n".join(levels) + "\n"
+    text = yaml.safe_dump({k: v for k, v in raw.items() if k != key})
+    return text + f"{key}:\n" + "\n".join(levels) + "\n"
 
 
 @pytest.mark.parametrize("command", ["validate", "train"])
@@ -257,7 +256,7 @@ def test_yaml_alias_bomb_under_training_is_refused(command, tmp_path, tiny_model
     path.write_text(bomb_under_training(base_config(tiny_model_dir, data_dir, out), "run_name"), encoding="utf-8")
     capsys.readouterr()
     line = one_error(capsys, main([command, str(path)]))
-    assert "'training.run_name': got [['x', 'x'," in line and "...]" in line and "expected str" in line, line
+    assert "'run_name': got [['x', 'x'," in line and "...]" in line and "expected str" in line, line
     assert len(line) < 400 and not out.exists()
 
 
@@ -266,7 +265,7 @@ def test_yaml_alias_bomb_under_training_is_refused(command, tmp_path, tiny_model
 @pytest.mark.parametrize("command", ["validate", "train"])
 def test_target_modules_matching_no_layer_leave_the_output_folder_alone(command, tmp_path, tiny_model_dir,
                                                                         data_dir, capsys):
-    pytest.importorskip("peft")
+    require("peft")
     out = tmp_path / "out"
     raw = base_config(tiny_model_dir, data_dir, out)
     raw["sharing"] = {"mode": "lora", "target_modules": ["nope"]}

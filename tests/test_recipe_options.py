@@ -57,14 +57,12 @@ def test_unquoted_yaml_no_for_an_enum_field_means_the_choice_no(tiny_model_dir, 
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("evaluation_strategy", "steps", "training.evaluation_strategy: this TrainingArguments field no longer exists; "
+    ("evaluation_strategy", "steps", "evaluation_strategy: this TrainingArguments field no longer exists; "
                                      "use eval_strategy instead"),
     ("logging_dir", "logs", "use the TENSORBOARD_LOGGING_DIR environment variable"),
     ("no_cuda", True, "use use_cpu instead"),
-    ("sampling_strategy", "uniform", r"training.sampling_strategy: manyheads sets this itself; use 'sampling: "
-                                     r"\{strategy: ...\}'"),
-    ("loss_weighting", "dwa", r"use 'balancing: \{weighting: ...\}'"),
-    ("eval_strategy", "sometimes", r"'training.eval_strategy': got 'sometimes', expected one of no, steps, epoch"),
+    ("label_names", ["a"], "label_names: manyheads sets this itself"),
+    ("eval_strategy", "sometimes", r"'eval_strategy': got 'sometimes', expected one of no, steps, epoch"),
 ])
 def test_training_keys_that_moved_or_are_wrong_name_the_fix(tiny_model_dir, data_dir, tmp_path, key, value, message):
     raw = base_config(tiny_model_dir, data_dir, tmp_path / "out", **{key: value})
@@ -105,10 +103,10 @@ def test_delimited_index_labels_with_a_names_file(tiny_model_dir, data_dir, tmp_
                      "label_names": "colors.txt", "data": {"train": "ids.jsonl"}}]
     run = build_config(raw)
     assert run.task("colors").label_names == colors  # the file, read relative to data_dir
-    prepared = prepare_data(run)
-    assert prepared.tasks["colors"].label_list == colors
+    trainer = build_trainer(run)
+    assert trainer.model.tasks["colors"].label_list == colors
     first = review_rows(32, 1)[0]["colors"]
-    assert prepared.train["colors"][0]["labels"] == [float(c in first) for c in colors]
+    assert trainer.train_dataset.datasets["colors"][0]["labels"] == [float(c in first) for c in colors]
     assert run.task("colors").fitted == {}  # the recipe's own task object is never fitted
 
 
@@ -125,8 +123,8 @@ def test_user_classes_by_import_path(tiny_model_dir, data_dir, tmp_path, user_mo
     raw = base_config(tiny_model_dir, data_dir, tmp_path / "out", max_steps=4)
     raw["tasks"] = raw["tasks"][:2]
     raw["tasks"][0]["type"] = f"{user_module}.Shouting"
-    raw["balancing"] = {"weighting": f"{user_module}.Thirds"}
-    raw["sampling"] = {"strategy": f"{user_module}.first_task_only"}
+    raw["loss_weighting"] = f"{user_module}.Thirds"
+    raw["sampling_strategy"] = f"{user_module}.first_task_only"
     trainer = build_trainer(build_config(raw))
     assert type(trainer.model.tasks["sentiment"]).__name__ == "Shouting"
     assert type(trainer.weighting).__name__ == "Thirds"
@@ -140,7 +138,7 @@ def test_user_classes_by_import_path(tiny_model_dir, data_dir, tmp_path, user_mo
 @pytest.mark.parametrize("section,message", [
     ({"tasks": [{"name": "x", "type": "user_code.Nothing", "data": {"train": "train.jsonl"}}]},
      r"unknown task type 'user_code.Nothing'"),
-    ({"balancing": {"weighting": "user_code.Nothing"}}, r"'weighting' is 'user_code.Nothing'; valid choices: equal"),
+    ({"loss_weighting": "user_code.Nothing"}, r"'user_code.Nothing'.*valid choices: equal"),
 ])
 def test_a_wrong_import_path_is_reported_with_the_valid_names(tiny_model_dir, data_dir, tmp_path, user_module, section,
                                                               message):

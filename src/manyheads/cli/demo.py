@@ -18,7 +18,6 @@ HELP = "Train a 4-task model (sentiment, topic, aspects, rating) on generated re
 
 DEMO_CONFIG = """
 max_length: 64
-sampling: {strategy: proportional}
 # all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder: mean pooling learns fastest from it.
 tasks:
   - {name: sentiment, type: classification, pooling: mean, text: text, label: sentiment,
@@ -29,20 +28,21 @@ tasks:
      data: {train: train.jsonl, eval: eval.jsonl}}
   - {name: rating, type: regression, pooling: mean, text: text, label: rating,
      data: {train: train.jsonl, eval: eval.jsonl}}
-training:
-  max_steps: 200
-  per_device_train_batch_size: 16
-  per_device_eval_batch_size: 64
-  learning_rate: 1.0e-4
-  warmup_steps: 0.1
-  weight_decay: 0.01
-  logging_steps: 25
-  eval_strategy: "no"
-  save_strategy: "no"
-  report_to: none
-  seed: 42
-  # bf16 autocast where it is the faster precision (a GPU with bf16, or a CPU with AMX), fp32 elsewhere.
-  bf16: auto
+# The rest are MultiTaskTrainingArguments fields.
+sampling_strategy: proportional
+max_steps: 200
+per_device_train_batch_size: 16
+per_device_eval_batch_size: 64
+learning_rate: 1.0e-4
+warmup_steps: 0.1
+weight_decay: 0.01
+logging_steps: 25
+eval_strategy: "no"
+save_strategy: "no"
+report_to: none
+seed: 42
+# bf16 autocast where it is the faster precision (a GPU with bf16, or a CPU with AMX), fp32 elsewhere.
+bf16: auto
 """
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     raw = yaml.safe_load(DEMO_CONFIG)
     raw["model"] = args.model or minilm_path()
     raw["data_dir"] = data_dir
-    raw["training"]["output_dir"] = args.output_dir
+    raw["output_dir"] = args.output_dir
     run_config = build_config(raw, config_dir=data_dir, overrides=extra)
     # What the run will really use (a --bf16 flag overrides `auto`), said before the minutes of training.
     bf16 = run_config.training_arguments().bf16

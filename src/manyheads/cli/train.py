@@ -19,7 +19,6 @@ import shutil
 import signal
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 from .common import format_table, metrics_rows, quiet_libraries
@@ -40,11 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train into an output_dir that holds another run; its checkpoint-* folders are "
                              "deleted once the config and data are checked")
     parser.set_defaults(accepts_overrides=True)
-    parser.epilog = "Any TrainingArguments field or top-level key can follow: --max_steps 20 --data_dir data/"
-
-
-def default_output_dir(config_path: str) -> str:
-    return os.path.join("runs", Path(config_path).stem)
+    parser.epilog = ("Any MultiTaskTrainingArguments field, --model, --data_dir or --max_length can follow and "
+                     "overrides the config: --max_steps 20 --data_dir data/")
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
@@ -171,8 +167,8 @@ def train_and_report(run: Any, resume: str | None = None, overwrite: bool = Fals
     from ..training.checkpoints import latest_complete_checkpoint
     from ..training.output_lock import OutputLock
 
-    prepared = prepare_data(run)
-    output_dir = run.training.get("output_dir") or run.training_arguments().output_dir
+    prepared = prepare_data(run, tokenize=False)  # the trainer tokenizes the raw splits
+    output_dir = run.training_arguments().output_dir
     checkpoint = resolve_resume(resume, output_dir) if resume is not None else None
     # Checked before the lock below creates the output folder: a refused run leaves it as it was.
     problems = sharing_problems(run)
@@ -262,10 +258,10 @@ def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, 
     trainer.save_model(output_dir)
     metrics: dict[str, float] = {}
     main_process = trainer.is_world_process_zero()  # under DDP, one copy of the report
-    if prepared.eval:
+    if trainer.eval_dataset:
         metrics = trainer.evaluate()
         if main_process:
-            print(format_table(metrics_rows(metrics, list(prepared.eval))))
+            print(format_table(metrics_rows(metrics, list(trainer.eval_dataset))))
             print(f"eval_average: {metrics['eval_average']:.4f}")
             with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as handle:
                 json.dump(metrics, handle, indent=2)
@@ -287,7 +283,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     quiet_libraries()
     run_config = load_config(args.config, extra)
-    output_dir = run_config.training.setdefault("output_dir", default_output_dir(args.config))
+    output_dir = run_config.training_arguments().output_dir
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     quiet_libraries()
     problems = ProblemCollector()
     raw, config_dir = read_yaml(args.config)
-    run_config = collect_config(raw, problems, config_dir, extra)
+    run_config = collect_config(raw, problems, config_dir, extra, config_path=args.config)
     prepared = None
     if run_config is not None and run_config.tasks:
         # Check the data of the tasks whose config is valid, so data errors are reported too.
@@ -33,31 +33,31 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             problems.extend(err)
     if run_config is not None:
         problems.problems.extend(sharing_problems(run_config))
-        from .train import default_output_dir, output_dir_problem
+        from .train import output_dir_problem
 
-        unusable = output_dir_problem(run_config.training.get("output_dir") or default_output_dir(args.config))
+        unusable = output_dir_problem(run_config.training["output_dir"])
         if unusable:
             problems.add(unusable)
     if problems.problems:
         raise ConfigError(problems.problems)
-    args_ = run_config.training_arguments(output_dir=run_config.training.get("output_dir", "runs/validate"))
+    args_ = run_config.training_arguments()
     print(format_table(plan_table(run_config, prepared, args_.per_device_train_batch_size, args_.world_size)))
-    print(f"sampling: {run_config.sampling.strategy}"
-          + (f" (T={run_config.sampling.temperature})" if run_config.sampling.strategy == "temperature" else ""))
-    print(_balancing_line(run_config))
+    print(f"sampling_strategy: {args_.sampling_strategy}"
+          + (f" (sampling_temperature {args_.sampling_temperature})" if args_.sampling_strategy == "temperature"
+             else ""))
+    print(_balancing_line(run_config, args_))
     print(f"config OK: {len(run_config.tasks)} task(s), encoder {run_config.model}")
     return 0
 
 
-def _balancing_line(run_config: Any) -> str:
+def _balancing_line(run_config: Any, args: Any) -> str:
     from ..balancing import resolve_weighting
 
-    balancing = run_config.balancing
-    if balancing.aggregator is not None:
-        size = balancing.group_size or len(run_config.tasks)
-        kwargs = f" {balancing.aggregator_kwargs}" if balancing.aggregator_kwargs else ""
-        return (f"balancing: aggregator {balancing.aggregator}{kwargs}, task-group steps of {size} tasks "
+    if args.gradient_aggregator is not None:
+        size = args.task_group_size or len(run_config.tasks)
+        kwargs = f" {args.gradient_aggregator_kwargs}" if args.gradient_aggregator_kwargs else ""
+        return (f"gradient_aggregator: {args.gradient_aggregator}{kwargs}, task-group steps of {size} tasks "
                 "(one batch of each per step)")
     weights = {entry.name: entry.task.weight for entry in run_config.tasks}
-    name, kwargs = resolve_weighting(balancing.weighting, balancing.weighting_kwargs, weights)
-    return f"balancing: weighting {name}" + (f" {kwargs}" if kwargs else "")
+    name, kwargs = resolve_weighting(args.loss_weighting, args.loss_weighting_kwargs, weights)
+    return f"loss_weighting: {name}" + (f" {kwargs}" if kwargs else "")

@@ -1,5 +1,8 @@
 """From a validated `RunConfig` to data, model and trainer: what `manyheads train` does with a recipe.
 
+The recipe loads each task's files (`loading.py`) and checks them, reporting every problem at once; the raw
+splits then go to `MultiTaskTrainer`, which fits, checks and tokenizes them itself (`manyheads.data.datasets`).
+
 ```python
 from manyheads.recipe import build_trainer, load_config
 trainer = build_trainer(load_config("cfg.yaml", ["--max_steps", "20"]))
@@ -19,10 +22,11 @@ from transformers import AutoConfig, AutoTokenizer, set_seed
 
 from ..callbacks import GradientConflictCallback, UpdateMonitorCallback, attach_callbacks, make_probe_batches
 from ..data.collator import MultiTaskCollator
+from ..data.datasets import fit_tasks, prepare_split
 from ..data.samplers import MultiTaskBatchSampler
 from ..errors import ConfigError, ProblemCollector, shown
 from ..modeling.model import MultiTaskModel
-from ..tasks import Task, apply_checkpoint_pooling
+from ..tasks import Task, TextGeneration, apply_checkpoint_pooling
 from ..trainer import MultiTaskTrainer
 from .config import RunConfig
 from .loading import TaskSplits, load_task_splits
@@ -31,7 +35,8 @@ from .run_info import RunInfoCallback, run_info
 
 @dataclass
 class PreparedData:
-    """Raw splits (checked, labels set up) and, after `tokenize`, the model-ready datasets."""
+    """Raw splits (checked, tasks fitted on copies) and, when asked for, tokenized copies of them (by the
+    library's `prepare_split`, as `MultiTaskTrainer` tokenizes raw splits)."""
 
     tasks: dict[str, Task]
     raw: dict[str, TaskSplits]
@@ -39,6 +44,15 @@ class PreparedData:
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
+
+    def raw_split(self, split: str) -> dict[str, Any]:
+        """`{task: Dataset}` of one raw split, for the tasks that have it with their label columns."""
+        out = {}
+        for name, task in self.tasks.items():
+            dataset = self.raw[name].splits.get(split)
+            if dataset is not None and set(task.required_columns()) <= set(dataset.column_names):
+                out[name] = dataset
+        return out
 
 
 # A local encoder folder needs all three: transformers would otherwise build an EMPTY tokenizer (5 special
@@ -193,11 +207,12 @@ def _max_positions(run: RunConfig, tokenizer: Any) -> int | None:
 def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
                  tokenized_splits: tuple[str, ...] = ("train", "eval"), tasks: dict[str, Task] | None = None
                  ) -> PreparedData:
-    """Load, check and (optionally) tokenize every task's data; every problem in one `ConfigError`.
+    """Load and check every task's data, every problem in one `ConfigError`; tokenize only when asked for.
 
-    Tasks are fitted on their clean training split (copies of the recipe's task objects, or `tasks`, e.g. a
-    trained model's, which keep their fitted state). A test split is tokenized only when asked for and only when
-    it has the task's label columns.
+    Tasks are fitted (`manyheads.data.datasets.fit_tasks`) on their clean training split: copies of the recipe's
+    task objects, or `tasks`, e.g. a trained model's, which keep their fitted state. `build_trainer` needs no
+    tokenized data (`tokenize=False`): the trainer tokenizes the raw splits. A test split is tokenized only when
+    asked for and only when it has the task's label columns.
     """
     problems = ProblemCollector()
     if tokenizer is None:
@@ -214,15 +229,15 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
             problems.add(f"tasks.{name}.max_length: {task.max_length} is larger than the encoder allows "
                          f"({limit}). Set max_length <= {limit}.")
         before = len(problems.problems)
-        splits = raw[name] = load_task_splits(entry, run, problems)
+        splits = raw[name] = load_task_splits(name, task, entry.data, run.root, problems)
         if "train" in splits.splits:
             problems.problems.extend(task.check_data("train", splits.splits["train"], splits.sources["train"]))
         elif entry.data is not None and before == len(problems.problems):
             problems.add(f"tasks.{name}: no training split. Give 'data.train' (a file) or 'data.hub'.")
         if len(problems.problems) == before and not task.fitted:
             # Fitted only on clean training data; eval is then checked against the labels found there.
-            task.fit(splits.splits.get("train"))
-            if task.num_outputs is None and not task.generates and "train" in splits.splits:
+            fit_tasks({name: task}, {name: splits.splits["train"]} if "train" in splits.splits else None)
+            if task.num_outputs is None and not isinstance(task, TextGeneration) and "train" in splits.splits:
                 problems.add(f"tasks.{name}: no label occurs in the training split ({splits.sources['train']}), so "
                              "the head would have no outputs. Declare 'labels', or check the label column.")
         for split in ("eval", "test"):
@@ -230,17 +245,13 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
             if dataset is not None:
                 # A test split may come without labels: then only its input columns are checked.
                 labelled = split == "eval" or set(task.required_columns()) <= set(dataset.column_names)
-                check = task.check_data if labelled else task.check_text
-                problems.problems.extend(check(split, dataset, splits.sources[split]))
+                problems.problems.extend(task.check_data(split, dataset, splits.sources[split], labelled))
     problems.raise_if_any()
     prepared = PreparedData(tasks=tasks, raw=raw, tokenizer=tokenizer)
     if tokenize:
         targets = {"train": prepared.train, "eval": prepared.eval, "test": prepared.test}
-        for name, task in tasks.items():
-            for split in tokenized_splits:
-                dataset = raw[name].splits.get(split)
-                if dataset is not None and set(task.required_columns()) <= set(dataset.column_names):
-                    targets[split][name] = task.preprocess(dataset, tokenizer)
+        for split in tokenized_splits:
+            targets[split].update(prepare_split(tasks, prepared.raw_split(split), tokenizer, split) or {})
     return prepared
 
 
@@ -254,8 +265,9 @@ def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> Multi
     return model
 
 
-def build_callbacks(run: RunConfig, prepared: PreparedData, args: Any) -> list[Any]:
-    """The diagnostics callbacks the recipe asks for (`diagnostics:`), plus the run info that is always written."""
+def build_callbacks(run: RunConfig, prepared: PreparedData, args: Any, trainer: Any = None) -> list[Any]:
+    """The diagnostics callbacks the recipe asks for (`diagnostics:`), plus the run info that is always written.
+    Gradient-conflict probes are drawn from the trainer's tokenized training sets (or `prepared.train`)."""
     diagnostics = run.diagnostics
     callbacks: list[Any] = [RunInfoCallback(run_info(run, plan_table(run, prepared, args.per_device_train_batch_size,
                                                                       args.world_size), args))]
@@ -263,38 +275,39 @@ def build_callbacks(run: RunConfig, prepared: PreparedData, args: Any) -> list[A
         callbacks.append(UpdateMonitorCallback(
             every=diagnostics.monitor_every, per_tensor=diagnostics.monitor_per_tensor,
             band=tuple(diagnostics.relative_update_band), patience=diagnostics.band_patience))
-    if diagnostics.conflict_every and prepared.train:
-        collator = MultiTaskCollator(prepared.tokenizer, prepared.tasks, run.pad_to_multiple_of)
-        probes = make_probe_batches(prepared.train, collator, diagnostics.probe_batch_size, seed=args.seed)
+    train = trainer.train_dataset.datasets if trainer is not None and trainer.train_dataset else prepared.train
+    if diagnostics.conflict_every and train:
+        collator = MultiTaskCollator(prepared.tokenizer, prepared.tasks, args.pad_to_multiple_of)
+        probes = make_probe_batches(train, collator, diagnostics.probe_batch_size, seed=args.seed)
         callbacks.append(GradientConflictCallback(probes, every=diagnostics.conflict_every))
     return callbacks
 
 
 def build_trainer(run: RunConfig, prepared: PreparedData | None = None, model: Any = None,
                   trainer_class: type | None = None, **trainer_kwargs: Any) -> MultiTaskTrainer:
-    """A ready `MultiTaskTrainer` (or `trainer_class`) for `run`: data loaded and tokenized, model built
-    unless given, diagnostics attached."""
+    """A ready `MultiTaskTrainer` (or `trainer_class`) for `run`: data loaded and checked, model built unless
+    given, diagnostics attached. The trainer gets the raw splits and fits, checks and tokenizes them itself."""
     args = run.training_arguments()
-    prepared = prepared or prepare_data(run)
+    prepared = prepared or prepare_data(run, tokenize=False)
     model = model if model is not None else build_model(run, prepared.tasks, seed=args.seed)
     trainer = (trainer_class or MultiTaskTrainer)(
         model=model,
         args=args,
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval or None,
+        train_dataset=prepared.raw_split("train") or None,
+        eval_dataset=prepared.raw_split("eval") or None,
         processing_class=prepared.tokenizer,
         **trainer_kwargs,
     )
     # Diagnostics connected to the trackers of report_to (see manyheads.callbacks).
-    attach_callbacks(trainer, build_callbacks(run, prepared, args))
+    attach_callbacks(trainer, build_callbacks(run, prepared, args, trainer))
     return trainer
 
 
 def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_size: int = 1) -> list[dict[str, Any]]:
     """One row per task: type, label count, split sizes, sampling probability and steps per epoch."""
     sizes = {n: len(s.splits["train"]) for n, s in prepared.raw.items() if "train" in s.splits}
-    sampler = MultiTaskBatchSampler(sizes, batch_size, run.sampling.strategy, run.sampling.temperature,
-                                    world_size=world_size) if sizes else None
+    sampler = MultiTaskBatchSampler(sizes, batch_size, run.argument("sampling_strategy"),
+                                    run.argument("sampling_temperature"), world_size=world_size) if sizes else None
     probabilities = dict(zip(sizes, sampler.probabilities)) if sampler else {}
     steps = dict(zip(sizes, sampler.counts)) if sampler else {}
     rows = []
@@ -302,7 +315,7 @@ def plan_table(run: RunConfig, prepared: PreparedData, batch_size: int, world_si
         splits = prepared.raw[name].splits
         p = probabilities.get(name, 0.0)
         rows.append({
-            "task": name, "type": task.type_name,
+            "task": name, "type": task.type,
             "labels": len(task.label_list) or "-",
             "train": len(splits["train"]) if "train" in splits else 0,
             "eval": len(splits["eval"]) if "eval" in splits else 0,

@@ -40,6 +40,7 @@ import yaml
 
 from ..errors import ConfigError, RunStopped
 from ..report.comparison import COMPARE_FILE, COMPARE_MARKDOWN
+from ..tasks import higher_is_better, main_metric_of
 from ..training.checkpoints import checkpoints, is_complete
 from ..training.output_lock import OutputLock, check_not_locked
 from ..training.preemption import PREEMPTED_EXIT_CODE, Preemption
@@ -107,10 +108,10 @@ def _write_result(comparison: Comparison, planned: PlannedRun, seconds: float, r
     folder = comparison.folder(planned)
     metrics = json.loads((folder / "eval_results.json").read_text(encoding="utf-8"))
     tasks = {name: comparison.run.task(name) for name in planned.tasks}
-    names = {name: task.main_metric_name for name, task in tasks.items()}
+    names = {name: main_metric_of(task) for name, task in tasks.items()}
     result = {"run": planned.name, "kind": planned.kind, "seed": planned.seed, "tasks": planned.tasks,
               "main_metric": names,
-              "greater_is_better": {n: tasks[n].greater_is_better(m) for n, m in names.items()},
+              "greater_is_better": {n: higher_is_better(tasks[n], m) for n, m in names.items()},
               "main": {n: float(metrics[f"eval_{n}_{m}"]) for n, m in names.items()},
               "metrics": metrics, "examples": planned.examples, "max_steps": planned.max_steps,
               "parameters": stored_parameters(folder), "seconds": round(seconds, 1), "resumed_from": resumed_from}
@@ -187,7 +188,7 @@ def _prepare(comparison: Comparison, planned: PlannedRun) -> _Attempt:
     """Write the run's config into its folder and choose: resume from its newest complete checkpoint, or start
     over (`--overwrite` clears what an attempt without a complete checkpoint left)."""
     folder = comparison.folder(planned)
-    config = {**planned.config, "training": {**planned.config["training"], "output_dir": str(folder.resolve())}}
+    config = {**planned.config, "output_dir": str(folder.resolve())}
     config_file = folder / RUN_CONFIG_FILE
     # Held while the folder is changed (checkpoints removed): no training may be writing there meanwhile. The run
     # itself (`manyheads train`) takes the lock again once this is released.

@@ -17,14 +17,14 @@ starts plain `manyheads train` processes, not torchrun).
 
 What a single-task run changes in the recipe, and why:
 - `tasks`: the one task (its settings and data unchanged);
-- `balancing`: removed (equal weighting): weighting and aggregation are between tasks, and an aggregator with
-  one task is refused;
-- `sampling.strategy`: `proportional` (every strategy gives the same schedule for one task, but a user
+- `loss_weighting`, `gradient_aggregator` (and their kwargs, `task_group_size`): removed (equal weighting):
+  weighting and aggregation are between tasks, and an aggregator with one task is refused;
+- `sampling_strategy`: `proportional` (every strategy gives the same schedule for one task, but a user
   function may not accept one task); `group_by_length` stays;
-- `training.max_steps`: as above; `training.metric_for_best_model`: `eval_average` (then the task's own main
-  metric) when it named another task's metric;
-- every run: `training.seed` is one of the comparison's seeds (a seed in the recipe is replaced), `output_dir`
-  its folder, `push_to_hub` off.
+- `max_steps`: as above; `metric_for_best_model`: `eval_average` (then the task's own main metric) when it named
+  another task's metric;
+- every run: `seed` is one of the comparison's seeds (a seed in the recipe is replaced), `output_dir` its folder,
+  `push_to_hub` off.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from typing import Any
 from ..data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from ..errors import ConfigError, ProblemCollector
 from ..tasks.metrics import best_metric_problem
+from .arguments import normalize
 from .build import prepare_data
-from .config import RunConfig, apply_overrides, build_config, read_yaml
+from .config import RunConfig, build_config, read_yaml
 
 MULTI_TASK, SINGLE_TASK = "multi_task", "single_task"
 PLAN_FILE = "compare_plan.json"  # the comparison's identity (config hash) and its runs
@@ -120,11 +121,11 @@ def total_steps(args: Any, batches_in_epoch: int) -> int:
 def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int) -> tuple[dict[str, int], int]:
     """Training examples per task that the multi-task run with `seed` draws, and its optimizer steps."""
     args = run.training_arguments(seed=seed)
-    common = {"batch_size": args.train_batch_size, "strategy": run.sampling.strategy,
-              "temperature": run.sampling.temperature,
+    common = {"batch_size": args.train_batch_size, "strategy": args.sampling_strategy,
+              "temperature": args.sampling_temperature,
               "seed": args.data_seed if args.data_seed is not None else seed}
-    group = run.balancing.aggregator is not None
-    sampler = (TaskGroupBatchSampler(sizes, group_size=run.balancing.group_size, **common) if group
+    group = args.gradient_aggregator is not None
+    sampler = (TaskGroupBatchSampler(sizes, group_size=args.task_group_size, **common) if group
                else MultiTaskBatchSampler(sizes, **common))
     steps = total_steps(args, len(sampler))
     counts = dict.fromkeys(sizes, 0)
@@ -149,24 +150,21 @@ def single_task_steps(size: int, examples: int, batch_size: int, accumulation: i
 
 
 def read_recipe(config_path: str, overrides: list[str]) -> dict[str, Any]:
-    """The raw recipe with the command-line overrides applied and its data folder made absolute (the per-run
-    configs are written elsewhere, and relative paths must still find the same files)."""
+    """The recipe in its current shape (old keys upgraded), the command-line flags applied, and its data folder
+    made absolute (the per-run configs are written elsewhere, and relative paths must still find the same files)."""
     raw, config_dir = read_yaml(config_path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level, got {type(raw).__name__}.")
-    raw = copy.deepcopy(raw)
     problems = ProblemCollector()
-    apply_overrides(raw, overrides, problems)
+    raw = normalize(copy.deepcopy(raw), overrides, problems)
     problems.raise_if_any()
     data_dir = raw.get("data_dir")
     raw["data_dir"] = os.path.abspath(os.path.expanduser(str(data_dir))) if data_dir is not None else config_dir
-    training = dict(raw.get("training") or {})
     # Each run gets its own folder and its seed from --seeds.
-    training.pop("output_dir", None)
-    training.pop("seed", None)
-    if training.get("push_to_hub"):
-        training["push_to_hub"] = False  # a comparison's many runs would all push to one repository
-    raw["training"] = training
+    raw.pop("output_dir", None)
+    raw.pop("seed", None)
+    if raw.get("push_to_hub"):
+        raw["push_to_hub"] = False  # a comparison's many runs would all push to one repository
     return raw
 
 
@@ -174,12 +172,13 @@ def single_task_config(raw: dict[str, Any], run: RunConfig, task: str, max_steps
     """The recipe of `task` alone (see the module docstring for what changes)."""
     single = copy.deepcopy(raw)
     single["tasks"] = [copy.deepcopy(t) for t in raw["tasks"] if isinstance(t, dict) and t.get("name") == task]
-    single.pop("balancing", None)
-    single["sampling"] = {**(single.get("sampling") or {}), "strategy": "proportional"}
-    training = single["training"]
-    training["max_steps"] = max_steps
-    if best_metric_problem(training.get("metric_for_best_model"), [run.task(task)], False):
-        training["metric_for_best_model"], training["greater_is_better"] = "eval_average", True
+    for key in ("loss_weighting", "loss_weighting_kwargs", "gradient_aggregator", "gradient_aggregator_kwargs",
+                "task_group_size"):
+        single.pop(key, None)
+    single["sampling_strategy"] = "proportional"
+    single["max_steps"] = max_steps
+    if best_metric_problem(single.get("metric_for_best_model"), [run.task(task)], False):
+        single["metric_for_best_model"], single["greater_is_better"] = "eval_average", True
     return single
 
 
@@ -205,6 +204,7 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
     unknown = [t for t in alone if t not in names]
     if unknown or not alone or len(set(alone)) != len(alone):
         raise ConfigError(f"--alone: {alone}; give one or more different tasks of the config: {', '.join(names)}.")
+    # Tokenized as the trainer tokenizes it: a question-answering row may be several features.
     prepared = prepare_data(run, tokenized_splits=("train",))
     problems = ProblemCollector()
     for name in names:
@@ -218,13 +218,13 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
     args = run.training_arguments()
     batch, accumulation = args.train_batch_size, args.gradient_accumulation_steps
     for seed in seeds:
-        with_seed = {**raw, "training": {**raw["training"], "seed": seed}}
+        with_seed = {**raw, "seed": seed}
         examples, steps = multitask_examples(run, sizes, seed)
         comparison.runs.append(PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps))
         for name in alone:
             if examples[name] == 0:
                 raise ConfigError(f"tasks.{name}: the multi-task run never samples this task (sampling strategy "
-                                  f"{run.sampling.strategy!r}, {steps} steps), so there is nothing to compare. Train "
+                                  f"{args.sampling_strategy!r}, {steps} steps), so there is nothing to compare. Train "
                                   "longer or change the sampling.")
             single_steps = single_task_steps(sizes[name], examples[name], batch, accumulation)
             seen = batch * sum(micro_batches_per_epoch(math.ceil(sizes[name] / batch), accumulation, single_steps))

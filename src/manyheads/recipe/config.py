@@ -1,15 +1,26 @@
 """The YAML recipe: a file in, the library's objects out (task objects, `MultiTaskTrainingArguments`).
 
-A recipe declares the encoder (`model`), a list of `tasks` (the task objects' settings plus a `data` section),
-the `sampling`, `balancing`, `freeze` and `diagnostics` sections and a `training` section that holds any
-`TrainingArguments` field. YAML gives values, command-line flags override them, unknown keys fail, and every
-problem is reported at once (see `ConfigError`). Training arguments are typed by `HfArgumentParser`, as
-trl's `TrlParser` does; the rest by the annotations of the dataclass they fill (`coerce.py`).
+```yaml
+model: sentence-transformers/all-MiniLM-L6-v2
+tasks:
+  - {name: sst2, type: classification, text: sentence, data: {train: sst2/train.tsv, eval: sst2/dev.tsv}}
+output_dir: runs/sst2          # every other top-level key is a MultiTaskTrainingArguments field
+sampling_strategy: temperature
+max_steps: 600
+```
+
+Top-level keys are `MultiTaskTrainingArguments` fields plus `model`, `data_dir` and `max_length`, parsed by one
+`HfArgumentParser` (YAML gives defaults, flags override them; see `arguments.py`). Each task entry is its task
+class, picked by `type` (a `TASK_TYPES` name or an import path) and built from the entry's keys, plus a `data`
+section (`loading.DataConfig`). `sharing`, `freeze` and `diagnostics` are the arguments of
+`MultiTaskModel.from_encoder`, `MultiTaskModel.freeze` and the diagnostics callbacks. Every problem is reported at
+once (`ConfigError`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,75 +28,27 @@ from typing import Any
 
 import yaml
 
-from ..balancing import group_step_problems, weighting_problems
+from ..balancing import AGGREGATORS, WEIGHTINGS, check_choice, choice_problems, group_step_problems, weighting_problems
+from ..data.strategies import SAMPLING_STRATEGIES
 from ..errors import ConfigError, ProblemCollector, shown
 from ..modeling.adapters import Sharing, no_adapter_problem
 from ..tasks import TASK_TYPES, Task, resolve_task_type
 from ..tasks.metrics import best_metric_problem
-from ..training_args import RENAMED_ARGUMENTS, MultiTaskTrainingArguments
-from .coerce import build_dataclass, coerce, field_hints, parse_scalar, suggest
-from .loading import FORMATS as FILE_FORMATS
-from .sections import RUN_ARGUMENTS, BalancingConfig, DiagnosticsConfig, FreezeConfig, SamplingConfig
-from .training import check_training, training_fields
+from ..training_args import MultiTaskTrainingArguments
+from .arguments import normalize, suggest
+from .coerce import bind, build_dataclass, construct, field_hints
+from .loading import DataConfig, DataRoot
+from .sections import DiagnosticsConfig, FreezeConfig
 
-QUOTING = ("minimal", "none", "all", "nonnumeric")
-SECTIONS = {"sampling": SamplingConfig, "freeze": FreezeConfig, "balancing": BalancingConfig,
-            "diagnostics": DiagnosticsConfig, "sharing": Sharing}
-
-
-def _owned_keys() -> dict[str, str]:
-    """TrainingArguments fields the recipe sets from its own sections: naming them under `training` is an error
-    that names the section key to use."""
-    owned = {"train_sampling_strategy": "use the top-level 'sampling' section (strategy, temperature, group_by_length)",
-             "label_names": "labels travel as 'labels' in every batch; remove it"}
-    for (section, key), argument in RUN_ARGUMENTS.items():
-        owned[argument] = f"use '{section}: {{{key}: ...}}'" if section else f"use the top-level key '{key}'"
-    return owned
+SECTIONS = {"freeze": FreezeConfig, "diagnostics": DiagnosticsConfig, "sharing": Sharing}
+# The one default of output_dir: runs/<config file name>, or this for a config built in code.
+DEFAULT_RUN_NAME = "manyheads"
 
 
-OWNED_TRAINING_KEYS = _owned_keys()
-
-
-@dataclass
-class DataConfig:
-    """Where a task's data comes from: local files (CSV/TSV/JSON/JSONL/parquet/CoNLL/SQuAD) or a Hub dataset."""
-
-    train: str | None = None
-    eval: str | None = None
-    test: str | None = None
-    format: str | None = None  # inferred from the file extension when absent
-    delimiter: str | None = None
-    quoting: str = "minimal"
-    encoding: str = "utf-8"
-    header: bool = True
-    column_names: list[str] | None = None
-    tag_column: int = -1  # conll: which whitespace-separated column holds the tag (words are column 0)
-    hub: str | None = None
-    hub_config: str | None = None
-    train_split: str = "train"
-    eval_split: str = "validation"
-    test_split: str | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    # Without an eval file: hold out the last `eval_fraction` of the train file's groups (rows sharing a
-    # `split_by` value, e.g. a SQuAD article title) so no group is in both splits.
-    split_by: str | None = None
-    eval_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.format is not None and self.format not in FILE_FORMATS:
-            raise ValueError(f"'format' is {self.format!r}; valid choices: {', '.join(FILE_FORMATS)}")
-        if self.quoting not in QUOTING:
-            raise ValueError(f"'quoting' is {self.quoting!r}; valid choices: {', '.join(QUOTING)}")
-        if self.train is None and self.hub is None:
-            raise ValueError("neither 'train' (a file) nor 'hub' (a dataset name) is given; add one")
-        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
-            raise ValueError(f"'eval_fraction' is {self.eval_fraction}; it must be between 0 and 1")
-        if self.eval_fraction is not None and self.eval is not None:
-            raise ValueError("give either 'eval' (a file) or 'eval_fraction' (held out from train), not both")
-        for key in ("max_train_samples", "max_eval_samples"):
-            if (getattr(self, key) or 1) < 1:
-                raise ValueError(f"'{key}' is {getattr(self, key)}; it must be >= 1")
+def default_output_dir(config_path: str | os.PathLike | None = None) -> str:
+    """`runs/<config name>` (`runs/manyheads` without a file): where a run goes when the config names no
+    output_dir."""
+    return os.path.join("runs", Path(config_path).stem if config_path else DEFAULT_RUN_NAME)
 
 
 @dataclass
@@ -104,22 +67,22 @@ class TaskEntry:
 
 @dataclass
 class RunConfig:
-    """A whole recipe: encoder, tasks with their data, sections and `TrainingArguments` fields."""
+    """A whole recipe: the encoder, the tasks with their data, and the `MultiTaskTrainingArguments` fields."""
 
     model: str
     tasks: list[TaskEntry]
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # The MultiTaskTrainingArguments fields the config and command line set, typed; output_dir always.
+    training: dict[str, Any] = field(default_factory=dict)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
-    balancing: BalancingConfig = field(default_factory=BalancingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     sharing: Sharing = field(default_factory=Sharing)
-    training: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     max_length: int = 128
-    pad_to_multiple_of: int | None = None
-    # Consecutive optimizer steps with a NaN/inf loss that are skipped before the run stops (exit code 3).
-    max_nonfinite_steps: int = 3
     config_dir: str = "."
+
+    @property
+    def root(self) -> DataRoot:
+        return DataRoot(self.data_dir, self.config_dir)
 
     def task(self, name: str) -> Task:
         return next(entry.task for entry in self.tasks if entry.name == name)
@@ -128,18 +91,16 @@ class RunConfig:
         """Copies of the task objects, for fitting: the recipe's own stay as the user wrote them."""
         return {entry.name: copy.deepcopy(entry.task) for entry in self.tasks}
 
-    def section_arguments(self) -> dict[str, Any]:
-        """The `MultiTaskTrainingArguments` fields that the recipe's sections and top-level keys set."""
-        out = {}
-        for (section, key), argument in RUN_ARGUMENTS.items():
-            out[argument] = getattr(getattr(self, section), key) if section else getattr(self, key)
-        return out
+    def argument(self, name: str) -> Any:
+        """A `MultiTaskTrainingArguments` field as this run sets it (its default when the config does not)."""
+        if name in self.training:
+            return self.training[name]
+        found = MultiTaskTrainingArguments.__dataclass_fields__[name]
+        return found.default_factory() if found.default_factory is not dataclasses.MISSING else found.default
 
     def training_arguments(self, **extra: Any) -> MultiTaskTrainingArguments:
-        """The run's `MultiTaskTrainingArguments`: the `training` section, the sections' fields and `extra`."""
-        kwargs = {"output_dir": os.path.join("runs", "manyheads"), **self.training, **self.section_arguments(),
-                  **extra}
-        return MultiTaskTrainingArguments(**kwargs)
+        """The run's `MultiTaskTrainingArguments`: the config's fields, then `extra`."""
+        return MultiTaskTrainingArguments(**{"output_dir": default_output_dir(), **self.training, **extra})
 
 
 def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: ProblemCollector) -> TaskEntry | None:
@@ -159,46 +120,30 @@ def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: Pr
         problems.add(f"{where}.type: unknown task type {shown(task_type)}.{suggest(str(task_type), TASK_TYPES)} "
                      f"Valid types: {', '.join(TASK_TYPES)}, or the import path of a Task subclass.")
         return None
-    hints = field_hints(task_cls)
-    valid = sorted([*hints, "type", "data"])
     raw_data = raw.pop("data", None)
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in hints:
-            problems.add(f"{where}: unknown key '{key}'.{suggest(str(key), valid)} Valid keys for type "
-                         f"'{task_type}': {', '.join(valid)}.")
-            continue
-        try:
-            kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
-        except ValueError as err:
-            problems.add(f"{err}. Fix the value in the config.")
-    if "max_length" in hints:
+    data = build_dataclass(DataConfig, raw_data, f"{where}.data", problems) if raw_data is not None else None
+    kwargs = bind(task_cls, raw, where, problems, also_valid=("type", "data"))
+    if kwargs is None:
+        return None
+    if "max_length" in field_hints(task_cls):
         kwargs.setdefault("max_length", run_defaults["max_length"])
     if isinstance(kwargs.get("label_names"), str):
         kwargs["label_names"] = str(run_defaults["resolve"](kwargs["label_names"]))
-    data = build_dataclass(DataConfig, raw_data, f"{where}.data", problems) if raw_data is not None else None
-    if "name" not in kwargs:
-        problems.add(f"{where}: required key 'name' is missing. Add 'name: ...'.")
-        return None
-    try:
-        task = task_cls(**kwargs)
-    except ConfigError as err:
-        problems.problems.extend(f"{where}: {detail}" for detail in err.details)
-        return None
-    except (TypeError, ValueError) as err:
-        problems.add(f"{where}: {err}")
+    task = construct(task_cls, kwargs, where, problems)
+    if task is None:
         return None
     return TaskEntry(task, data, given=frozenset(k for k in raw if k in kwargs))
 
 
-def build_config(raw: Any, config_dir: str = ".", overrides: list[str] | None = None) -> RunConfig:
-    """Build and validate a `RunConfig` from parsed YAML plus `--key value` overrides.
+def build_config(raw: Any, config_dir: str = ".", overrides: list[str] | None = None,
+                 config_path: str | os.PathLike | None = None) -> RunConfig:
+    """Build and validate a `RunConfig` from parsed YAML plus command-line flags (`--max_steps 20`).
 
     Raises:
         ConfigError: with every problem found, one line each.
     """
     problems = ProblemCollector()
-    run = collect_config(raw, problems, config_dir, overrides)
+    run = collect_config(raw, problems, config_dir, overrides, config_path)
     problems.raise_if_any()
     return run
 
@@ -214,21 +159,16 @@ def _path_resolver(raw: dict[str, Any], config_dir: str) -> Any:
 
 
 def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
-                   overrides: list[str] | None = None) -> RunConfig | None:
+                   overrides: list[str] | None = None, config_path: str | os.PathLike | None = None
+                   ) -> RunConfig | None:
     """Like `build_config` but records problems and returns what could be built (the valid tasks only),
     so `validate` can go on to check the data of those tasks and report everything at once."""
     if not isinstance(raw, dict):
         problems.add(f"config: expected a mapping at the top level, got {type(raw).__name__}.")
         return None
-    raw = dict(raw)
-    apply_overrides(raw, overrides or [], problems)
+    raw = normalize(raw, overrides, problems)
     raw_tasks = raw.pop("tasks", None)
-    raw_training = raw.pop("training", None)
-    try:
-        max_length = coerce(raw.get("max_length", 128), int, "config.max_length")
-    except ValueError:
-        max_length = 128  # reported when the run itself is built
-    defaults = {"max_length": max_length, "resolve": _path_resolver(raw, config_dir)}
+    defaults = {"max_length": raw.get("max_length") or 128, "resolve": _path_resolver(raw, config_dir)}
     tasks: list[TaskEntry] = []
     if not isinstance(raw_tasks, list) or not raw_tasks:
         problems.add("tasks: at least one task is required, as a list under 'tasks:'.")
@@ -238,22 +178,21 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.add(f"tasks: the name '{dup}' is used by {names.count(dup)} tasks; task names must be unique. "
                      "Rename all but one of them.")
-    before = len(problems.problems)
-    training = check_training(raw_training, OWNED_TRAINING_KEYS, problems)
-    # Sections are built on their own so that a bad one still leaves a usable run for the data checks.
-    sections = {}
     if isinstance(raw.get("sharing"), str):
         raw["sharing"] = {"mode": raw["sharing"]}  # `sharing: lora`, the short form
+    sections = {}
     for key, section_cls in SECTIONS.items():
         built = build_dataclass(section_cls, raw.pop(key, None), f"config.{key}", problems)
         sections[key] = built if built is not None else section_cls()
-    run = build_dataclass(RunConfig, {**raw, "tasks": []}, "config", problems, hidden=("config_dir",),
-                          config_dir=config_dir, **sections)
-    if run is None:
+    model = raw.pop("model", None)
+    if model is None:
+        problems.add("config: required key 'model' is missing. Add 'model: ...' (a Hub id or a local folder).")
         return None
-    arguments_ok = len(problems.problems) == before
-    run.tasks = tasks
-    run.training = training
+    scalars = {key: raw.pop(key) for key in ("data_dir", "max_length") if key in raw}
+    raw.setdefault("output_dir", default_output_dir(config_path))
+    run = RunConfig(model=str(model), tasks=tasks, training=raw, config_dir=config_dir, **scalars, **sections)
+    before = len(problems.problems)
+    _check_multitask_fields(run, problems)
     _check_best_metric(run, problems)
     _check_balancing(run, problems)
     adapter_problem = no_adapter_problem(run.sharing.mode, [e.name for e in tasks],
@@ -264,73 +203,60 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
         problems.add("diagnostics.conflict_every: gradient conflict is measured on the shared encoder, which "
                      "sharing 'lora' freezes (each task trains only its adapter). Set conflict_every: 0, or use "
                      "sharing 'hybrid'.")
-    if arguments_ok:
+    if len(problems.problems) == before:
         _check_training_arguments(run, problems)
     return run
 
 
+def _check_multitask_fields(run: RunConfig, problems: ProblemCollector) -> None:
+    """The multi-task fields' choices, each reported (MultiTaskTrainingArguments stops at the first)."""
+    try:
+        check_choice("sampling_strategy", run.argument("sampling_strategy"), SAMPLING_STRATEGIES)
+    except ValueError as err:
+        problems.add(str(err))
+    for message in choice_problems(run.argument("loss_weighting"), run.argument("gradient_aggregator"),
+                                   run.argument("task_group_size")):
+        problems.add(message)
+
+
 def _check_training_arguments(run: RunConfig, problems: ProblemCollector) -> None:
-    """TrainingArguments' own cross-field checks (e.g. load_best_model_at_end needs matching save and eval
+    """MultiTaskTrainingArguments' own checks (e.g. load_best_model_at_end needs matching save and eval
     strategies), run now so that they fail before data loading rather than as a traceback at build time.
     Building the arguments writes nothing (the Trainer creates output_dir later)."""
     try:
         run.training_arguments()
     except Exception as err:  # ValueError mostly; ImportError for a missing backend (deepspeed, ...)
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-        problems.add(f"training: {text.rstrip('.')}. Fix these fields in the 'training' section "
-                     "(see transformers.TrainingArguments).")
+        problems.add(f"arguments: {text.rstrip('.')}. Fix these fields (see manyheads.MultiTaskTrainingArguments).")
 
 
 def _check_balancing(run: RunConfig, problems: ProblemCollector) -> None:
     """Method kwargs against the constructor; combinations a method cannot serve, with the fix."""
-    balancing, training = run.balancing, run.training
+    weighting, aggregator = run.argument("loss_weighting"), run.argument("gradient_aggregator")
+    if not (weighting is None or weighting in WEIGHTINGS or "." in str(weighting)):
+        return  # an unknown name: reported by _check_multitask_fields
+    if not (aggregator is None or aggregator in AGGREGATORS or "." in str(aggregator)):
+        return
     weights = {entry.name: entry.task.weight for entry in run.tasks}
-    found = weighting_problems(balancing.weighting, balancing.weighting_kwargs, weights, balancing.aggregator)
-    if balancing.aggregator is not None:
+    found = weighting_problems(weighting, run.argument("loss_weighting_kwargs"), weights, aggregator)
+    if aggregator is not None:
         untrained = [e.name for e in run.tasks if e.data is None or (e.data.train is None and e.data.hub is None)]
         if untrained:
-            found.append(f"aggregator '{balancing.aggregator}' needs a training batch of every task, but {untrained} "
+            found.append(f"gradient_aggregator '{aggregator}' needs a training batch of every task, but {untrained} "
                          "have no training data. Give them 'data.train' or remove them.")
-        sharded = next((key for key in ("fsdp", "deepspeed") if training.get(key)), None)
-        found += group_step_problems(balancing.aggregator, balancing.aggregator_kwargs, len(run.tasks),
-                                     group_size=balancing.group_size,
-                                     fp16=bool(training.get("fp16")), sharded=sharded,
+        sharded = next((key for key in ("fsdp", "deepspeed") if run.training.get(key)), None)
+        found += group_step_problems(aggregator, run.argument("gradient_aggregator_kwargs"), len(run.tasks),
+                                     group_size=run.argument("task_group_size"),
+                                     fp16=bool(run.training.get("fp16")), sharded=sharded,
                                      encoder_frozen=run.freeze.encoder, sharing=run.sharing.mode)
     for message in found:
         problems.add(f"balancing: {message}")
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: ProblemCollector) -> None:
-    """`--max_steps 20 --output_dir x --sampling.strategy uniform` onto the parsed YAML. Values of
-    TrainingArguments fields stay text (typed later by their field: `--eval_strategy no` stays "no"); others are
-    read as YAML scalars."""
-    if len(overrides) % 2:
-        problems.add(f"command line: flags come in '--key value' pairs, got {' '.join(overrides)!r}.")
-        return
-    training_keys = training_fields()
-    top_keys = set(field_hints(RunConfig)) - {"tasks", "training", "config_dir"}
-    for flag, text in zip(overrides[::2], overrides[1::2]):
-        key = flag.lstrip("-").replace("-", "_")
-        section, _, sub = key.partition(".")
-        if sub and section == "training":
-            raw["training"] = {**(raw.get("training") or {}), sub: text}
-        elif sub and section in SECTIONS:
-            raw[section] = {**(raw.get(section) or {}), sub: parse_scalar(text)}
-        elif key in top_keys:
-            raw[key] = parse_scalar(text)
-        elif key in training_keys:
-            raw["training"] = {**(raw.get("training") or {}), key: text}
-        else:
-            problems.add(
-                f"command line: unknown flag '--{key}'.{suggest(key, list(training_keys) + list(top_keys))} "
-                "Flags are TrainingArguments fields or top-level config keys."
-            )
-
-
 def _check_best_metric(run: RunConfig, problems: ProblemCollector) -> None:
     problem = best_metric_problem(run.training.get("metric_for_best_model"), [e.task for e in run.tasks], False)
     if problem:
-        problems.add(f"training.{problem}")
+        problems.add(problem)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
@@ -340,7 +266,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         ConfigError: every problem, one line each (a YAML syntax error is one problem with its line).
     """
     raw, config_dir = read_yaml(path)
-    return build_config(raw, config_dir=config_dir, overrides=overrides)
+    return build_config(raw, config_dir=config_dir, overrides=overrides, config_path=path)
 
 
 def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
@@ -361,5 +287,5 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
     return raw, str(path.parent.resolve())
 
 
-__all__ = ["FILE_FORMATS", "DataConfig", "RENAMED_ARGUMENTS", "RunConfig", "TaskEntry", "apply_overrides",
-           "build_config", "collect_config", "load_config", "read_yaml"]
+__all__ = ["DEFAULT_RUN_NAME", "DataConfig", "RunConfig", "TaskEntry", "build_config", "collect_config",
+           "default_output_dir", "load_config", "read_yaml"]

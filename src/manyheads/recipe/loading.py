@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, ProblemCollector, shown
+from ..errors import ProblemCollector, shown
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from .config import DataConfig, RunConfig, TaskEntry
+    from ..tasks import Task
 
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE, "all": csv.QUOTE_ALL,
             "nonnumeric": csv.QUOTE_NONNUMERIC}
@@ -58,6 +58,59 @@ def split_by_group(dataset: Dataset, column: str | None, fraction: float) -> tup
 SPLITS = ("train", "eval", "test")
 # What `format:` accepts (the extension decides when it is absent; .txt reads as TSV).
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll", "squad")
+QUOTING = tuple(_QUOTING)
+
+
+@dataclass
+class DataConfig:
+    """Where a task's data comes from: local files (CSV/TSV/JSON/JSONL/parquet/CoNLL/SQuAD) or a Hub dataset."""
+
+    train: str | None = None
+    eval: str | None = None
+    test: str | None = None
+    format: str | None = None  # inferred from the file extension when absent
+    delimiter: str | None = None
+    quoting: str = "minimal"
+    encoding: str = "utf-8"
+    header: bool = True
+    column_names: list[str] | None = None
+    tag_column: int = -1  # conll: which whitespace-separated column holds the tag (words are column 0)
+    hub: str | None = None
+    hub_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    # Without an eval file: hold out the last `eval_fraction` of the train file's groups (rows sharing a
+    # `split_by` value, e.g. a SQuAD article title) so no group is in both splits.
+    split_by: str | None = None
+    eval_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"'format' is {self.format!r}; valid choices: {', '.join(FORMATS)}")
+        if self.quoting not in QUOTING:
+            raise ValueError(f"'quoting' is {self.quoting!r}; valid choices: {', '.join(QUOTING)}")
+        if self.train is None and self.hub is None:
+            raise ValueError("neither 'train' (a file) nor 'hub' (a dataset name) is given; add one")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"'eval_fraction' is {self.eval_fraction}; it must be between 0 and 1")
+        if self.eval_fraction is not None and self.eval is not None:
+            raise ValueError("give either 'eval' (a file) or 'eval_fraction' (held out from train), not both")
+        for key in ("max_train_samples", "max_eval_samples"):
+            if (getattr(self, key) or 1) < 1:
+                raise ValueError(f"'{key}' is {getattr(self, key)}; it must be >= 1")
+
+
+@dataclass
+class DataRoot:
+    """Where relative data paths start: `data_dir` when given (then local files win over a Hub name), else the
+    config file's folder."""
+
+    data_dir: str | None = None
+    config_dir: str = "."
+
 
 
 @dataclass
@@ -68,13 +121,13 @@ class TaskSplits:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def uses_local_files(data: DataConfig, run: RunConfig) -> bool:
+def uses_local_files(data: DataConfig, root: DataRoot) -> bool:
     """Local files when a data folder is given or no Hub name exists; the Hub name otherwise."""
-    return data.train is not None and (run.data_dir is not None or data.hub is None)
+    return data.train is not None and (root.data_dir is not None or data.hub is None)
 
 
-def resolve_path(path: str, run: RunConfig) -> Path:
-    base = Path(run.data_dir) if run.data_dir is not None else Path(run.config_dir)
+def resolve_path(path: str, root: DataRoot) -> Path:
+    base = Path(root.data_dir) if root.data_dir is not None else Path(root.config_dir)
     candidate = Path(os.path.expanduser(path))
     return candidate if candidate.is_absolute() else base / candidate
 
@@ -193,16 +246,16 @@ def _read_file(data: DataConfig, path: Path, fmt: str) -> Dataset:
     return load_dataset("parquet", data_files=str(path), split="train")
 
 
-def _load_local(task: TaskEntry, split: str, run: RunConfig, problems: ProblemCollector) -> tuple[Dataset, str] | None:
-    data = task.data
-    path = resolve_path(getattr(data, split), run)
-    where = f"tasks.{task.name}.data.{split}"
+def _load_local(name: str, data: DataConfig, split: str, root: DataRoot,
+                problems: ProblemCollector) -> tuple[Dataset, str] | None:
+    path = resolve_path(getattr(data, split), root)
+    where = f"tasks.{name}.data.{split}"
     if not path.is_file():
         problems.add(f"{where}: file not found: {path}. Check the path (relative paths start at data_dir "
                      "or the config's folder).")
         return None
     if path.stat().st_size == 0:
-        problems.add(f"{path}: the {split} file of task '{task.name}' is empty. Point it at a file with rows.")
+        problems.add(f"{path}: the {split} file of task '{name}' is empty. Point it at a file with rows.")
         return None
     fmt = _file_format(data, path)
     if fmt is None:
@@ -215,7 +268,7 @@ def _load_local(task: TaskEntry, split: str, run: RunConfig, problems: ProblemCo
         return None
     if fmt in ("csv", "tsv") and data.header and _count_lines(path, data.encoding, 2) < 2:
         # datasets reports a header-only file as 'Instruction "train" corresponds to no data!'.
-        problems.add(f"{path}: the {split} file of task '{task.name}' has a header but no rows. Point it at a "
+        problems.add(f"{path}: the {split} file of task '{name}' has a header but no rows. Point it at a "
                      "file with rows.")
         return None
     try:
@@ -240,35 +293,33 @@ def _count_lines(path: Path, encoding: str, limit: int) -> int:
     return count
 
 
-def _load_hub(task: TaskEntry, split: str, problems: ProblemCollector) -> tuple[Dataset, str] | None:
+def _load_hub(name: str, data: DataConfig, split: str, problems: ProblemCollector) -> tuple[Dataset, str] | None:
     from datasets import load_dataset
 
-    data = task.data
-    name = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}[split]
-    source = f"{data.hub}" + (f"/{data.hub_config}" if data.hub_config else "") + f"[{name}]"
+    hub_split = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}[split]
+    source = f"{data.hub}" + (f"/{data.hub_config}" if data.hub_config else "") + f"[{hub_split}]"
     try:
-        return load_dataset(data.hub, data.hub_config, split=name), source
+        return load_dataset(data.hub, data.hub_config, split=hub_split), source
     except Exception as err:  # network, missing split, missing config: all reported the same way
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        problems.add(f"tasks.{task.name}.data.hub: cannot load {source}: {first}. Without network, give local "
+        problems.add(f"tasks.{name}.data.hub: cannot load {source}: {first}. Without network, give local "
                      "files and --data_dir.")
         return None
 
 
-def load_task_splits(task: TaskEntry, run: RunConfig, problems: ProblemCollector,
+def load_task_splits(name: str, task: Task, data: DataConfig | None, root: DataRoot, problems: ProblemCollector,
                      splits: tuple[str, ...] = SPLITS) -> TaskSplits:
-    """Load and check the splits of one task; problems go to `problems`."""
+    """Load the splits of one task and check their columns; problems go to `problems` (file and row named)."""
     out = TaskSplits()
-    data = task.data
     if data is None:
-        problems.add(f"tasks.{task.name}: no 'data' section. Add 'data: {{train: FILE, eval: FILE}}' or a Hub name.")
+        problems.add(f"tasks.{name}: no 'data' section. Add 'data: {{train: FILE, eval: FILE}}' or a Hub name.")
         return out
-    local = uses_local_files(data, run)
+    local = uses_local_files(data, root)
     for split in splits:
         wanted = getattr(data, split) if local else (split != "test" or data.test_split)
         if not wanted:
             continue
-        loaded = _load_local(task, split, run, problems) if local else _load_hub(task, split, problems)
+        loaded = _load_local(name, data, split, root, problems) if local else _load_hub(name, data, split, problems)
         if loaded is None:
             continue
         dataset, source = loaded
@@ -282,12 +333,14 @@ def load_task_splits(task: TaskEntry, run: RunConfig, problems: ProblemCollector
             out.sources["eval"] = f"{source} (held out)"
         dataset = _first(dataset, {"train": data.max_train_samples, "eval": data.max_eval_samples}.get(split))
         if len(dataset) == 0:
-            problems.add(f"{source}: the {split} split of task '{task.name}' is empty. Point it at a file with rows.")
+            problems.add(f"{source}: the {split} split of task '{name}' is empty. Point it at a file with rows.")
             continue
-        missing = [c for c in _required(task, split) if c not in dataset.column_names]
+        # A test split may come without labels; only its text columns are needed.
+        required = list(task.text) if split == "test" else task.required_columns()
+        missing = [c for c in required if c not in dataset.column_names]
         if missing:
             problems.add(
-                f"{source}: column '{missing[0]}' (task '{task.name}') not found; columns are "
+                f"{source}: column '{missing[0]}' (task '{name}') not found; columns are "
                 f"{dataset.column_names}. Fix 'text'/'label' or set 'column_names' (and 'header: false')."
             )
             continue
@@ -300,17 +353,5 @@ def _first(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset.select(range(limit)) if limit is not None and len(dataset) > limit else dataset
 
 
-def _required(entry: TaskEntry, split: str) -> list[str]:
-    # A test split may come without labels; only its text columns are needed.
-    return list(entry.task.text) if split == "test" else entry.task.required_columns()
-
-
-def load_all(run: RunConfig) -> dict[str, TaskSplits]:
-    """Load every task's splits; raise one `ConfigError` with every problem found."""
-    problems = ProblemCollector()
-    loaded = {task.name: load_task_splits(task, run, problems) for task in run.tasks}
-    problems.raise_if_any()
-    return loaded
-
-
-__all__ = ["TaskSplits", "load_all", "load_task_splits", "resolve_path", "uses_local_files", "ConfigError"]
+__all__ = ["FORMATS", "QUOTING", "DataConfig", "DataRoot", "TaskSplits", "load_task_splits", "resolve_path",
+           "uses_local_files"]

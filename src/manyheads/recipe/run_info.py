@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..callbacks.base import RUN_FILE, DiagnosticCallback
+from ..tasks import task_settings
 
 
 def run_info(run: Any, plan: list[dict[str, Any]] | None = None, args: Any = None) -> dict[str, Any]:
@@ -14,7 +15,8 @@ def run_info(run: Any, plan: list[dict[str, Any]] | None = None, args: Any = Non
     sampling plan and the training arguments."""
     config = dataclasses.asdict(dataclasses.replace(run, tasks=[]))
     config.pop("config_dir", None)
-    config["tasks"] = [{"type": e.task.type, **e.task.settings(),
+    config.update(config.pop("training"))  # in the recipe's shape: the argument fields at the top level
+    config["tasks"] = [{"type": e.task.type, **task_settings(e.task),
                         "data": dataclasses.asdict(e.data) if e.data is not None else None} for e in run.tasks]
     info: dict[str, Any] = {"config": config}
     if plan is not None:
