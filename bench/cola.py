@@ -1,45 +1,8 @@
 """CoLA alone: why the quality study never learned it, and which change fixes it (issue 16; not a test).
 
-What is measured
-    MiniLM trained on CoLA alone (one `classification` task, main metric MCC) in variants that each change one
-    thing of the earlier quality study's recipe, in which single- and multi-task CoLA scored MCC 0 in all 27
-    runs (528 training rows, 1 epoch, batch 8, learning rate 1e-4, the encoder's BERT pooler as the head input):
-
-    - old: that recipe (`pooling: pooler`, what `pooling: auto` meant on this checkpoint then);
-    - old+mean: the same with mean pooling (what `auto` reads from the checkpoint's modules.json now);
-    - old+10ep: mean pooling, 10 epochs over the same 528 rows (more steps, same data);
-    - full-1ep / full-3ep: all 8,551 training rows, batch 32, learning rate 5e-5, mean pooling, 1 and 3 epochs;
-    - full-3ep+pooler: full-3ep with the BERT pooler;
-    - full-3ep+balanced: full-3ep with `class_weights: auto` (inverse label frequency);
-    - full-5ep, full-3ep+lr1e-4, full-3ep+cls, full-3ep+bs16: one more change each (epochs, learning rate, the
-      [CLS] token as the head input, batch 16);
-    - full-3ep+balanced+lr1e-4, full-3ep+bs16+balanced: two changes together;
-    - on top of full-3ep+balanced+lr1e-4 (the realistic regime's CoLA recipe), one more change each, looking for
-      a recipe above MCC 0.3 in every seed: 5 epochs (full-5ep+balanced+lr1e-4), lr 2e-4 (...+lr2e-4), max
-      pooling (+max), the top encoder layer re-initialised (+reinit1), the head at 1e-3 (+head1e-3, the
-      `head_learning_rate` training argument);
-    - long-16ep-bs128: the recipe of a published CoLA fine-tune of a sentence-transformers MiniLM (16 epochs,
-      batch 128, lr 8e-5, cosine decay, 3 % warm-up, no class weights);
-    - plain-3ep: stock `Trainer` + `AutoModelForSequenceClassification` (is the ceiling manyheads'?).
-
-    Per variant: dev MCC and accuracy (the whole CoLA dev set, 1,043 rows, by default), the share of dev rows
-    predicted "acceptable" (label 1; an MCC of 0 with a share of 0 or 1 is a model predicting one class), the
-    training rows, epochs, optimizer steps, the training loss over the last tenth of the steps, and seconds.
-
-How
-    Every setting of every variant is explicit (a row means the same whatever the defaults are): AdamW, linear
-    decay and 10 % warm-up (unless the variant sets its own, as long-16ep-bs128 does), weight decay 0.01,
-    max_length 128, dynamic padding, fp32, evaluated once at the end.
-    The 528 rows are the quality study's CoLA subset (data seed 0). One fresh trainer per (variant, seed), in
-    this process. Each finished row is kept as JSON in bench/out/cola/<settings key>/rows/, so an interrupted
-    study continues where it stopped and --table_only rebuilds the table. The list under the table is computed
-    from the rows.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     HF_HUB_OFFLINE=1 python bench/cola.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 """
 
 from __future__ import annotations
@@ -56,25 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    GLUE,
-    OUT_DIR,
-    add_common_arguments,
-    command_line,
-    display_path,
-    glue_task_config,
-    header_lines,
-    model_name,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    require_files,
-    save_row,
-    settings_key,
-    training_fields,
-    write_glue_subsets,
-)
+import _common as bc
 from _quality_report import PUBLISHED, Stat
 from _stock import train_stock
 
@@ -142,8 +87,8 @@ QUICK = {"subset_rows": 32, "full_rows": 32, "max_epochs": 1, "eval_rows": 24}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, "cola/ (GLUE CoLA: train.tsv, dev.tsv)")
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, "cola/ (GLUE CoLA: train.tsv, dev.tsv)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="training seeds (weights, dropout, order)")
     parser.add_argument("--subset_rows", type=int, default=528, help="training rows of the old* variants")
@@ -154,17 +99,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the fixed training subset")
-    parser.add_argument("--cache_dir", default=str(OUT_DIR / "cola"), help="where rows and data subsets are kept")
+    parser.add_argument("--cache_dir", default=str(bc.OUT_DIR / "cola"), help="where rows and data subsets are kept")
     parser.add_argument("--table_only", action="store_true", help="rebuild the table from cached rows; train nothing")
-    args = parse_with_presets(parser, argv, {"quick": QUICK})
-    require_files(parser, args.data_dir, [Path(GLUE["cola"].folder) / f for f in (GLUE["cola"].train,
-                                                                                   GLUE["cola"].dev)])
+    args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
+    bc.require_files(parser, args.data_dir, [Path(bc.GLUE["cola"].folder) / f for f in (bc.GLUE["cola"].train,
+                                                                                   bc.GLUE["cola"].dev)])
     return args
 
 
 def write_data(args: argparse.Namespace, size: int | None) -> tuple[str, int, int]:
     """The subset folder for `size` training rows (None: all) and the dev rows; (folder, train rows, dev rows)."""
-    folder, train, dev = write_glue_subsets(args.data_dir, args.cache_dir, {"cola": size}, {"cola": args.eval_rows},
+    folder, train, dev = bc.write_glue_subsets(args.data_dir, args.cache_dir, {"cola": size}, {"cola": args.eval_rows},
                                             args.data_seed)
     return str(folder), train["cola"], dev["cola"]
 
@@ -219,7 +164,7 @@ def train_plain(name: str, settings: dict[str, Any], seed: int, data_dir: str, a
     return {"variant": name, "seed": seed, "settings": settings, "common": common, "pooling_used": "pooler (stock)",
             "fitted_class_weights": None, "steps": run["steps"], "mean_loss": run["mean_loss"],
             "final_loss": run["final_loss"], "train_s": run["train_s"], "mcc": run["metrics"]["mcc"],
-            "accuracy": run["metrics"]["accuracy"], "acceptable_share": acceptable, "date": now(),
+            "accuracy": run["metrics"]["accuracy"], "acceptable_share": acceptable, "date": bc.now(),
             "load_before": load_before, "load_after": os.getloadavg()}
 
 
@@ -232,10 +177,10 @@ def train_row(name: str, settings: dict[str, Any], seed: int, data_dir: str, arg
 
     from manyheads.recipe import build_config, build_trainer
 
-    task = {**glue_task_config("cola"), "pooling": settings["pooling"], "class_weights": settings["class_weights"]}
+    task = {**bc.glue_task_config("cola"), "pooling": settings["pooling"], "class_weights": settings["class_weights"]}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="manyheads-cola-") as output_dir:
-        training = training_fields(output_dir, settings["batch_size"], -1, seed, bf16=False)
+        training = bc.training_fields(output_dir, settings["batch_size"], -1, seed, bf16=False)
         training.update(num_train_epochs=settings["epochs"], learning_rate=settings["learning_rate"],
                         warmup_steps=settings.get("warmup", args.warmup), weight_decay=args.weight_decay,
                         lr_scheduler_type=settings.get("scheduler", "linear"),
@@ -259,14 +204,14 @@ def train_row(name: str, settings: dict[str, Any], seed: int, data_dir: str, arg
            "fitted_class_weights": fitted, "steps": trainer.state.global_step, "mean_loss": out.training_loss,
            "final_loss": losses[-1] if losses else None, "train_s": round(seconds, 1),
            **{k[len("eval_cola_"):]: float(v) for k, v in metrics.items() if k.startswith("eval_cola_")},
-           "date": now(), "load_before": load_before, "load_after": os.getloadavg()}
+           "date": bc.now(), "load_before": load_before, "load_after": os.getloadavg()}
     del trainer
     gc.collect()
     return row
 
 
 def row_path(rows_dir: Path, name: str, seed: int, settings: dict[str, Any]) -> Path:
-    return rows_dir / f"{name}-seed{seed}-{settings_key(settings)}.json"
+    return rows_dir / f"{name}-seed{seed}-{bc.settings_key(settings)}.json"
 
 
 def findings(by_variant: dict[str, list[dict[str, Any]]], gold_share: float) -> list[str]:
@@ -334,20 +279,20 @@ def feature_spread(model: str, folder: str, rows: int = 200) -> list[str]:
 
 
 def report(args: argparse.Namespace, rows: list[dict[str, Any]], rows_dir: Path, dev_rows: int, gold_share: float,
-           train_share: float, command: str, date: str, load_before: Any, load_after: Any, data_folder: str) -> str:
+           train_share: float, invocation: bc.Invocation, data_folder: str) -> str:
     from manyheads.tasks import checkpoint_pooling
 
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
-    model = model_name(args.model)
-    lines = header_lines("CoLA alone: why MCC stayed 0, variant by variant", command, date, load_before, load_after)
+    model = bc.model_name(args.model)
+    lines = invocation.header("CoLA alone: why MCC stayed 0, variant by variant")
     lines += [
         f"- settings: encoder {model}; one `classification` task (main metric MCC); AdamW, linear decay and warm-up "
         f"{args.warmup} (unless a variant's description says otherwise), weight decay {args.weight_decay}, "
         f"max_length {args.max_length}, fp32, dynamic padding; "
         f"dev: {dev_rows} rows of CoLA dev (gold share acceptable {gold_share:.2f}); training subset of the old* "
-        f"variants: data seed {args.data_seed}; rows in `{display_path(rows_dir)}`",
+        f"variants: data seed {args.data_seed}; rows in `{bc.display_path(rows_dir)}`",
         f"- `pooling: auto` on this checkpoint now reads `{checkpoint_pooling(args.model)}` from its modules.json; "
         "before, it meant `pooler` (the rows name the pooling explicitly)",
         *feature_spread(args.model, data_folder),
@@ -385,22 +330,21 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], rows_dir: Path,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command, date = command_line("cola.py", argv), now()
-    quiet_libraries()
-    load_before = os.getloadavg()
+    invocation = bc.Invocation.of("cola.py", argv)
+    bc.quiet_libraries()
     folders = {"subset": write_data(args, args.subset_rows), "all": write_data(args, args.full_rows)}
     train_rows = {kind: info[1] for kind, info in folders.items()}
     dev_rows = folders["all"][2]
     common = {"model": args.model, "dev_rows": dev_rows, "max_length": args.max_length, "warmup": args.warmup,
               "weight_decay": args.weight_decay, "data_seed": args.data_seed, "bf16": False}
-    rows_dir = Path(args.cache_dir) / settings_key(common) / "rows"
+    rows_dir = Path(args.cache_dir) / bc.settings_key(common) / "rows"
     plan = {(n, s): resolved(n, args, train_rows) for s in args.seeds for n in args.variants}
     todo = [] if args.table_only else [k for k, v in plan.items() if not row_path(rows_dir, *k, v).is_file()]
     print(f"plan: {len(plan)} (variant, seed) pairs, {len(todo)} to train; rows in {rows_dir}", flush=True)
     for i, (name, seed) in enumerate(todo):
         settings = plan[(name, seed)]
         row = train_row(name, settings, seed, folders[VARIANTS[name][0]["train"]][0], args, common)
-        save_row(row_path(rows_dir, name, seed, settings), row)
+        bc.save_row(row_path(rows_dir, name, seed, settings), row)
         print(f"  [{i + 1}/{len(todo)}] {name} seed {seed}: MCC {100 * row['mcc']:.1f}, accuracy "
               f"{row['accuracy']:.3f}, acceptable {row['acceptable_share']:.2f}, {row['steps']} steps "
               f"({row['train_s']:.0f} s)", flush=True)
@@ -410,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no rows yet: nothing to report")
         return 1
     shares = label_share(folders["all"][0], "dev"), label_share(folders["all"][0], "train")
-    publish(args, report(args, rows, rows_dir, dev_rows, *shares, command, date, load_before, os.getloadavg(),
-                        folders["all"][0]))
+    bc.publish(args, report(args, rows, rows_dir, dev_rows, *shares, invocation, folders["all"][0]))
     return 0
 
 

@@ -10,22 +10,20 @@ per batch instead of from the input. Run from the repository root (about 3 minut
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import add_common_arguments, command_line, header_lines, now, parse_with_presets, publish
+import _common as bc
 
 SETTINGS = [(False, 3e-3), (True, 3e-3), (True, 1e-3)]  # (group_by_length, learning rate)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, "nothing (the data is generated)")
-    args = parse_with_presets(parser, argv, {})
-    command, date, load_before = command_line("copy_grouping.py", argv), now(), os.getloadavg()
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, "nothing (the data is generated)")
+    args = bc.parse_with_presets(parser, argv, {})
+    invocation = bc.Invocation.of("copy_grouping.py", argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' tiny BERT2BERT and its data
     from tests.conftest import make_tokenizer
     from tests.test_seq2seq import bert_backbone, make_trainer
@@ -40,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {grouped} | {rate:g} | {m['eval_copy_exact_match']:.3f} | {m['eval_copy_rougeL']:.3f} | "
                         f"{m['eval_copy_loss']:.3f} |")
             print(rows[-1], flush=True)
-    lines = [*header_lines("length grouping on a copy task (tiny BERT2BERT)", command, date, load_before,
-                           os.getloadavg()), "- settings: tests/test_seq2seq.py's copy task and classifier, 400 rows, "
-             "300 steps, batch 16, uniform sampling, seed 3", "", *rows, ""]
-    publish(args, "\n".join(lines))
+    lines = [*invocation.header("length grouping on a copy task (tiny BERT2BERT)"),
+             "- settings: tests/test_seq2seq.py's copy task and classifier, 400 rows, 300 steps, batch 16, uniform "
+             "sampling, seed 3", "", *rows, ""]
+    bc.publish(args, "\n".join(lines))
     return 0
 
 

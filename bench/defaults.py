@@ -1,21 +1,6 @@
 """Study 12 (issue 25): do the new defaults cost quality? Length grouping on vs off, and bf16 vs fp32.
 
-What is compared
-    The realistic regime's single-task runs (`quality.py --realistic --configs single`: whole train sets, whole
-    dev sets, 3 epochs, batch 32, learning rate 1e-4) of the tasks in `--tasks` (default RTE, MRPC, STS-B), one
-    arm per (grouping, precision) pair in `--arms`:
-
-    - `on-bf16`: length grouping (`group_by_length`, the new default) with bf16 autocast (what `bf16: auto`
-      picks on a CPU with AMX or a GPU with bf16);
-    - `off-bf16`: random batches (the old default), bf16: the grouping difference alone;
-    - `on-fp32`, `off-fp32`: the same in fp32 (`off-fp32` is the old defaults).
-
-    Each arm is `quality.py` with the same seeds and rows; its rows are cached there, so an interrupted study
-    resumes and `--table_only` rebuilds the table. The table gives each task's main metric (×100, mean ± sd over
-    seeds) per arm, each arm's difference to the first arm with Welch's p, and the training minutes per run (read
-    them with the load line: arms that ran side by side shared the cores).
-
-Run from the repository root (bench/README.md, study 12). Two arms side by side, one thread each:
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     OMP_NUM_THREADS=1 python bench/defaults.py --data_dir ../shared/data --arms on-bf16 --train_only &
     OMP_NUM_THREADS=1 python bench/defaults.py --data_dir ../shared/data --arms off-bf16 --train_only &
@@ -25,13 +10,12 @@ Run from the repository root (bench/README.md, study 12). Two arms side by side,
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from typing import Any
 
+import _common as bc
 import quality
-from _common import GLUE_TASKS, add_common_arguments, command_line, header_lines, now, parse_with_presets, publish
 from _quality_report import Stat
 
 ARMS = {  # arm -> quality.py flags
@@ -43,16 +27,15 @@ ARMS = {  # arm -> quality.py flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, "the GLUE folders of --tasks (train.tsv, dev.tsv)")
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, "the GLUE folders of --tasks (train.tsv, dev.tsv)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["on-bf16", "off-bf16"],
                         help="(grouping, precision) arms; differences are taken to the first")
-    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb"], choices=list(GLUE_TASKS))
+    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb"], choices=list(bc.GLUE_TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--train_only", action="store_true", help="train the arms' missing runs; write no table")
     parser.add_argument("--table_only", action="store_true", help="build the table from cached runs; train nothing")
-    return parse_with_presets(parser, argv, {})
+    return bc.parse_with_presets(parser, argv, {})
 
 
 def quality_argv(args: argparse.Namespace, arm: str, *extra: str) -> list[str]:
@@ -64,16 +47,13 @@ def quality_argv(args: argparse.Namespace, arm: str, *extra: str) -> list[str]:
 def arm_rows(args: argparse.Namespace, arm: str) -> list[dict[str, Any]]:
     """The cached single-task rows of one arm (quality.py's cache folder for those settings)."""
     q = quality.parse_args(quality_argv(args, arm))
-    ctx, _ = quality.prepare(q)
-    return quality.load_rows(ctx.rows_dir, ["single"], args.seeds)
+    return quality.rows_of(quality.study_folder(q)[1], q)
 
 
 def welch_p(a: Stat, b: Stat) -> float:
-    from scipy.stats import ttest_ind
+    from manyheads.recipe.compare_table import welch_p_value
 
-    if a.n < 2 or b.n < 2:
-        return float("nan")
-    return float(ttest_ind(a.values, b.values, equal_var=False).pvalue)
+    return welch_p_value(a.values, b.values) if a.n > 1 and b.n > 1 else float("nan")
 
 
 def table(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -88,7 +68,7 @@ def table(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> li
         for arm in args.arms[1:]:
             a, b = stats[arm][task], stats[first][task]
             cells.append(f"{100 * (a.mean - b.mean):+.1f} (p = {welch_p(a, b):.2f})")
-        lines.append(f"| {task} ({GLUE_TASKS[task]['main_metric']}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {task} ({bc.GLUE_TASKS[task]['main_metric']}) | " + " | ".join(cells) + " |")
     minutes = []
     for arm in args.arms:
         walls = [r["wall_s"] / 60 for r in rows[arm]]
@@ -99,7 +79,7 @@ def table(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> li
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command, date, load_before = command_line("defaults.py", argv), now(), os.getloadavg()
+    invocation = bc.Invocation.of("defaults.py", argv)
     if not args.table_only:
         for arm in args.arms:
             code = quality.main(quality_argv(args, arm))
@@ -111,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = (f"tasks {', '.join(args.tasks)}, seeds {', '.join(map(str, args.seeds))}, quality.py "
                 f"{'--quick' if args.quick else '--realistic'} --configs single; arms: "
                 + "; ".join(f"{arm} = quality.py {' '.join(ARMS[arm]) or '(no flag)'}" for arm in args.arms))
-    section = [*header_lines("defaults: length grouping on/off and bf16/fp32, single-task quality", command, date,
-                             load_before, os.getloadavg()), f"- settings: {settings}", "", *table(args, rows), ""]
-    publish(args, "\n".join(section))
+    section = [*invocation.header("defaults: length grouping on/off and bf16/fp32, single-task quality"),
+               f"- settings: {settings}", "", *table(args, rows), ""]
+    bc.publish(args, "\n".join(section))
     return 0
 
 

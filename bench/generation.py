@@ -1,34 +1,8 @@
 """Question generation alone vs next to extractive QA on one MiniLM encoder (issue 14; not a test).
 
-What is compared
-    `examples/qa_qg.yaml`: extractive QA + question generation (answer + paragraph -> question, Du et al. 2017) on
-    the SQuAD subset in ../shared/data, ONE MiniLM encoder with a BERT2BERT decoder warm-started from it. Per seed:
-
-    - QA+QG: the recipe's multi-task run (proportional sampling: QA and QG steps alternate at random);
-    - QG alone: the same recipe with only the QG task, trained on exactly as many QG examples as the multi-task
-      run fed it (the count comes from the multi-task run's own sampler).
-
-    This is `manyheads compare examples/qa_qg.yaml --alone qg` (the library's comparison: equal examples seen,
-    same recipe, Welch's t-test over seeds for the verdict); the script picks the scale, then adds the secondary
-    metrics the question asks for: BLEU for QG on both sides and QA's F1 / exact match in the multi-task run.
-
-Scale (stated with the results)
-    The example trains 600 steps of 16 rows at max_length 256 (~45 min per run here). Three seeds of both runs at
-    that size take ~3.5 hours on this 2-core CPU, so the defaults keep the recipe and cut the budget: batch 8,
-    --max_steps 480 (the multi-task run feeds each task ~1,900 examples, under one epoch of its 3,000 rows), QA
-    evaluated on 200 held-out rows and QG on 100 generated questions (greedy, up to 32 tokens). Give
-    --max_steps 600 --batch_size 16 --qg_eval 200 --qa_eval 400 for the example's own size.
-
-Resuming
-    The comparison folder (bench/out/generation/<settings>/) is `manyheads compare`'s: finished runs are kept,
-    an interrupted one continues from its last checkpoint (saved every 100 steps), and running the same
-    command again only trains what is missing.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     HF_HUB_OFFLINE=1 python bench/generation.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 """
 
 from __future__ import annotations
@@ -42,22 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    OUT_DIR,
-    REPO,
-    add_common_arguments,
-    command_line,
-    header_lines,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    require_files,
-    settings_key,
-)
+import _common as bc
 from _quality_report import Stat
 
-EXAMPLE = REPO / "examples" / "qa_qg.yaml"
+EXAMPLE = bc.REPO / "examples" / "qa_qg.yaml"
 SQUAD = "squad_v1.1_subset/test-v1.1.json"
 PRESETS = {"quick": {"max_steps": 8, "batch_size": 4, "qa_eval": 8, "qg_eval": 4, "max_train": 64,
                      "seeds": [1, 2], "max_length": 128}}
@@ -75,9 +37,10 @@ def scaled_config(args: argparse.Namespace) -> dict[str, Any]:
                             max_eval_samples=args.qa_eval if task["name"] == "qa" else args.qg_eval)
         if task["name"] == "qg":
             task["max_eval_samples"] = args.qg_eval
-    config["training"].update(max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-                              save_strategy="steps", save_steps=100, save_total_limit=1, logging_steps=20,
-                              disable_tqdm=True)
+    # The training arguments: top-level keys in today's example, a `training:` section in older ones.
+    training = config.get("training", config)
+    training.update(max_steps=args.max_steps, per_device_train_batch_size=args.batch_size, save_strategy="steps",
+                    save_steps=100, save_total_limit=1, logging_steps=20, disable_tqdm=True)
     return config
 
 
@@ -85,8 +48,8 @@ def joined(per_seed: dict[str, int]) -> str:
     return ", ".join(str(v) for v in per_seed.values())
 
 
-def section(args: argparse.Namespace, argv: Sequence[str] | None, summary: dict[str, Any], out: Path,
-            load_before: tuple[float, ...], wall: float) -> str:
+def section(args: argparse.Namespace, invocation: bc.Invocation, summary: dict[str, Any], out: Path,
+            wall: float) -> str:
     from manyheads.recipe.compare_table import compare_values
 
     runs = {(r["run"], r["seed"]): json.loads((out / r["folder"] / "compare_result.json").read_text())
@@ -96,8 +59,7 @@ def section(args: argparse.Namespace, argv: Sequence[str] | None, summary: dict[
     def metric(run: str, key: str) -> list[float]:
         return [float(runs[(run, s)]["metrics"][key]) for s in seeds]
 
-    lines = header_lines("QG alone vs QA+QG on one MiniLM encoder (bench/generation.py)",
-                         command_line("generation.py", argv), now(), load_before, os.getloadavg())
+    lines = invocation.header("QG alone vs QA+QG on one MiniLM encoder (bench/generation.py)")
     examples = summary["examples"]
     lines += [f"- recipe: `examples/qa_qg.yaml` scaled down: batch {args.batch_size}, {args.max_steps} multi-task "
               f"steps, max_length {args.max_length}, at most {args.max_train} training rows per task, QA evaluated "
@@ -131,8 +93,8 @@ def section(args: argparse.Namespace, argv: Sequence[str] | None, summary: dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, SQUAD)
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, SQUAD)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--max_steps", type=int, default=480, help="optimizer steps of the multi-task run")
     parser.add_argument("--batch_size", type=int, default=8)
@@ -141,21 +103,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--qa_eval", type=int, default=200, help="held-out QA rows evaluated")
     parser.add_argument("--qg_eval", type=int, default=100, help="held-out questions generated")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side")
-    args = parse_with_presets(parser, argv, PRESETS)
-    require_files(parser, args.data_dir, [SQUAD])
+    args = bc.parse_with_presets(parser, argv, PRESETS)
+    bc.require_files(parser, args.data_dir, [SQUAD])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quiet_libraries()
+    bc.quiet_libraries()
     import yaml
 
     from manyheads.recipe.compare import plan_comparison, run_comparison
 
     config = scaled_config(args)
-    out = OUT_DIR / "generation" / settings_key([config, list(args.seeds)])
+    out = bc.OUT_DIR / "generation" / bc.settings_key([config, list(args.seeds)])
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe = out.parent / f"{out.name}.yaml"
     recipe.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     comparison = plan_comparison(str(recipe), [], args.seeds, out, alone=["qg"])
-    load_before, start = os.getloadavg(), time.time()
+    invocation, start = bc.Invocation.of("generation.py", argv), time.time()
     from manyheads.errors import RunStopped
 
     try:
@@ -163,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as stopped:  # SIGTERM or a failed run: finished runs are kept, the same command continues
         print(f"{stopped.prefix}: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    publish(args, section(args, argv, summary, out, load_before, time.time() - start))
+    bc.publish(args, section(args, invocation, summary, out, time.time() - start))
     return 0
 
 

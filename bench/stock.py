@@ -1,55 +1,19 @@
 """Stock Trainer single-task baselines on the quality study's realistic regime (issue 16; not a test).
 
-What is measured
-    Each GLUE task of the quality study (RTE, MRPC, STS-B, CoLA, SST-2) fine-tuned alone with stock
-    `transformers` only: `Trainer` + `AutoModelForSequenceClassification` (its head reads the BERT pooler), on the
-    same training and dev rows and the same recipe as `quality.py --realistic` (3 epochs, batch 32, learning rate
-    1e-4, 10 % warm-up, weight decay 0.01, max_length 128, length-grouped batches, fp32). Stock Trainer has no class
-    weights: CoLA trains without the `class_weights: auto` of the realistic regime.
-
-    Per task: dev scores on the published metric (RTE, MRPC, SST-2 accuracy; CoLA MCC; STS-B Pearson) next to
-    manyheads' single-task rows of the realistic regime (when `quality.py --realistic` has written them) and the
-    published single-task scores: whether a gap to the published scores is the checkpoint's and the recipe's or
-    manyheads'.
-
-How
-    The training and dev subsets are written exactly as `quality.py` writes them (same sizes, data seed 0). One
-    fresh trainer per (task, seed), in this process. Rows are kept as JSON in bench/out/stock/<settings key>/rows/,
-    so an interrupted study continues and --table_only rebuilds the table.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     HF_HUB_OFFLINE=1 python bench/stock.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+import _common as bc
 import quality
-from _common import (
-    GLUE,
-    OUT_DIR,
-    add_common_arguments,
-    command_line,
-    display_path,
-    header_lines,
-    model_name,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    require_files,
-    save_row,
-    settings_key,
-    write_glue_subsets,
-)
 from _quality_report import PUBLISHED, SINGLE, Stat
 from _stock import train_stock
 
@@ -59,9 +23,8 @@ QUICK = {"train_sizes": quality.QUICK["train_sizes"], "eval_sizes": quality.QUIC
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     realistic = quality.REALISTIC
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, "the GLUE folders rte, mrpc, stsb, cola, sst2 (train.tsv, dev.tsv)")
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, "the GLUE folders rte, mrpc, stsb, cola, sst2 (train.tsv, dev.tsv)")
     parser.add_argument("--tasks", nargs="+", default=list(quality.TASKS), choices=list(quality.TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--train_sizes", nargs="*", default=realistic["train_sizes"], help="task=N|all")
@@ -73,18 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the fixed train/dev subsets")
-    parser.add_argument("--cache_dir", default=str(OUT_DIR / "stock"), help="where rows and subsets are kept")
-    parser.add_argument("--quality_dir", default=str(OUT_DIR / "quality"),
+    parser.add_argument("--cache_dir", default=str(bc.OUT_DIR / "stock"), help="where rows and subsets are kept")
+    parser.add_argument("--quality_dir", default=str(bc.OUT_DIR / "quality"),
                         help="quality.py's cache folder, read for manyheads' single-task rows")
     parser.add_argument("--table_only", action="store_true", help="rebuild the table from cached rows; train nothing")
-    args = parse_with_presets(parser, argv, {"quick": QUICK})
+    args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
     try:
-        args.train_sizes = quality.sizes_arg(args.train_sizes, args.tasks, {})
-        args.eval_sizes = quality.sizes_arg(args.eval_sizes, args.tasks, {})
+        args.train_sizes = bc.sizes_arg(args.train_sizes, args.tasks, {})
+        args.eval_sizes = bc.sizes_arg(args.eval_sizes, args.tasks, {})
     except ValueError as err:
         parser.error(f"--train_sizes / --eval_sizes: {err}")
-    require_files(parser, args.data_dir, [Path(GLUE[t].folder) / f for t in args.tasks
-                                          for f in (GLUE[t].train, GLUE[t].dev)])
+    bc.require_files(parser, args.data_dir, [Path(bc.GLUE[t].folder) / f for t in args.tasks
+                                          for f in (bc.GLUE[t].train, bc.GLUE[t].dev)])
     return args
 
 
@@ -95,23 +58,21 @@ def manyheads_single(args: argparse.Namespace, train: dict[str, int], dev: dict[
     q = quality.parse_args(["--realistic", "--data_dir", args.data_dir, "--model", args.model,
                             "--learning_rate", str(args.learning_rate), "--epochs", str(args.epochs),
                             "--batch_size", str(args.batch_size), "--max_length", str(args.max_length),
-                            "--warmup", str(args.warmup), "--weight_decay", str(args.weight_decay)])
-    rows_dir = Path(args.quality_dir) / settings_key(quality.settings_of(q, train, dev)) / "rows"
-    return quality.load_rows(rows_dir, [SINGLE], q.seeds)
+                            "--warmup", str(args.warmup), "--weight_decay", str(args.weight_decay),
+                            "--cache_dir", args.quality_dir, "--configs", SINGLE])
+    return quality.rows_of(quality.study_folder(q)[1], q)
 
 
 def report(args: argparse.Namespace, rows: list[dict[str, Any]], ours: list[dict[str, Any]], rows_dir: Path,
-           train: dict[str, int], dev: dict[str, int], command: str, date: str, load_before: Any,
-           load_after: Any) -> str:
-    model = model_name(args.model)
-    lines = header_lines("Stock Trainer single-task baselines (realistic regime)", command, date, load_before,
-                         load_after)
+           train: dict[str, int], dev: dict[str, int], invocation: bc.Invocation) -> str:
+    model = bc.model_name(args.model)
+    lines = invocation.header("Stock Trainer single-task baselines (realistic regime)")
     lines += [
         f"- settings: encoder {model}; stock `Trainer` + `AutoModelForSequenceClassification` (BERT pooler "
         f"head), no manyheads code; rows per task: train {train}, dev {dev}; {args.epochs} epoch(s), batch "
         f"{args.batch_size}, learning rate {args.learning_rate:g}, warm-up {args.warmup}, weight decay "
         f"{args.weight_decay}, max_length {args.max_length}, length-grouped batches, fp32; no class weights; rows "
-        f"in `{display_path(rows_dir)}`",
+        f"in `{bc.display_path(rows_dir)}`",
         "- manyheads single-task: `quality.py --realistic`'s `single` rows (mean pooling from the checkpoint's "
         "modules.json; CoLA with `class_weights: auto`), when present",
         "",
@@ -132,16 +93,15 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], ours: list[dict
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command, date = command_line("stock.py", argv), now()
-    quiet_libraries()
-    load_before = os.getloadavg()
+    invocation = bc.Invocation.of("stock.py", argv)
+    bc.quiet_libraries()
     # The rows `quality.py` trains on for the same sizes and data seed (same helper).
-    folder, train, dev = write_glue_subsets(args.data_dir, args.cache_dir, args.train_sizes, args.eval_sizes,
+    folder, train, dev = bc.write_glue_subsets(args.data_dir, args.cache_dir, args.train_sizes, args.eval_sizes,
                                             args.data_seed)
     settings = {"model": args.model, "train": train, "dev": dev, "epochs": args.epochs,
                 "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup": args.warmup,
                 "weight_decay": args.weight_decay, "max_length": args.max_length, "data_seed": args.data_seed}
-    rows_dir = Path(args.cache_dir) / settings_key(settings) / "rows"
+    rows_dir = Path(args.cache_dir) / bc.settings_key(settings) / "rows"
     plan = [(t, s) for s in args.seeds for t in args.tasks]
     todo = [] if args.table_only else [(t, s) for t, s in plan if not (rows_dir / f"{t}-seed{s}.json").is_file()]
     print(f"plan: {len(plan)} (task, seed) pairs, {len(todo)} to train; rows in {rows_dir}", flush=True)
@@ -149,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         run = train_stock(task, folder, args.model, epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, warmup=args.warmup, weight_decay=args.weight_decay,
                           max_length=args.max_length, group_by_length=True, seed=seed)
-        row = {"task": task, "seed": seed, "settings": settings, "date": now(),
+        row = {"task": task, "seed": seed, "settings": settings, "date": bc.now(),
                **{k: v for k, v in run.items() if k not in ("predictions", "labels")}}
-        save_row(rows_dir / f"{task}-seed{seed}.json", row)
+        bc.save_row(rows_dir / f"{task}-seed{seed}.json", row)
         print(f"  [{i + 1}/{len(todo)}] {task} seed {seed}: {row['metrics']} ({row['train_s']:.0f} s)", flush=True)
     rows = [json.loads(p.read_text(encoding="utf-8")) for t, s in plan
             if (p := rows_dir / f"{t}-seed{s}.json").is_file()]
@@ -159,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no rows yet: nothing to report")
         return 1
     ours = manyheads_single(args, train, dev)
-    publish(args, report(args, rows, ours, rows_dir, train, dev, command, date, load_before, os.getloadavg()))
+    bc.publish(args, report(args, rows, ours, rows_dir, train, dev, invocation))
     return 0
 
 

@@ -1,51 +1,8 @@
 """Training throughput: manyheads vs the plain `Trainer`, with and without padding waste (not a test).
 
-What is measured
-    Training samples per second and the share of padding tokens of four set-ups training one SST-2
-    classifier on the same rows:
-
-    - plain max_length: `transformers.Trainer` + `AutoModelForSequenceClassification`, every row padded to
-      `--max_length` (`padding="max_length"`, the common tutorial recipe);
-    - plain dynamic: the same Trainer and model, each batch padded to its longest row;
-    - manyheads, grouping off: `MultiTaskTrainer` + `MultiTaskModel` with that single task, dynamic padding,
-      random batches (`group_by_length: false`, the default before issue 25);
-    - manyheads defaults: the same with length grouping (`group_by_length`, on by default).
-
-    All four start from identical weights (the stock model gets the multi-task model's encoder and head, as
-    in tests/test_invariants.py), use the same `TrainingArguments` and keep dropout as the model has it. The
-    first three see the same batches in the same order (the plain Trainers read the rows sequentially in the
-    order `MultiTaskBatchSampler` draws them; the script checks that the dataloaders yield the same tokens
-    and labels); the grouped set-up sees the same rows, grouped by length. So manyheads/plain dynamic is the
-    overhead of manyheads itself (target >= 0.98), and manyheads/plain max_length is what a user switching
-    from the tutorial recipe gains (target >= 3.5).
-
-    Each precision in `--precisions` (fp32, bf16 autocast) is timed in the same run, so bf16/fp32 ratios are
-    taken under the same conditions too.
-
-    Speed is reported as samples/s, as tokens/s on real (non-padding) tokens, and as the fraction of this
-    machine's matmul peak that the run reaches end to end: the model FLOPs of the real tokens (forward + backward
-    = 3 x forward; forward = 2 x the linear weights each token passes through + 4 x layers x hidden x row length
-    for attention; padding counts for nothing) per second of Trainer's training time, over the FLOP/s of a
-    2048^3 matmul in the same precision and thread count, timed in the same process before and after the runs
-    (the higher of the two; `--no_peak` skips it).
-
-    Each run trains a fresh trainer, re-initialised from the same initial weights, for `samples // batch_size`
-    steps. Two timings are taken per run: Trainer's own `train_samples_per_second` (the training loop only;
-    the verdicts use it) and a wall clock around the whole `trainer.train()` call.
-
-Why alternate runs
-    On a shared machine the load drifts (other jobs start and stop, caches warm up, the CPU clock changes).
-    Running all runs of one set-up and then all of the next would turn that drift into a fake difference.
-    Runs therefore alternate (every set-up and precision once per repeat, in a fixed order), each ratio is
-    taken between runs of the same repeat, and medians are reported rather than means. One untimed warm-up
-    run of each set-up comes first, so that one-off costs (lazy imports, allocator and kernel warm-up) do not
-    land on whichever set-up happens to run first. The load average before and after is recorded.
-
-Run from the repository root (see bench/README.md):
+What it measures and how: bench/README.md, "What each script measures, in detail".
 
     HF_HUB_OFFLINE=1 python bench/throughput.py --data_dir ../shared/data
-
-Results are appended to bench/RESULTS.md (unless --no_write) and printed.
 """
 
 from __future__ import annotations
@@ -64,19 +21,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    add_common_arguments,
-    command_line,
-    header_lines,
-    now,
-    parse_with_presets,
-    publish,
-    quiet_libraries,
-    ratio_text,
-    require_files,
-    training_fields,
-    write_glue_subset,
-)
+import _common as bc
 
 # Single-sentence and sentence-pair GLUE classification tasks: --task picks the length mix (SST-2 is short,
 # RTE long pairs).
@@ -99,9 +44,8 @@ QUICK = {"samples": 64, "batch_size": 16, "max_length": 64, "repeats": 1, "warmu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, "TASK/train.tsv (GLUE, read with quoting none)")
+    parser = bc.parser(__doc__)
+    bc.add_common_arguments(parser, "TASK/train.tsv (GLUE, read with quoting none)")
     parser.add_argument("--task", default="sst2", choices=list(TASKS),
                         help="which GLUE classification task's rows (the length mix: sst2 short, rte long pairs)")
     parser.add_argument("--no_peak", action="store_true", help="skip the matmul peak and the fraction of it")
@@ -116,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                         help="precisions timed in this run (bf16: mixed-precision autocast)")
     parser.add_argument("--bf16", action="store_true", help="shorthand for --precisions bf16")
-    args = parse_with_presets(parser, argv, {"quick": QUICK})
+    args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
     if args.bf16:
         args.precisions = ["bf16"]
     args.precisions = list(dict.fromkeys(args.precisions))
@@ -124,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--samples ({args.samples}) must be >= --batch_size ({args.batch_size}) >= 1")
     if args.repeats < 1 or args.warmup_steps < 0:
         parser.error("--repeats must be >= 1 and --warmup_steps >= 0")
-    require_files(parser, args.data_dir, [Path(args.task) / "train.tsv"])
+    bc.require_files(parser, args.data_dir, [Path(args.task) / "train.tsv"])
     return args
 
 
@@ -208,7 +152,7 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
     samples = steps * args.batch_size  # whole batches: then every set-up trains on exactly the same rows
     # A clean TSV of a fixed random subset of the task's rows (GLUE's raw files differ in layout).
     data_dir = Path(output_dir) / "data"
-    write_glue_subset(args.data_dir, data_dir, args.task, "train", samples, seed=0)
+    bc.write_glue_subset(args.data_dir, data_dir, args.task, "train", samples, seed=0)
     text = list(TASKS[args.task])
     run = build_config({
         "model": args.model,
@@ -218,7 +162,7 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
             "name": args.task, "type": "classification", "text": text if len(text) > 1 else text[0],
             "label": "label", "data": {"train": f"{args.task}/train.tsv", "quoting": "none"},
         }],
-        "training": training_fields(output_dir, args.batch_size, steps, args.seed, bf16=False),
+        "training": bc.training_fields(output_dir, args.batch_size, steps, args.seed, bf16=False),
     })
     prepared = prepare_data(run)
     task = args.task
@@ -272,7 +216,7 @@ def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int, 
 
     from manyheads.recipe import SamplingConfig, build_trainer
 
-    fields = training_fields(os.path.join(setup.output_dir, kind), args.batch_size, steps, args.seed,
+    fields = bc.training_fields(os.path.join(setup.output_dir, kind), args.batch_size, steps, args.seed,
                              bf16=precision == "bf16")
     if kind in (MANYHEADS, GROUPED):
         run = dataclasses.replace(setup.run, training=fields,
@@ -393,7 +337,7 @@ def precision_lines(results: Results, setup: Setup, precision: str) -> list[str]
         rows.append(f"| {LABELS[kind]} | {setup.padded_share[kind]:.1%} | {sps:.2f} | "
                     f"{statistics.median(t.wall_sps for t in runs):.2f} | {setup.real_tokens * sps / samples:.0f} | "
                     f"{flops / 1e9:.1f} | {f'{flops / peak:.2f}' if peak else 'n/a'} | "
-                    f"{len(runs)}: {ratio_text([t.trainer_sps for t in runs])} |")
+                    f"{len(runs)}: {bc.ratio_text([t.trainer_sps for t in runs])} |")
     rows.append("")
     comparisons = [  # (numerator, denominator, target or None)
         (MANYHEADS, PLAIN, TARGET_OVERHEAD),
@@ -413,16 +357,15 @@ def precision_lines(results: Results, setup: Setup, precision: str) -> list[str]
     return rows + [""]
 
 
-def report(args: argparse.Namespace, setup: Setup, results: Results, command: str, date: str,
-           load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> str:
+def report(args: argparse.Namespace, setup: Setup, results: Results, invocation: bc.Invocation) -> str:
     settings = (f"model `{args.model}`, task {args.task} ({setup.steps * args.batch_size} samples, {setup.steps} steps "
                 f"of {args.batch_size}, max_length {args.max_length}), precisions {', '.join(args.precisions)}, "
                 f"seed {args.seed}, timed runs {args.repeats} of each set-up and precision, alternating within "
                 f"each repeat, untimed warm-up {args.warmup_steps} steps of each; batch check: plain, manyheads "
                 "and max_length get the same tokens and labels, grouped the same rows; "
                 f"{setup.real_tokens} real tokens, {setup.flops / 1e9:.0f} GFLOP of training on them")
-    lines = [*header_lines(f"throughput on {args.task}: manyheads defaults vs grouping off vs plain Trainer", command,
-                           date, load_before, load_after), f"- settings: {settings}", ""]
+    title = f"throughput on {args.task}: manyheads defaults vs grouping off vs plain Trainer"
+    lines = [*invocation.header(title), f"- settings: {settings}", ""]
     for precision in args.precisions:
         lines += precision_lines(results, setup, precision)
     if len(args.precisions) == 2:
@@ -443,10 +386,8 @@ def bf16_is_fast() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = command_line("throughput.py", argv)
-    date = now()
-    quiet_libraries()
-    load_before = os.getloadavg()
+    invocation = bc.Invocation.of("throughput.py", argv)
+    bc.quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-") as output_dir:
         print(f"preparing {args.samples} samples of {args.task}, model {args.model}", flush=True)
         setup = build_setup(args, output_dir)
@@ -454,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timing {args.repeats} alternating runs of {len(KINDS)} set-ups x {len(args.precisions)} "
               f"precision(s), {setup.steps} steps of {args.batch_size}", flush=True)
         results = run_benchmark(setup, args)
-    load_after = os.getloadavg()
-    publish(args, report(args, setup, results, command, date, load_before, load_after))
+    bc.publish(args, report(args, setup, results, invocation))
     return 0
 
 

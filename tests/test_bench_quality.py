@@ -1,9 +1,11 @@
-"""The quality study's arithmetic (bench/quality.py, bench/_quality_report.py): the equal-examples plan, ΔMTL and
-the generated conclusions. No model and no data: the study's numbers are only as good as these functions."""
+"""The quality study's arithmetic (bench/quality.py, bench/_quality_report.py): its recipes at equal examples seen
+(counted by `manyheads compare`'s plan), ΔMTL and the generated conclusions. No model and no data: the study's
+numbers are only as good as these functions."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,51 +22,87 @@ TRAIN = {"rte": 224, "mrpc": 320, "stsb": 432, "cola": 528, "sst2": 640}
 
 
 def study_args(**over: object) -> argparse.Namespace:
-    values = {"tasks": TASKS, "epochs": 1, "batch_size": 8, "group_batch_size": None, "mtft_split": 0.5}
+    values = {"model": "m", "tasks": TASKS, "epochs": 1, "batch_size": 8, "group_batch_size": None, "scale": 1.0,
+              "learning_rate": 1e-4, "lora_learning_rate": 5e-4, "adapter_learning_rate": 5e-4, "r": 8, "alpha": 16.0,
+              "lora_dropout": 0.1, "warmup": 0.1, "weight_decay": 0.01, "max_length": 64, "bf16": False,
+              "group_by_length": False, "class_weights": {}, "checkpoint_every": 0}
     values.update(over)
     return argparse.Namespace(**values)
 
 
-def seen_by(config: str, args: argparse.Namespace, seed: int = 1) -> dict[str, int]:
-    out = dict.fromkeys(TASKS, 0)
-    for spec in quality.plan(config, args, TRAIN):
-        for task, rows in quality.seen(spec, TRAIN, seed).items():
-            out[task] += rows
-    return out
+def seen_by(config: str, args: argparse.Namespace, seed: int = 1) -> tuple[dict[str, int], int]:
+    """Examples per task and optimizer steps of a configuration's recipe, counted by `manyheads compare`'s plan."""
+    from manyheads.recipe import build_config
+    from manyheads.recipe.compare_plan import multitask_examples
+
+    run = build_config(quality.recipe(args, config, "d", TRAIN))
+    return multitask_examples(run, TRAIN, seed)
 
 
 def test_proportional_configurations_see_exactly_the_single_task_examples() -> None:
     args = study_args()
-    single = seen_by("single", args)
-    assert single == TRAIN  # one epoch, sizes are multiples of 8
-    for config in ("mt_proportional", "mt_uncertainty", "mt_dwa"):
-        assert seen_by(config, args) == single, config
-        (spec,) = quality.plan(config, args, TRAIN)
-        assert spec.steps == sum(TRAIN.values()) // 8
+    for config in ("mt_proportional", "mt_uncertainty", "mt_dwa", "mt_lora", "mt_hybrid"):
+        seen, steps = seen_by(config, args)
+        assert seen == TRAIN, config  # one epoch, sizes are multiples of 8: what each single-task run sees
+        assert steps == sum(TRAIN.values()) // 8
 
 
 def test_other_configurations_keep_the_total_and_move_it_to_small_tasks() -> None:
     args = study_args()
     total = sum(TRAIN.values())
     for config in ("mt_temperature", "mt_uniform", "mt_pcgrad", "mt_upgrad"):
-        seen = seen_by(config, args)
+        seen, _ = seen_by(config, args)
         # Task-group steps hold 5 x 8 rows: their step count rounds E / 40 (here 53.6 -> 54 steps).
         assert abs(sum(seen.values()) - total) <= (0 if config in ("mt_temperature", "mt_uniform") else 20), config
         assert seen["rte"] > TRAIN["rte"] and seen["sst2"] < TRAIN["sst2"], (config, seen)
     # Task-group steps: one micro-batch of every task per step, K times fewer steps.
-    assert seen_by("mt_pcgrad", args) == dict.fromkeys(TASKS, 54 * 8)
-    (spec,) = quality.plan("mt_upgrad", args, TRAIN)
-    assert spec.steps == 54
+    assert seen_by("mt_pcgrad", args) == (dict.fromkeys(TASKS, 54 * 8), 54)
+    # --group_batch_size B / K keeps the number of steps instead.
+    assert seen_by("mt_upgrad", study_args(batch_size=10, group_batch_size=2))[1] == sum(
+        -(-n // 10) for n in TRAIN.values())
 
 
-def test_finetune_splits_the_budget_between_the_phases() -> None:
-    args = study_args()
-    specs = quality.plan("mt_finetune", args, TRAIN)
-    assert [s.evaluate for s in specs] == [False] + [True] * 5
-    assert specs[0].steps == round(0.5 * sum(TRAIN.values()) / 8)
-    assert [s.steps for s in specs[1:]] == [round(0.5 * TRAIN[t] / 8) for t in TASKS]
-    assert all(s.from_multitask for s in specs[1:])
-    assert sum(seen_by("mt_finetune", args).values()) == sum(TRAIN.values())
+def test_recipes_differ_only_in_what_their_configuration_names() -> None:
+    args = study_args(class_weights={"cola": "auto"})
+    base = quality.recipe(args, "mt_proportional", "d", TRAIN)
+    assert {t["name"]: t.get("class_weights") for t in base["tasks"]} == {
+        "rte": None, "mrpc": None, "stsb": None, "cola": "auto", "sst2": None}
+    lora = quality.recipe(args, "mt_lora", "d", TRAIN)
+    assert lora["sharing"]["mode"] == "lora" and lora["training"]["learning_rate"] == 5e-4
+    hybrid = quality.recipe(args, "mt_hybrid", "d", TRAIN)
+    assert hybrid["training"]["adapter_learning_rate"] == 5e-4 and hybrid["training"]["learning_rate"] == 1e-4
+    dwa = quality.recipe(args, "mt_dwa", "d", TRAIN)
+    assert dwa["balancing"] == {"weighting": "dwa", "weighting_kwargs": {"period": 268 // 10}}
+    for other in (lora, hybrid, dwa):
+        assert other["tasks"] == base["tasks"] and other["training"]["max_steps"] == base["training"]["max_steps"]
+
+
+def finished_run(root: Path, name: str, seed: int, main: dict[str, float], steps: int) -> None:
+    """The files `manyheads compare` and `manyheads train` leave in a finished run's folder (the ones read)."""
+    folder = root / name / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    result = {"run": name, "seed": seed, "tasks": list(main), "main": main, "max_steps": steps, "seconds": 10.0,
+              "metrics": {f"eval_{t}_accuracy": v for t, v in main.items()}, "examples": dict.fromkeys(main, 16),
+              "parameters": 100 * len(main)}
+    (folder / "compare_result.json").write_text(json.dumps(result))
+    log = [{"step": 1, **{f"weight_{t}": 1.0 + i / 10 for i, t in enumerate(main)}}, {"train_runtime": 2.0 * steps}]
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    (folder / "train.log").write_text("model: 22.72M parameters, 0.37M trainable\n")
+
+
+def test_rows_join_the_single_task_runs_of_a_seed(tmp_path: Path) -> None:
+    finished_run(tmp_path, "single-rte", 1, {"rte": 0.5}, 2)
+    finished_run(tmp_path, "single-sst2", 1, {"sst2": 0.8}, 3)
+    finished_run(tmp_path, "single-rte", 2, {"rte": 0.6}, 2)  # seed 2 has no sst2 run yet: no single row
+    finished_run(tmp_path, "mt_dwa", 1, {"rte": 0.6, "sst2": 0.7}, 5)
+    args = argparse.Namespace(configs=["single", "mt_dwa"], tasks=["rte", "sst2"], seeds=[1, 2])
+    single, multi = quality.rows_of(tmp_path, args)
+    assert (single["config"], single["seed"], multi["config"]) == ("single", 1, "mt_dwa")
+    assert single["tasks"]["sst2"] == {"main": 0.8, "metrics": {"accuracy": 0.8}, "seen": 16, "steps": 3}
+    assert single["params"] == [100, 100] and single["optimizer_steps"] == 5 and single["wall_s"] == 20.0
+    assert single["s_per_step"] == [2.0, 2.0] and single["trainable"] == pytest.approx([0.37e6, 0.37e6])
+    assert multi["weights"] == {"run0": [{"step": 1, "weight_rte": 1.0, "weight_sst2": 1.1}]}
+    assert multi["params"] == [200]
 
 
 def row(config: str, seed: int, scores: dict[str, float]) -> dict[str, object]:
@@ -150,12 +188,6 @@ def test_class_weights_go_to_the_named_classification_task_only(tmp_path: Path, 
     kept = quality.parse_args(["--data_dir", str(tmp_path), "--model", "m", "--tasks", "rte", "mrpc", "--class_weights",
                                "cola=auto", "mrpc=auto", "rte=none"])
     assert kept.class_weights == {"mrpc": "auto"}  # cola is not trained; none is the default
-    args = argparse.Namespace(model="m", learning_rate=5e-5, warmup=0.1, weight_decay=0.01, bf16=False,
-                              max_length=64, group_by_length=False, class_weights={"cola": "auto"})
-    ctx = quality.Context(args=args, data_dir="d", prepared=None, train=TRAIN, rows_dir=tmp_path, settings={})
-    config = quality.run_dict(ctx, quality.RunSpec(["cola", "sst2"], 8, 10), 1, str(tmp_path))
-    weights = {task["name"]: task.get("class_weights") for task in config["tasks"]}
-    assert weights == {"cola": "auto", "sst2": None}
 
 
 def test_logged_task_weights_are_summarised_for_weighting_methods_only() -> None:
