@@ -6,6 +6,7 @@ Nothing here reads ../shared or the network: a fresh clone runs the suite as is.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import random
@@ -22,6 +23,25 @@ BAD = ["bad", "awful", "poor", "weak", "broken"]
 COLORS = ["red", "green", "blue", "yellow"]
 FILLER = ["the", "a", "item", "was", "very", "it", "is", "and", "thing", "box"]
 WORDS = GOOD + BAD + COLORS + FILLER
+
+
+# Every optional dependency the suite exercises is in the `test` extra (pyproject.toml).
+INSTALL_HINT = 'pip install -e ".[test]"'
+
+
+def require(*modules: str) -> None:
+    """Import optional packages a test needs. A missing one raises ImportError with the install hint: at module
+    level it fails the file's collection, in a test it fails that test. Never a skip, which would hide the
+    feature's tests on a machine without the extras and still report the run green."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f"{', '.join(missing)} not installed: these tests need manyheads' test extras. Install "
+                          f"them with {INSTALL_HINT}")
 
 
 def make_tokenizer():
@@ -63,8 +83,26 @@ def tiny_encoder(_tiny_encoder):
 
 
 @pytest.fixture
+def new_encoder(_tiny_encoder):
+    """For tests that build several models: each call returns a fresh deep copy of the session encoder."""
+    return lambda: copy.deepcopy(_tiny_encoder)
+
+
+@pytest.fixture
 def tokenizer():
     return make_tokenizer()
+
+
+@pytest.fixture
+def review_trainer(new_encoder, tokenizer, tmp_path):
+    """Builds `run_helpers.new_trainer`s (Python API) on fresh copies of the tiny encoder, each in
+    tmp_path/<folder>: the four review tasks (or `names`, with `task_options` per task), 64 training rows each."""
+    from .run_helpers import REVIEW_TASKS, new_trainer, review_tasks
+
+    def make(folder="out", names=REVIEW_TASKS, task_options=None, **kwargs):
+        kwargs.setdefault("tasks", review_tasks(names, **(task_options or {})))
+        return new_trainer(new_encoder(), tokenizer, tmp_path / folder, **kwargs)
+    return make
 
 
 def review_rows(n: int, seed: int) -> list[dict]:
@@ -122,7 +160,7 @@ def base_config(model_dir: str, data_dir: Path, output_dir: Path, **training) ->
         "data_dir": str(data_dir),
         "max_length": 32,
         "tasks": task_section(),
-        "training": {"output_dir": str(output_dir), "per_device_train_batch_size": 8, "max_steps": 12,
-                     "learning_rate": 1e-3, "logging_steps": 4, "report_to": "none", "save_strategy": "no",
-                     "use_cpu": True, "seed": 7, **training},
+        # MultiTaskTrainingArguments fields, at the top level as the recipe takes them.
+        "output_dir": str(output_dir), "per_device_train_batch_size": 8, "max_steps": 12, "learning_rate": 1e-3,
+        "logging_steps": 4, "report_to": "none", "save_strategy": "no", "use_cpu": True, "seed": 7, **training,
     }

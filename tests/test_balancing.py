@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from manyheads.balancing import WEIGHTINGS, build_aggregator
+from manyheads import MultiTaskTrainingArguments
+from manyheads.balancing import AGGREGATORS, WEIGHTINGS, LossWeighting, build_aggregator, build_weighting
 from manyheads.balancing.dwa import DynamicWeightAverage
 from manyheads.balancing.gradnorm import GradNormWeighting
 from manyheads.balancing.rlw import RandomWeighting
@@ -158,5 +159,81 @@ def test_gradnorm_measures_the_norm_on_the_anchor_parameters():
     assert weighting.weights()["b"] < 1.0 < weighting.weights()["a"]
 
 
-def test_registry_is_explicit_and_complete():
-    assert list(WEIGHTINGS) == ["equal", "static", "uncertainty", "dwa", "rlw", "gradnorm"]
+class TwoTaskModel(torch.nn.Module):
+    """Two regression tasks on one shared linear layer (what `bind` anchors a gradient-based weighting to)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.shared = torch.nn.Linear(3, 1)
+        self.inputs = torch.randn(4, 3)
+
+    def encoder_layers(self):
+        return [self.shared]
+
+    def loss(self, target: float) -> torch.Tensor:
+        return (self.shared(self.inputs) - target).pow(2).mean()
+
+
+def run_steps(weighting, model, steps=3):
+    """One-task micro-batches of tasks a and b per optimizer step, as the trainer calls a weighting."""
+    if hasattr(weighting, "bind"):
+        weighting.bind(model)
+    seen = []
+    for _ in range(steps):
+        for task, target in (("a", 1.0), ("b", -2.0)):
+            loss = model.loss(target)
+            weighting.observe(task, loss.detach())
+            weighting(task, loss).backward()
+        weighting.step_end()
+        seen.append(weighting.weights())
+    return seen
+
+
+# Constructor arguments for methods whose defaults need more steps than run_steps takes to act.
+WEIGHTING_KWARGS = {"dwa": {"period": 1}}
+
+
+@pytest.mark.parametrize("name", list(WEIGHTINGS))
+def test_every_registered_weighting_built_by_name_gives_finite_weights(name, tmp_path):
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path), use_cpu=True, loss_weighting=name,
+                                      loss_weighting_kwargs=WEIGHTING_KWARGS.get(name, {}))
+    weighting = build_weighting(args.loss_weighting, args.loss_weighting_kwargs, {"a": 1.0, "b": 1.0})
+    assert isinstance(weighting, LossWeighting) and weighting.tasks == ["a", "b"]
+    for weights in run_steps(weighting, TwoTaskModel()):
+        assert set(weights) == {"a", "b"}
+        assert all(math.isfinite(w) and w > 0 for w in weights.values()), weights
+
+
+@pytest.mark.parametrize("name", list(AGGREGATORS))
+def test_every_registered_aggregator_built_by_name_gives_finite_weights(name, tmp_path):
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path), use_cpu=True, gradient_aggregator=name)
+    aggregator = build_aggregator(args.gradient_aggregator, 2, args.gradient_aggregator_kwargs)
+    weights = aggregator.weighting(torch.tensor([[1.0, 0.0, 2.0], [-0.5, 1.0, 0.5]]))
+    assert weights.shape == (2,) and torch.isfinite(weights).all(), weights
+
+
+class Halves(LossWeighting):
+    """A user's weighting: every task's loss counts half."""
+
+    def current(self) -> torch.Tensor:
+        return torch.full((len(self.tasks),), 0.5)
+
+
+@pytest.mark.parametrize("given", [Halves, f"{__name__}.Halves"], ids=["class", "import path"])
+def test_a_user_defined_weighting_is_accepted_as_a_class_or_an_import_path(given, tmp_path):
+    if isinstance(given, str):
+        args = MultiTaskTrainingArguments(output_dir=str(tmp_path), use_cpu=True, loss_weighting=given)
+        given = args.loss_weighting
+    weighting = build_weighting(given, {}, {"a": 1.0, "b": 1.0})
+    assert type(weighting) is Halves
+    assert run_steps(weighting, TwoTaskModel(), steps=1) == [{"a": 0.5, "b": 0.5}]
+
+
+def test_a_weighting_that_is_neither_registered_nor_importable_lists_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="'loss_weighting' is 'softmax'; valid choices: equal, static, uncertainty"):
+        MultiTaskTrainingArguments(output_dir=str(tmp_path), use_cpu=True, loss_weighting="softmax")
+    with pytest.raises(ValueError, match=r"'loss_weighting' is 'my_pkg.Nope'; valid choices: .*import path"):
+        build_weighting("my_pkg.Nope", {}, {"a": 1.0})
+    with pytest.raises(ValueError, match="is not a LossWeighting subclass"):
+        build_weighting(f"{__name__}.TwoTaskModel", {}, {"a": 1.0})

@@ -22,10 +22,9 @@ from manyheads.errors import ConfigError
 from manyheads.export.stock import build_stock_model, export_task
 from manyheads.tasks.seq2seq import text_metrics
 
-from .conftest import WORDS, make_tokenizer, review_rows
+from .conftest import WORDS, make_tokenizer, require, review_rows
 
-pytest.importorskip("rouge_score")
-pytest.importorskip("sacrebleu")
+require("rouge_score", "sacrebleu")  # the generation metrics: a missing one fails collection with the install hint
 VOCAB = len(WORDS) + 5
 
 

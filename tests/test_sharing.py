@@ -21,13 +21,13 @@ from manyheads.callbacks.update_monitor import parameter_groups
 from manyheads.errors import ConfigError
 from manyheads.export.stock import build_stock_model
 from manyheads.modeling.adapters import adapter_of, is_adapter_parameter
-from manyheads.recipe import build_config, build_trainer
+from manyheads.recipe import build_config
 from manyheads.recipe.config import load_config
 
-from .conftest import base_config, make_encoder, review_rows
-from .test_resume import RecordingTrainer, run_config
+from .conftest import base_config, make_encoder, require, review_rows
+from .run_helpers import RecordingTrainer, assert_same_model_state
 
-pytest.importorskip("peft")
+require("peft")  # every test here builds adapters: a missing PEFT fails collection with the install hint
 
 
 def raw_sets(n: int = 48, seed: int = 1) -> dict[str, Dataset]:
@@ -243,21 +243,20 @@ def test_recipe_refuses_what_lora_cannot_serve(tiny_model_dir, data_dir, tmp_pat
     assert "diagnostics.conflict_every" in text
 
 
-def test_recipe_trains_lora_and_resume_is_bitwise_equal_mid_epoch(tiny_model_dir, data_dir, tmp_path):
-    def config(out, **training):
-        run = run_config(tiny_model_dir, data_dir, out, "train.jsonl", max_steps=10, save_steps=4, **training)
-        run.sharing = Sharing(mode="lora", r=4, alpha=8, dropout=0.1)  # dropout: the RNG state must resume too
-        return run
+def test_lora_resume_is_bitwise_equal_mid_epoch(review_trainer, tmp_path):
+    def train(resume=None):
+        # Adapter dropout on: the RNG state must resume too.
+        trainer = review_trainer("full", trainer_class=RecordingTrainer,
+                                 sharing=Sharing(mode="lora", r=4, alpha=8, dropout=0.1), max_steps=10,
+                                 save_strategy="steps", save_steps=4, logging_steps=1)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
 
-    full = build_trainer(config(tmp_path / "full"), trainer_class=RecordingTrainer)
-    full.train()
-    resumed = build_trainer(config(tmp_path / "full"), trainer_class=RecordingTrainer)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    full = train()
+    resumed = train(resume=str(tmp_path / "full" / "checkpoint-4"))
     assert resumed.seen == full.seen[4:]
-    full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
-    assert any(is_adapter_parameter(k) for k in full_state)
-    for key, value in full_state.items():
-        assert torch.equal(value, resumed_state[key]), key
+    assert any(is_adapter_parameter(k) for k in full.model.state_dict())
+    assert_same_model_state(full.model, resumed.model)
 
 
 def test_yaml_short_form(tmp_path, tiny_model_dir, data_dir):
@@ -274,7 +273,7 @@ def test_yaml_short_form(tmp_path, tiny_model_dir, data_dir):
 
 
 def test_onnx_export_runs_one_pass_per_adapter_and_matches(trained_lora, tokenizer, tmp_path):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     from manyheads.export.onnx import export_onnx
 
     exported = export_onnx(trained_lora, tmp_path / "onnx", tokenizer=tokenizer)
@@ -318,7 +317,7 @@ def test_cli_train_export_predict_with_lora(tmp_path, tiny_model_dir, data_dir, 
 
 
 def test_hybrid_aggregation_and_conflict_use_the_shared_weights_only(tiny_encoder, tokenizer, tmp_path):
-    pytest.importorskip("torchjd")
+    require("torchjd")
     from manyheads.callbacks.conflict import make_probe_batches, measure_conflict, shared_parameters
     from manyheads.data.collator import MultiTaskCollator
 

@@ -1,31 +1,20 @@
 """MultiTaskTrainer end to end on a tiny BERT: every task type, logging, evaluation, freezing, best model."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 
+from manyheads import Classification, MultiTaskTrainer
 from manyheads.balancing.static import StaticWeighting
-from manyheads.recipe import build_config, build_trainer, prepare_data
-from manyheads.trainer import MultiTaskTrainer
 
-from .conftest import base_config
+from .run_helpers import REVIEW_TASKS, logged_steps, review_data, snapshot
 
 
-def make_trainer(tiny_model_dir, data_dir, tmp_path, **overrides):
-    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
-    for key in ("sampling", "freeze"):
-        if key in overrides:
-            raw[key] = overrides.pop(key)
-    raw["training"].update(overrides)
-    return build_trainer(build_config(raw))
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def test_all_task_types_train_log_and_evaluate(tiny_model_dir, data_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, max_steps=16)
+def test_all_task_types_train_log_and_evaluate(review_trainer):
+    trainer = review_trainer(eval_=review_data(24, 2), max_steps=16)
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)
@@ -33,7 +22,7 @@ def test_all_task_types_train_log_and_evaluate(tiny_model_dir, data_dir, tmp_pat
                  "heads.sentiment.classifier.weight", "heads.match.classifier.weight",
                  "heads.colors.classifier.weight", "heads.score.classifier.weight"):
         assert not torch.equal(before[name], after[name]), name
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    logged = logged_steps(trainer)
     assert len(logged) == 4
     seen = {k for entry in logged for k in entry if k.startswith("loss_")}
     assert seen == {"loss_sentiment", "loss_match", "loss_colors", "loss_score"}
@@ -50,21 +39,22 @@ def test_all_task_types_train_log_and_evaluate(tiny_model_dir, data_dir, tmp_pat
     assert 0.0 <= metrics["eval_sentiment_accuracy"] <= 1.0
 
 
-def test_per_task_losses_are_unweighted_means_and_weights_scale_the_step(tiny_model_dir, data_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, max_steps=1, logging_steps=1)
-    trainer.weighting = StaticWeighting(list(trainer.tasks), {name: 0.0 for name in trainer.tasks})
+def test_per_task_losses_are_unweighted_means_and_weights_scale_the_step(review_trainer):
+    weighting = StaticWeighting(list(REVIEW_TASKS), {name: 0.0 for name in REVIEW_TASKS})
+    trainer = review_trainer(trainer_kwargs={"weighting": weighting}, max_steps=1, logging_steps=1)
+    assert trainer.weighting is weighting
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)
     # With every loss weight 0 no parameter moves (AdamW with weight_decay 0 and zero grads).
     assert all(torch.equal(before[k], after[k]) for k in before)
-    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    entry = logged_steps(trainer)[0]
     task_losses = [v for k, v in entry.items() if k.startswith("loss_")]
     assert entry["loss"] == 0.0 and len(task_losses) == 1 and task_losses[0] > 0
 
 
-def test_freeze_first_layers_and_embeddings(tiny_model_dir, data_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, freeze={"embeddings": True, "layers": 1})
+def test_freeze_first_layers_and_embeddings(review_trainer):
+    trainer = review_trainer(freeze={"embeddings": True, "layers": 1})
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)
@@ -75,8 +65,8 @@ def test_freeze_first_layers_and_embeddings(tiny_model_dir, data_dir, tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in moving if k.endswith("weight"))
 
 
-def test_freeze_whole_encoder_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, freeze={"encoder": True})
+def test_freeze_whole_encoder_trains_heads_only(review_trainer):
+    trainer = review_trainer(freeze={"encoder": True})
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)
@@ -84,8 +74,8 @@ def test_freeze_whole_encoder_trains_heads_only(tiny_model_dir, data_dir, tmp_pa
     assert not torch.equal(before["heads.sentiment.classifier.weight"], after["heads.sentiment.classifier.weight"])
 
 
-def test_best_model_selected_by_eval_average(tiny_model_dir, data_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, max_steps=24, eval_strategy="steps", eval_steps=6,
+def test_best_model_selected_by_eval_average(review_trainer):
+    trainer = review_trainer(eval_=review_data(24, 2), max_steps=24, eval_strategy="steps", eval_steps=6,
                            save_strategy="steps", save_steps=6, load_best_model_at_end=True,
                            metric_for_best_model="eval_average", learning_rate=3e-3)
     trainer.train()
@@ -98,32 +88,32 @@ def test_best_model_selected_by_eval_average(tiny_model_dir, data_dir, tmp_path)
     assert trainer.evaluate()["eval_average"] == pytest.approx(best["eval_average"], abs=1e-6)
 
 
-def test_unknown_best_metric_rejected_before_training(tiny_model_dir, data_dir, tmp_path):
-    run = build_config(base_config(tiny_model_dir, data_dir, tmp_path / "out"))
-    prepared = prepare_data(run)
-    trainer = build_trainer(run, prepared)
-    args = run.training_arguments(metric_for_best_model="eval_sentiment_acc")
+def test_unknown_best_metric_rejected_before_training(review_trainer):
     with pytest.raises(ValueError, match="metric_for_best_model='eval_sentiment_acc' names no metric"):
-        MultiTaskTrainer(model=trainer.model, args=args, train_dataset=prepared.train,
-                         processing_class=prepared.tokenizer)
+        review_trainer(metric_for_best_model="eval_sentiment_acc")
 
 
-def test_auto_class_weights_and_pos_weight(tiny_model_dir, data_dir, tmp_path):
-    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
-    raw["tasks"][0]["class_weights"] = "auto"
-    raw["tasks"][2]["pos_weight"] = "auto"
-    prepared = prepare_data(build_config(raw), tokenize=False)
-    train = prepared.raw["sentiment"].splits["train"]
-    counts = [train["sentiment"].count(label) for label in ("neg", "pos")]
-    expected = [len(train) / (2 * c) for c in counts]
-    assert prepared.tasks["sentiment"].fitted["class_weights"] == pytest.approx(expected)
-    colors = prepared.raw["colors"].splits["train"]["colors"]
-    positives = [sum(c in row for row in colors) for c in ("red", "green", "blue", "yellow")]
-    assert prepared.tasks["colors"].fitted["pos_weight"] == pytest.approx([(64 - p) / p for p in positives])
+def test_auto_class_weights_and_pos_weight_are_fitted_on_the_training_split(review_trainer):
+    train = review_data(64, 1)
+    trainer = review_trainer(task_options={"sentiment": {"class_weights": "auto"}, "colors": {"pos_weight": "auto"}},
+                             train=train)
+    rows = train["sentiment"]
+    counts = [rows["sentiment"].count(label) for label in ("neg", "pos")]
+    expected = [len(rows) / (2 * c) for c in counts]
+    assert trainer.tasks["sentiment"].fitted["class_weights"] == pytest.approx(expected)
+    positives = [sum(c in row for row in rows["colors"]) for c in ("red", "green", "blue", "yellow")]
+    assert trainer.tasks["colors"].fitted["pos_weight"] == pytest.approx([(64 - p) / p for p in positives])
 
 
-def test_train_dataloader_follows_sampling_and_pads_dynamically(tiny_model_dir, data_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path, sampling={"strategy": "round_robin"})
+def test_a_training_split_with_one_class_is_warned_about(review_trainer, caplog):
+    train = {"s": Dataset.from_dict({"text": ["good", "great"], "label": ["pos", "pos"]})}
+    with caplog.at_level(logging.WARNING, logger="manyheads"):
+        review_trainer(tasks=[Classification(name="s")], train=train)
+    assert "task 's': every training row has the label 'pos'" in caplog.text
+
+
+def test_train_dataloader_follows_sampling_and_pads_dynamically(review_trainer):
+    trainer = review_trainer(sampling_strategy="round_robin")
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == 4 * 8  # 64 rows per task, batch 8, one proportional pass
     assert [b["task"] for b in batches[:8]] == ["sentiment", "match", "colors", "score"] * 2
@@ -135,14 +125,14 @@ def test_train_dataloader_follows_sampling_and_pads_dynamically(tiny_model_dir, 
     assert int(pair["token_type_ids"].max()) == 1  # the pair task's second text gets segment id 1
 
 
-def test_group_by_length_reduces_padding(tiny_model_dir, data_dir, tmp_path):
+def test_group_by_length_reduces_padding(review_trainer):
     def padded_share(trainer):
         batches = list(trainer.get_train_dataloader())
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         return 1 - real / sum(b["attention_mask"].numel() for b in batches)
 
-    plain = make_trainer(tiny_model_dir, data_dir, tmp_path / "a", sampling={"group_by_length": False})
-    grouped = make_trainer(tiny_model_dir, data_dir, tmp_path / "b")  # the default
+    plain = review_trainer("a", group_by_length=False)
+    grouped = review_trainer("b")  # the default
     assert grouped.args.group_by_length and not plain.args.group_by_length
     assert padded_share(grouped) < padded_share(plain)
 

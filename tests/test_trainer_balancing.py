@@ -1,30 +1,27 @@
 """Balancing inside MultiTaskTrainer: weightings, task-group steps, clipping, accumulation, bf16, validation."""
 
+import functools
+
 import pytest
 import torch
 from transformers import Trainer
 
+from manyheads import MultiTaskTrainer
 from manyheads.balancing import build_aggregator
 from manyheads.balancing.group_step import TaskGroupStep
 from manyheads.errors import ConfigError
-from manyheads.recipe import build_config, build_trainer, prepare_data
-from manyheads.trainer import MultiTaskTrainer
+from manyheads.recipe import build_config
 
 from .conftest import base_config
+from .run_helpers import REVIEW_TASKS, logged_steps, review_data, snapshot, training_args
 
 SEQUENCE_TASKS = ("sentiment", "match", "score")
 
 
-def config(tiny_model_dir, data_dir, tmp_path, balancing=None, tasks=SEQUENCE_TASKS, **training):
-    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out", **training)
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
-    if balancing is not None:
-        raw["balancing"] = balancing
-    return build_config(raw)
-
-
-def weights_of(trainer):
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+@pytest.fixture
+def make_trainer(review_trainer):
+    """The conftest trainer builder, of the three sequence tasks unless `names` says otherwise."""
+    return functools.partial(review_trainer, names=SEQUENCE_TASKS)
 
 
 class CoreTrainer(MultiTaskTrainer):
@@ -38,53 +35,52 @@ class CoreTrainer(MultiTaskTrainer):
         return Trainer.training_step(self, model, inputs, num_items_in_batch)
 
 
-def test_equal_weighting_reproduces_the_core_trainer_bitwise(tiny_model_dir, data_dir, tmp_path):
-    run = config(tiny_model_dir, data_dir, tmp_path, tasks=("sentiment", "match", "colors", "score"),
-                 gradient_accumulation_steps=2, max_steps=6)
-    balanced = build_trainer(run)
+def test_equal_weighting_reproduces_the_core_trainer_bitwise(make_trainer):
+    settings = {"names": REVIEW_TASKS, "gradient_accumulation_steps": 2, "max_steps": 6}
+    balanced = make_trainer("a", **settings)
     assert type(balanced.weighting).__name__ == "EqualWeighting"
     balanced.train()
-    core = build_trainer(run, trainer_class=CoreTrainer)
+    core = make_trainer("b", trainer_class=CoreTrainer, **settings)
     core.train()
-    a, b = weights_of(balanced), weights_of(core)
+    a, b = snapshot(balanced.model), snapshot(core.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("balancing", [
-    {"weighting": "static", "weighting_kwargs": {"weights": {"sentiment": 2.0}}},
-    {"weighting": "uncertainty"},
-    {"weighting": "dwa", "weighting_kwargs": {"period": 2}},
-    {"weighting": "rlw"},
-    {"weighting": "gradnorm"},
-])
-def test_weightings_train_and_log_weights(balancing, tiny_model_dir, data_dir, tmp_path):
-    trainer = build_trainer(config(tiny_model_dir, data_dir, tmp_path, balancing, max_steps=8, logging_steps=2))
-    before = weights_of(trainer)
+    {"loss_weighting": "static", "loss_weighting_kwargs": {"weights": {"sentiment": 2.0}}},
+    {"loss_weighting": "uncertainty"},
+    {"loss_weighting": "dwa", "loss_weighting_kwargs": {"period": 2}},
+    {"loss_weighting": "rlw"},
+    {"loss_weighting": "gradnorm"},
+], ids=lambda b: b["loss_weighting"])
+def test_weightings_train_and_log_weights(balancing, make_trainer):
+    trainer = make_trainer(max_steps=8, logging_steps=2, **balancing)
+    before = snapshot(trainer.model)
     trainer.train()
-    after = weights_of(trainer)
+    after = snapshot(trainer.model)
     assert not torch.equal(before["heads.sentiment.classifier.weight"], after["heads.sentiment.classifier.weight"])
-    logs = [e for e in trainer.state.log_history if "loss" in e]
+    logs = logged_steps(trainer)
     assert len(logs) == 4
     for entry in logs:
         assert {f"weight_{t}" for t in SEQUENCE_TASKS} <= set(entry)
         # Shares of the window's micro-batches: 2 per window here, so each is 0, 0.5 or 1 and they sum to 1.
         shares = [entry[f"share_{t}"] for t in SEQUENCE_TASKS]
         assert sum(shares) == pytest.approx(1.0) and set(shares) <= {0.0, 0.5, 1.0}
-    if balancing["weighting"] == "static":
+    name = balancing["loss_weighting"]
+    if name == "static":
         assert logs[-1]["weight_sentiment"] == 2.0 and logs[-1]["weight_match"] == 1.0
-    if balancing["weighting"] == "uncertainty":
+    if name == "uncertainty":
         # The log-variances are trained (their own optimizer group) and the logged weight is 0.5 exp(-s).
         s = trainer.weighting.log_vars.detach()
         assert (s != 0).all()
         assert len(trainer.optimizer.param_groups) == 3  # decay, no decay, log-variances
-    if balancing["weighting"] in ("dwa", "gradnorm", "rlw"):
+    if name in ("dwa", "gradnorm", "rlw"):
         assert len({round(e["weight_sentiment"], 6) for e in logs}) > 1  # the weights moved
 
 
 @pytest.mark.parametrize("aggregator", ["upgrad", "mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "mean"])
-def test_aggregators_train_with_task_group_steps(aggregator, tiny_model_dir, data_dir, tmp_path):
-    trainer = build_trainer(config(tiny_model_dir, data_dir, tmp_path, {"aggregator": aggregator}, max_steps=3,
-                                   logging_steps=1))
+def test_aggregators_train_with_task_group_steps(aggregator, make_trainer):
+    trainer = make_trainer(gradient_aggregator=aggregator, max_steps=3, logging_steps=1)
     seen = []
     original = trainer.group_step.backward
 
@@ -93,15 +89,15 @@ def test_aggregators_train_with_task_group_steps(aggregator, tiny_model_dir, dat
         return original(model, groups, scale, context, adjust)
 
     trainer.group_step.backward = spy
-    before = weights_of(trainer)
+    before = snapshot(trainer.model)
     trainer.train()
-    after = weights_of(trainer)
+    after = snapshot(trainer.model)
     assert seen == [sorted(SEQUENCE_TASKS)] * 3  # every step holds one batch of every task
     assert not torch.equal(before["encoder.encoder.layer.0.attention.self.query.weight"],
                            after["encoder.encoder.layer.0.attention.self.query.weight"])
     for task in SEQUENCE_TASKS:
         assert not torch.equal(before[f"heads.{task}.classifier.weight"], after[f"heads.{task}.classifier.weight"])
-    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    entry = logged_steps(trainer)[0]
     for task in SEQUENCE_TASKS:
         assert entry[f"weight_{task}"] == entry[f"weight_{task}"]  # logged and not NaN
         assert entry[f"grad_norm_{task}"] > 0 and entry[f"loss_{task}"] > 0
@@ -111,9 +107,8 @@ def test_aggregators_train_with_task_group_steps(aggregator, tiny_model_dir, dat
         assert entry["weight_sentiment"] == pytest.approx(1 / 3)
 
 
-def test_mean_aggregation_equals_the_gradient_of_the_mean_loss(tiny_model_dir, data_dir, tmp_path):
-    run = config(tiny_model_dir, data_dir, tmp_path, {"aggregator": "mean"})
-    trainer = build_trainer(run)
+def test_mean_aggregation_equals_the_gradient_of_the_mean_loss(make_trainer):
+    trainer = make_trainer(gradient_aggregator="mean")
     model = trainer.model
     batches = {}
     for name in SEQUENCE_TASKS:
@@ -135,42 +130,39 @@ def test_mean_aggregation_equals_the_gradient_of_the_mean_loss(tiny_model_dir, d
     torch.testing.assert_close(aggregated[head], 3 * dict(model.named_parameters())[head].grad, atol=1e-6, rtol=1e-5)
 
 
-def test_upgrad_accumulation_equals_the_larger_batch(tiny_model_dir, data_dir, tmp_path):
+def test_upgrad_accumulation_equals_the_larger_batch(make_trainer):
     """Rows accumulate over micro-batches and are aggregated once: batch 4 x 2 == batch 8 x 1."""
-    big = build_trainer(config(tiny_model_dir, data_dir, tmp_path / "a", {"aggregator": "upgrad"},
-                               per_device_train_batch_size=8, max_steps=3))
+    big = make_trainer("a", gradient_aggregator="upgrad", per_device_train_batch_size=8, max_steps=3)
     big.train()
-    small = build_trainer(config(tiny_model_dir, data_dir, tmp_path / "b", {"aggregator": "upgrad"},
-                                 per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=3))
+    small = make_trainer("b", gradient_aggregator="upgrad", per_device_train_batch_size=4,
+                         gradient_accumulation_steps=2, max_steps=3)
     small.train()
-    a, b = weights_of(big), weights_of(small)
+    a, b = snapshot(big.model), snapshot(small.model)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
 
 
-def test_clipping_applies_to_the_aggregated_gradient(tiny_model_dir, data_dir, tmp_path):
+def test_clipping_applies_to_the_aggregated_gradient(make_trainer):
     # SGD with lr 1 and a tiny clip: the whole update has exactly the clip norm, which holds only if the
     # clip saw the final (aggregated) gradient.
-    trainer = build_trainer(config(tiny_model_dir, data_dir, tmp_path, {"aggregator": "upgrad"}, max_steps=1,
-                                   optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
-                                   max_grad_norm=1e-3, weight_decay=0.0))
-    before = weights_of(trainer)
+    trainer = make_trainer(gradient_aggregator="upgrad", max_steps=1, optim="sgd", learning_rate=1.0,
+                           lr_scheduler_type="constant", max_grad_norm=1e-3, weight_decay=0.0)
+    before = snapshot(trainer.model)
     trainer.train()
-    after = weights_of(trainer)
+    after = snapshot(trainer.model)
     update = torch.sqrt(sum(((after[k] - before[k]).double() ** 2).sum() for k in before))
     assert update.item() == pytest.approx(1e-3, rel=1e-3)
 
 
-def test_task_groups_work_under_bf16_autocast(tiny_model_dir, data_dir, tmp_path):
-    trainer = build_trainer(config(tiny_model_dir, data_dir, tmp_path, {"aggregator": "upgrad"}, max_steps=2,
-                                   bf16=True, logging_steps=1))
+def test_task_groups_work_under_bf16_autocast(make_trainer):
+    trainer = make_trainer(gradient_aggregator="upgrad", max_steps=2, bf16=True, logging_steps=1)
     trainer.train()
-    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    entry = logged_steps(trainer)[0]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert entry["grad_norm_sentiment"] > 0
 
 
-def test_smaller_groups_follow_the_sampling_probabilities(tiny_model_dir, data_dir, tmp_path):
+def test_smaller_groups_follow_the_sampling_probabilities():
     from manyheads.data.samplers import TaskGroupBatchSampler
 
     sampler = TaskGroupBatchSampler({"a": 100, "b": 100, "c": 10}, batch_size=4, group_size=2,
@@ -187,42 +179,66 @@ def test_smaller_groups_follow_the_sampling_probabilities(tiny_model_dir, data_d
     assert len(first[0]) == 8 and not set(first[0]) & set(first[1])
 
 
-@pytest.mark.parametrize("balancing, extra, message", [
-    ({"aggregator": "upgrad"}, {"training": {"fp16": True}}, "Use bf16: true"),
-    ({"aggregator": "upgrad"}, {"freeze": {"encoder": True}}, "freeze.encoder is true"),
-    ({"aggregator": "upgrad", "group_size": 9}, {}, "group_size is 9 but the run has 3 tasks"),
-    ({"aggregator": "cagrad", "aggregator_kwargs": {"alpha": 1}}, {}, "Valid kwargs: c, norm_eps"),
-    ({"weighting": "dwa", "weighting_kwargs": {"periods": 3}}, {}, "unexpected keyword argument 'periods'"),
-    ({"weighting": "dwa", "weighting_kwargs": {"temperature": 0}}, {}, "temperature must be > 0"),
-    ({"weighting": "uncertainty", "aggregator": "upgrad"}, {}, "choose one"),
-    ({"weighting": "softmax"}, {}, "'weighting' is 'softmax'; valid choices: equal, static"),
-    ({"aggregator": "graddrop"}, {}, "'aggregator' is 'graddrop'; valid choices: upgrad"),
+@pytest.mark.parametrize("arguments, message", [
+    ({"gradient_aggregator": "upgrad", "loss_weighting": "uncertainty"}, "choose one"),
+    ({"loss_weighting": "softmax"}, "'loss_weighting' is 'softmax'; valid choices: equal, static"),
+    ({"gradient_aggregator": "graddrop"}, "'gradient_aggregator' is 'graddrop'; valid choices: upgrad"),
+    ({"task_group_size": 2}, "'task_group_size' applies to task-group steps; set 'gradient_aggregator' too"),
 ])
-def test_incompatible_balancing_is_rejected_at_config_time(balancing, extra, message, tiny_model_dir, data_dir,
-                                                            tmp_path):
-    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
+def test_conflicting_balancing_arguments_are_rejected_when_built(arguments, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        training_args(tmp_path, **arguments)
+
+
+@pytest.mark.parametrize("arguments, freeze, error, message", [
+    ({"gradient_aggregator": "upgrad"}, {"encoder": True}, ConfigError, "the encoder is frozen"),
+    ({"gradient_aggregator": "upgrad", "task_group_size": 9}, None, ConfigError,
+     "group_size is 9 but the run has 3 tasks"),
+    ({"gradient_aggregator": "cagrad", "gradient_aggregator_kwargs": {"alpha": 1}}, None, ConfigError,
+     "Valid kwargs: c, norm_eps"),
+    ({"loss_weighting": "dwa", "loss_weighting_kwargs": {"periods": 3}}, None, TypeError,
+     "unexpected keyword argument 'periods'"),
+    ({"loss_weighting": "dwa", "loss_weighting_kwargs": {"temperature": 0}}, None, ValueError,
+     "temperature must be > 0"),
+])
+def test_balancing_the_model_cannot_serve_is_rejected_by_the_trainer(arguments, freeze, error, message,
+                                                                     make_trainer):
+    with pytest.raises(error, match=message):
+        make_trainer(freeze=freeze, train=review_data(8, 1, SEQUENCE_TASKS), **arguments)
+
+
+def test_aggregator_needs_several_tasks(make_trainer):
+    with pytest.raises(ConfigError, match="this run has 1. Remove 'gradient_aggregator' or add tasks"):
+        make_trainer(names=("sentiment",), train=review_data(8, 1, ("sentiment",)), gradient_aggregator="mgda")
+
+
+def test_a_task_weight_selects_static_weighting(make_trainer):
+    trainer = make_trainer(task_options={"sentiment": {"weight": 3.0}}, max_steps=2, logging_steps=1)
+    assert trainer.weighting.weights() == {"sentiment": 3.0, "match": 1.0, "score": 1.0}
+    trainer.train()
+    assert logged_steps(trainer)[-1]["weight_sentiment"] == 3.0
+
+
+@pytest.mark.parametrize("options", [{"loss_weighting": "dwa"}, {"gradient_aggregator": "upgrad"},
+                                     {"loss_weighting": "static",
+                                      "loss_weighting_kwargs": {"weights": {"sentiment": 2.0}}}])
+def test_a_task_weight_that_would_be_ignored_or_given_twice_is_refused(make_trainer, options):
+    """Through the Python API as through the recipe: a task's `weight` is never dropped silently."""
+    with pytest.raises(ValueError, match=r"tasks \['sentiment'\] set 'weight'"):
+        make_trainer(task_options={"sentiment": {"weight": 3.0}}, **options)
+
+
+@pytest.mark.parametrize("balancing, training, message", [
+    ({"aggregator": "upgrad"}, {"fp16": True}, "Use bf16: true"),
+    ({"weighting": "dwa"}, {}, r"\['sentiment'\] set 'weight', which only 'loss_weighting: static' uses"),
+])
+def test_the_recipe_rejects_balancing_problems_at_config_time(balancing, training, message, tiny_model_dir, data_dir,
+                                                              tmp_path):
+    """What the recipe adds: problems found before any weight loads, worded with its keys. The aggregator's fp16
+    rule is checked here only: on a machine without a GPU, MultiTaskTrainingArguments refuses fp16 itself first."""
+    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out", **training)
     raw["tasks"] = raw["tasks"][:3]
-    raw["balancing"] = balancing
-    for key, value in extra.items():
-        raw[key] = {**raw.get(key, {}), **value} if key == "training" else value
-    with pytest.raises(ConfigError, match=message):
-        build_config(raw)
-
-
-def test_aggregator_needs_several_tasks(tiny_model_dir, data_dir, tmp_path):
-    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
-    raw["tasks"] = raw["tasks"][:1]
-    raw["balancing"] = {"aggregator": "mgda"}
-    with pytest.raises(ConfigError, match="this run has 1. Remove 'aggregator' or add tasks"):
-        build_config(raw)
-
-
-def test_task_weight_needs_static_weighting(tiny_model_dir, data_dir, tmp_path):
-    raw = base_config(tiny_model_dir, data_dir, tmp_path / "out")
     raw["tasks"][0]["weight"] = 3.0
-    run = build_config(raw)  # no weighting named: static with the task weights
-    trainer = build_trainer(run, prepare_data(run))
-    assert trainer.weighting.weights()["sentiment"] == 3.0
-    raw["balancing"] = {"weighting": "dwa"}
-    with pytest.raises(ConfigError, match=r"\['sentiment'\] set 'weight', which only 'weighting: static' uses"):
+    raw["balancing"] = balancing
+    with pytest.raises(ConfigError, match=message):
         build_config(raw)
