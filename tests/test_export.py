@@ -1,5 +1,6 @@
 """Export one task as a stock AutoModelFor... folder; stock pipelines give manyheads' own predictions."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -158,6 +159,7 @@ def test_stock_model_check_catches_a_wrong_head(saved_model):
 
     model = MultiTaskModel.from_pretrained(saved_model)
     model.tasks["score"].fitted["std"] = 0.0  # corrupt the target scaling: the fold no longer matches
-    model.tasks["score"].stock_logits = lambda logits: logits + 1.0
+    layout = model.tasks["score"].stock_layout  # and the check's view of our logits, off by one
+    model.tasks["score"].stock_layout = lambda head: dataclasses.replace(layout(head), our_logits=lambda x: x + 1.0)
     with pytest.raises(ExportError, match="does not reproduce"):
         build_stock_model(model, "score")

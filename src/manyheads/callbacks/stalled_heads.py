@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from transformers.utils import logging
 
-from ..tasks import LABEL_COLUMN, TASK_COLUMN
+from ..tasks import LABEL_COLUMN, TASK_COLUMN, SequenceTask, higher_is_better, main_metric_of
 from .base import DiagnosticCallback, unwrap
 
 logger = logging.get_logger(__name__)
@@ -52,7 +52,7 @@ def stall_reason(metrics: dict[str, float], prefix: str, task: Any) -> str | Non
     if metrics.get(f"{prefix}_{task.name}_{CONSTANT_KEY}") == 1.0:
         return {"multilabel": "every row got the same label set (often none)",
                 "regression": "its predictions have no spread"}.get(task.type, "every row got the same prediction")
-    metric = task.main_metric_name
+    metric = main_metric_of(task)
     value = metrics.get(f"{prefix}_{task.name}_{metric}")
     if metric in CONSTANT_SCORES and value is not None and abs(value - CONSTANT_SCORES[metric]) < 1e-12:
         return f"its main metric {metric} is {value:g}, what a constant prediction scores"
@@ -62,16 +62,16 @@ def stall_reason(metrics: dict[str, float], prefix: str, task: Any) -> str | Non
 def below_constant_reason(metrics: dict[str, float], prefix: str, task: ConstantBaseline, labels: Any) -> str | None:
     """Why `task`'s main metric in `metrics` is worse than the best constant answer on `labels`, else None."""
     baseline = task.constant_baseline(labels)
-    metric = task.main_metric_name
+    metric = main_metric_of(task)
     value = metrics.get(f"{prefix}_{task.name}_{metric}")
     if baseline is None or value is None:
         return None
     score, answer = baseline
     # A margin of rounding only: equal to the constant is the stall check's business, not this one's.
-    worse = value < score - 1e-9 if task.greater_is_better(metric) else value > score + 1e-9
+    worse = value < score - 1e-9 if higher_is_better(task, metric) else value > score + 1e-9
     if not worse:
         return None
-    return (f"its main metric {metric} is {value:.4g}, {'below' if task.greater_is_better(metric) else 'above'} the "
+    return (f"its main metric {metric} is {value:.4g}, {'below' if higher_is_better(task, metric) else 'above'} the "
             f"{score:.4g} that a constant answer scores on the same eval labels ({answer})")
 
 
@@ -82,7 +82,7 @@ def advice(task: Any, several_tasks: bool) -> str:
         fixes.append("threshold: tuned (per-label thresholds; needs an eval split) and pos_weight: sqrt")
     if task.type == "classification":
         fixes.append("class_weights: auto")
-    if getattr(task, "pooling", None) in ("auto", "pooler"):
+    if isinstance(task, SequenceTask) and task.pooling in ("auto", "pooler"):
         fixes.append("pooling: mean (for sentence-transformers encoders such as all-MiniLM)")
     fixes.append("a higher learning_rate or more steps")
     if several_tasks:

@@ -145,7 +145,7 @@ def _select_tasks(model: MultiTaskModel, tasks: Sequence[str] | None) -> list[st
     for name in names:
         if name not in model.tasks:
             raise ConfigError(f"--task: unknown task {name!r}; this model has {list(model.tasks)}.")
-        if model.tasks[name].generates:
+        if model.task_decoder(name) is not None:
             raise ConfigError(f"--task: task {name!r} generates text, which the ONNX export does not cover (one "
                               "graph of encoder and heads); leave it out with --task, and export it as a stock "
                               "seq2seq folder with `manyheads export --task NAME`.")

@@ -121,6 +121,11 @@ class OnnxMultiTaskModel:
         if problems:
             raise ConfigError(problems)
 
+    def task_decoder(self, task: str) -> None:
+        """An ONNX export holds heads only (no generation task), so no task has a decoder (see
+        `MultiTaskModel.task_decoder`)."""
+        return None
+
     def forward_all(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
                     tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Logits of every task in `tasks` (default: all) from one run of the graph, as numpy arrays."""

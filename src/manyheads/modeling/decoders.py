@@ -11,11 +11,17 @@ Two kinds of backbone:
   generation task (`decoder: shared`) or one per task (`decoder: own`), kept in `MultiTaskModel.decoders`. The
   forward and `generate()` run through transformers' `EncoderDecoderModel` built around the SAME encoder and
   decoder modules (a view: no weights are copied), which is also what `export` writes.
+
+Which tasks generate is the `TextGeneration` capability of their type; this module is the one place that asks.
+`MultiTaskModel.task_decoder(name)` gives a generation task's `TaskDecoder` (None for a task with a head), and the
+model, trainer, evaluation, prediction and export reach generation only through that object: teacher-forced
+logits, `generate()`, decoding token ids to text, and the decoder module with its `generate()` options.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +35,8 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import BaseModelOutput
+
+from ..tasks import Task, TextGeneration
 
 IGNORE = -100
 
@@ -74,34 +82,6 @@ def warm_start(decoder: PreTrainedModel, encoder_state: dict[str, torch.Tensor])
     return list(result.missing_keys)
 
 
-def view(model: Any, task: Any) -> PreTrainedModel:
-    """The seq2seq model a generation task runs through: the backbone itself, or an `EncoderDecoderModel` around
-    the shared encoder and the task's decoder (built once, kept outside the module tree)."""
-    if is_encoder_decoder(model.encoder.config):
-        return model.encoder
-    key = task.decoder_key
-    views = model.__dict__.setdefault("_generation_views", {})
-    current = views.get(key)
-    if current is None or current.decoder is not model.decoders[key] or current.encoder is not model.encoder:
-        current = EncoderDecoderModel(encoder=model.encoder, decoder=model.decoders[key])
-        views[key] = current
-    return current
-
-
-def decoder_start(model: Any, task: Any) -> int:
-    """The first decoder input: the backbone's `decoder_start_token_id`, or (BERT2BERT) the [CLS]/<s> that the
-    tokenizer puts before a target (`Seq2Seq.fit_tokenizer`)."""
-    if is_encoder_decoder(model.encoder.config):
-        return int(model.encoder.config.decoder_start_token_id)
-    start = task.fitted.get("start_token_id")
-    if start is None:
-        start = task.fitted.get("pad_token_id")
-    if start is None:
-        raise ValueError(f"task '{task.name}': no decoder start token known; train it with MultiTaskTrainer and a "
-                         "tokenizer (processing_class), or call task.fit_tokenizer(tokenizer).")
-    return int(start)
-
-
 def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
     """Teacher forcing: the decoder reads the start token, then the target up to its last token."""
     shifted = labels.new_full(labels.shape, pad)
@@ -110,30 +90,109 @@ def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
     return shifted.masked_fill(shifted == IGNORE, pad)
 
 
-def teacher_forced_logits(model: Any, task: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                          labels: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
-    """Decoder logits (batch, target length, vocabulary) for `labels` given the source."""
-    pad = task.fitted.get("pad_token_id")
-    decoder_input_ids = shift_right(labels, decoder_start(model, task), int(pad if pad is not None else 0))
-    kwargs = {k: v for k, v in encoder_kwargs.items() if v is not None}
-    outputs = view(model, task)(input_ids=input_ids, attention_mask=attention_mask,
-                                decoder_input_ids=decoder_input_ids, **kwargs)
-    return outputs.logits
+def generation_tasks(tasks: Mapping[str, Task]) -> set[str]:
+    """The names of the tasks that generate text (the `TextGeneration` capability)."""
+    return {name for name, task in tasks.items() if isinstance(task, TextGeneration)}
 
 
-def generation_config_values(model: Any, task: Any) -> dict[str, Any]:
-    """The task's `generate()` options with the decoder start token: what manyheads and an export both use."""
-    return {**task.generation_options(), "decoder_start_token_id": decoder_start(model, task)}
+def decoder_for(model: Any, task: Task) -> TaskDecoder | None:
+    """`task`'s decoder on `model` (a `MultiTaskModel`), or None when the task reads a head instead."""
+    return TaskDecoder(model, task) if isinstance(task, TextGeneration) else None
 
 
-def generate(model: Any, task: Any, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-             encoder_states: torch.Tensor | None = None, **encoder_kwargs: Any) -> torch.Tensor:
-    """Generated token ids (decoder start token first) for a batch of sources, or for encoder states already
-    computed (the pass shared with the encoder tasks of the same input)."""
-    inputs: dict[str, Any] = {k: v for k, v in encoder_kwargs.items() if v is not None}
-    if encoder_states is not None:
-        inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_states)}
-    else:
-        inputs["input_ids"] = input_ids
-    return view(model, task).generate(attention_mask=attention_mask, **inputs,
-                                      **generation_config_values(model, task))
+class TaskDecoder:
+    """How a `MultiTaskModel` runs one generation task: the one interface the model, trainer, evaluation,
+    prediction and export use for generation.
+
+    Args:
+        model: the `MultiTaskModel` (its backbone and `decoders`).
+        task: a task of a `TextGeneration` type.
+    """
+
+    def __init__(self, model: Any, task: TextGeneration):
+        self.model = model
+        self.task = task
+
+    @property
+    def key(self) -> str | None:
+        """The name of the task's module in `model.decoders`; None on an encoder-decoder backbone (its own)."""
+        return None if is_encoder_decoder(self.model.encoder.config) else self.task.decoder_key()
+
+    @property
+    def module(self) -> PreTrainedModel | None:
+        """The warm-started decoder of an encoder-only backbone (None on an encoder-decoder, or not built yet)."""
+        key = self.key
+        return self.model.decoders[key] if key is not None and key in self.model.decoders else None
+
+    @property
+    def max_eval_samples(self) -> int | None:
+        """Rows of an eval split that evaluation generates (None: all)."""
+        return self.task.max_eval_samples
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.task.generation_options().get("pad_token_id")
+        return int(pad) if pad is not None else 0
+
+    def build(self, initialize: bool) -> None:
+        """Add the task's decoder module when the backbone has none and no other task built it (warm-started
+        from the encoder when `initialize`)."""
+        key = self.key
+        if key is not None and key not in self.model.decoders:
+            self.model.decoders[key] = build_decoder(encoder_of(self.model.encoder).config)
+            if initialize:
+                self.model.warm_start_decoders([key])
+
+    def view(self) -> PreTrainedModel:
+        """The seq2seq model the task runs through: the backbone itself, or an `EncoderDecoderModel` around the
+        shared encoder and the task's decoder (built once, kept outside the module tree)."""
+        model, key = self.model, self.key
+        if key is None:
+            return model.encoder
+        views = model.__dict__.setdefault("_generation_views", {})
+        current = views.get(key)
+        if current is None or current.decoder is not model.decoders[key] or current.encoder is not model.encoder:
+            current = EncoderDecoderModel(encoder=model.encoder, decoder=model.decoders[key])
+            views[key] = current
+        return current
+
+    def start_token_id(self) -> int:
+        """The first decoder input: the backbone's `decoder_start_token_id`, or (BERT2BERT) the [CLS]/<s> that the
+        tokenizer puts before a target (`Seq2Seq.fit_tokenizer`)."""
+        if self.key is None:
+            return int(self.model.encoder.config.decoder_start_token_id)
+        start = self.task.fitted.get("start_token_id")
+        if start is None:
+            start = self.task.fitted.get("pad_token_id")
+        if start is None:
+            raise ValueError(f"task '{self.task.name}': no decoder start token known; train it with MultiTaskTrainer "
+                             "and a tokenizer (processing_class), or call task.fit_tokenizer(tokenizer).")
+        return int(start)
+
+    def generation_config_values(self) -> dict[str, Any]:
+        """The task's `generate()` options with the decoder start token: what manyheads and an export both use."""
+        return {**self.task.generation_options(), "decoder_start_token_id": self.start_token_id()}
+
+    def teacher_forced_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                              labels: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
+        """Decoder logits (batch, target length, vocabulary) for `labels` given the source."""
+        decoder_input_ids = shift_right(labels, self.start_token_id(), self.pad_token_id)
+        kwargs = {k: v for k, v in encoder_kwargs.items() if v is not None}
+        outputs = self.view()(input_ids=input_ids, attention_mask=attention_mask,
+                              decoder_input_ids=decoder_input_ids, **kwargs)
+        return outputs.logits
+
+    def generate(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                 encoder_states: torch.Tensor | None = None, **encoder_kwargs: Any) -> torch.Tensor:
+        """Generated token ids (decoder start token first) for a batch of sources, or for encoder states already
+        computed (the pass shared with the encoder tasks of the same input)."""
+        inputs: dict[str, Any] = {k: v for k, v in encoder_kwargs.items() if v is not None}
+        if encoder_states is not None:
+            inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_states)}
+        else:
+            inputs["input_ids"] = input_ids
+        return self.view().generate(attention_mask=attention_mask, **inputs, **self.generation_config_values())
+
+    def decode(self, sequences: Iterable[Any], tokenizer: Any) -> list[str]:
+        """Generated (or reference) token ids, one row each, as text."""
+        return self.task.decode(sequences, tokenizer)

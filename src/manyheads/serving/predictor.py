@@ -22,10 +22,16 @@ from transformers import AutoTokenizer
 from ..errors import ConfigError, shown
 from ..modeling.model import MultiTaskModel
 from ..records import kind_of
+from ..tasks import OwnPredictionEncoding, Task, WordLevel
 from ..tasks.base import SplitText
 
 if TYPE_CHECKING:
     from ..export.onnx_runtime import OnnxMultiTaskModel
+
+
+def _encoding_key(task: Task) -> str:
+    """Tasks with equal keys (and input columns and max_length) share one encoder pass at prediction."""
+    return task.prediction_encoding() if isinstance(task, OwnPredictionEncoding) else "plain"
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -147,7 +153,7 @@ class MultiTaskPredictor:
                                  f"have {sorted(available)}")
             if columns is not None:
                 task = self.model.tasks[name]
-                groups[(columns, task.max_length, task.prediction_encoding())].append(name)
+                groups[(columns, task.max_length, _encoding_key(task))].append(name)
         for (columns, _, _), group in groups.items():
             for i, record in enumerate(records):
                 problem = self._value_problems(record, columns, group, f"records[{i}]")
@@ -220,7 +226,7 @@ class MultiTaskPredictor:
             if columns is None:
                 raise ValueError(self._missing(record, name, where))
             task = self.model.tasks[name]
-            by_encoding[(columns, task.max_length, task.prediction_encoding())].append(name)
+            by_encoding[(columns, task.max_length, _encoding_key(task))].append(name)
         return [(columns, tuple(group)) for (columns, _, _), group in by_encoding.items()]
 
     def _missing(self, record: Mapping[str, Any], name: str, where: str) -> str:
@@ -239,7 +245,7 @@ class MultiTaskPredictor:
             if isinstance(value, str):
                 continue  # the usual case, checked first: this runs for every row of a prediction
             # Token tasks (word-level output) also take the words of a row as a list, as in their training data.
-            words = all(self.model.tasks[name].needs_word_ids for name in tasks)
+            words = all(isinstance(self.model.tasks[name], WordLevel) for name in tasks)
             problem = _text_problem(value, words)
             if problem:
                 names = ("task " if len(tasks) == 1 else "tasks ") + ", ".join(map(repr, tasks))
@@ -253,8 +259,9 @@ class MultiTaskPredictor:
         for name in group:
             task = self.model.tasks[name]
             # A generation task's outputs are token ids (one row each), decoded to text before post-processing.
-            values = task.decode([v.astype(np.int64).tolist() for v in logits[name]], self.tokenizer) \
-                if task.generates else logits[name]
+            decoder = self.model.task_decoder(name)
+            values = logits[name] if decoder is None else decoder.decode(
+                [v.astype(np.int64).tolist() for v in logits[name]], self.tokenizer)
             for row, prediction in zip(rows, task.postprocess(values, inputs)):
                 results[row][name] = prediction
 
@@ -264,7 +271,7 @@ class MultiTaskPredictor:
         """Per-task logits, one array per feature (token-level arrays trimmed to the feature's length), and
         one meta dict per feature, both ordered by input row (a QA row may have several window features)."""
         encoder_task = self.model.tasks[tasks[0]]  # same encoding key: any member encodes for all
-        with_words = any(self.model.tasks[name].needs_word_ids for name in tasks)
+        with_words = any(isinstance(self.model.tasks[name], WordLevel) for name in tasks)
         texts = [[_as_text(r[c]) for c in columns] for r in records]
         order = np.argsort([sum(len(t) for t in row) for row in texts], kind="stable")  # less padding
         logits: dict[str, list[np.ndarray]] = {name: [] for name in tasks}

@@ -1,5 +1,6 @@
 """Task types. A built-in type is one module with a `Task` subclass plus one line in `TASK_TYPES`; a user's own
-type is a subclass in their code, used as it is and saved by its import path (see `Task.type_key`)."""
+type is a subclass in their code, used as it is and saved by its import path (`Task.type`). What only some types
+can do is a capability (`capabilities.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,28 @@ from typing import Any
 
 from ..errors import shown
 from ..importing import import_object
-from .base import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN, SequenceTask, Task
+from .base import (
+    GROUP_COLUMN,
+    LABEL_COLUMN,
+    TASK_COLUMN,
+    SequenceTask,
+    Task,
+    TokenizedTask,
+    higher_is_better,
+    main_metric_of,
+    task_settings,
+    type_name,
+)
+from .capabilities import (
+    DetectsConstant,
+    FitsOnPredictions,
+    MetricInputs,
+    OwnPredictionEncoding,
+    StockExport,
+    StockLayout,
+    TextGeneration,
+    WordLevel,
+)
 from .classification import Classification
 from .multilabel import MultiLabel
 from .pooling import apply_checkpoint_pooling, checkpoint_pooling
@@ -67,6 +89,8 @@ def task_from_spec(spec: dict[str, Any]) -> Task:
     return task
 
 
-__all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "TASK_COLUMN", "TASK_TYPES", "Classification", "MultiLabel",
-           "QuestionAnswering", "Regression", "Seq2Seq", "SequenceTask", "Task", "TokenClassification",
-           "apply_checkpoint_pooling", "checkpoint_pooling", "resolve_task_type", "task_from_spec"]
+__all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "TASK_COLUMN", "TASK_TYPES", "Classification", "DetectsConstant",
+           "FitsOnPredictions", "MetricInputs", "MultiLabel", "OwnPredictionEncoding", "QuestionAnswering",
+           "Regression", "Seq2Seq", "SequenceTask", "StockExport", "StockLayout", "Task", "TextGeneration",
+           "TokenClassification", "TokenizedTask", "WordLevel", "apply_checkpoint_pooling", "checkpoint_pooling",
+           "higher_is_better", "main_metric_of", "resolve_task_type", "task_from_spec", "task_settings", "type_name"]

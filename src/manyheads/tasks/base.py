@@ -1,23 +1,40 @@
-"""The task interface: everything specific to one kind of task lives behind it.
+"""The task interface: a small core that every type has, plus opt-in capabilities for what only some have.
 
 A task type is one module with one `Task` subclass (a dataclass of its settings), registered by one line in
-`TASK_TYPES`, or defined in user code and used as it is. It owns its settings checks, the state it fits on
-the training split (label list, class weights, target scaling: `fitted`, kept apart from the settings), data
-checks, tokenization, head, loss, metrics and the post-processing of predictions. The rest of manyheads
-(trainer, collator, model, predictor) only calls this interface.
+`TASK_TYPES`, or defined in user code and used as it is (saved by its import path). It owns its settings checks,
+the state it fits on the training split (label list, class weights, target scaling: `fitted`, kept apart from
+the settings), data checks, tokenization, head, loss, metrics and the post-processing of predictions. The rest of
+manyheads (trainer, collator, model, evaluation, predictor, export) only calls this interface.
 
 ```python
 from manyheads import Classification
 task = Classification(name="sst2", text="sentence", label="label")
 ```
 
-A new type subclasses `Task` (or `SequenceTask`, or a built-in type) as a `@dataclass(kw_only=True)` and
-implements four methods: `encode_labels` (raw labels -> what the loss takes), `loss`, `compute_metrics` and
-`postprocess` (logits -> a JSON prediction); it declares `METRICS`. Everything else has a default that fits
-sequence-level tasks and is overridden only when the type differs: `check` (settings), `fit` (state from the
-training split), `check_data`, `required_columns`, `encode` / `collate_labels` (token- or span-level inputs),
-`build_head`, `metric_inputs`, and the prediction / export hooks (`prediction_encoding`,
-`encode_for_prediction`, `export_head_state`, `stock_logits`).
+**The core** (`Task`), besides the settings fields:
+
+- `type`: the type's one name (the registry name of a built-in type, the import path of a user's class);
+  `METRICS`: the metrics it reports, and whether higher is better;
+- `check()` (settings), `spec()` (type, settings and fitted state, what a saved model stores), `fit(train)`;
+- `preprocess(dataset, tokenizer)` and `collate_labels(labels, length)`: training rows to padded batches;
+- `build_head(...)` and `loss(logits, labels)`; `compute_metrics(predictions, labels)`;
+- `encode_for_prediction(columns, tokenizer, with_words)` and `postprocess(logits, inputs)`: raw rows to JSON.
+
+Every task also answers a few plain questions the rest of the library asks about any task: `label_list` and
+`num_outputs` (its labels and head width), and the data checks `required_columns()` and `check_data(...)`.
+Questions answered from the settings alone are functions of this module, not members: `task_settings(task)`,
+`main_metric_of(task)`, `higher_is_better(task, metric)`.
+
+**Capabilities** (`capabilities.py`): what only some types need is a protocol (or a marker class) that a type
+implements and a caller checks with `isinstance`: `WordLevel` (predictions per word), `OwnPredictionEncoding`
+(windows, prefixes), `TextGeneration` (a decoder instead of a head), `StockExport` (the stock `AutoModelFor...`
+layout of its head), `FitsOnPredictions` (multilabel thresholds), `DetectsConstant`, `MetricInputs`.
+
+**Defaults** for types that tokenize rows and encode their labels row by row live in `TokenizedTask` (`encode`,
+`encode_labels`, `reader`) and, for one prediction per text or pair, in `SequenceTask` (`pooling`, the
+`SequenceHead`, its stock layout). A new type subclasses one of them (or a built-in type) as a
+`@dataclass(kw_only=True)`, implements `encode_labels`, `loss`, `compute_metrics` and `postprocess`, declares
+`METRICS`, and opts into capabilities as it needs.
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, shown
+from .capabilities import StockLayout
 from .heads import POOLING, SequenceHead, resolve_pooling
 from .labels import LabelReader, label_key, read_label_names
 
@@ -47,6 +65,24 @@ TASK_COLUMN = "task"
 GROUP_COLUMN = "task_groups"
 LABEL_COLUMN = "labels"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+def type_name(cls: type) -> str:
+    """The one name of a task type: its key in `TASK_TYPES` for a registered class, else its import path
+    (`module.Class`), which `resolve_task_type` imports back (a user's subclass of a built-in type included)."""
+    from . import TASK_TYPES  # the registry imports every type module, this one included
+
+    for name, registered in TASK_TYPES.items():
+        if registered is cls:
+            return name
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _TypeName:
+    """`Task.type` on the class and on its instances (a descriptor, so that both read the same name)."""
+
+    def __get__(self, task: Any, owner: type) -> str:
+        return type_name(owner)
 
 
 @dataclass(kw_only=True)
@@ -76,15 +112,12 @@ class Task:
     main_metric: str | None = None
     adapter: bool = True
 
-    type_name: ClassVar[str] = ""
+    # The type's one name, on the class and its instances: the registry name of a built-in type, the import path
+    # of any other (see `type_name`). Not annotated: a dataclass reads annotated class attributes while the class
+    # is built, before the registry exists.
+    type = _TypeName()
     # Metric names this type reports and whether higher is better, in the order they are printed.
     METRICS: ClassVar[dict[str, bool]] = {}
-    # Whether `postprocess` needs each row's text and token-to-word map (token-level tasks).
-    needs_word_ids: ClassVar[bool] = False
-    # Whether the task generates text with a decoder instead of reading a head's logits (`seq2seq`).
-    generates: ClassVar[bool] = False
-    stock_auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
-    stock_problem_type: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.text, str):
@@ -113,7 +146,7 @@ class Task:
             problems.append(f"text: got {self.text!r}; give one column (single text) or two (a pair), "
                             "e.g. 'text: [sentence1, sentence2]'.")
         if self.main_metric is not None and self.main_metric not in self.METRICS:
-            problems.append(f"main_metric: {self.main_metric!r} is not a metric of type '{self.type_name}'; "
+            problems.append(f"main_metric: {self.main_metric!r} is not a metric of type '{self.type}'; "
                             f"valid: {', '.join(self.METRICS)}.")
         if self.weight < 0 or not math.isfinite(self.weight):
             problems.append(f"weight: got {self.weight}; a loss weight must be a finite number >= 0.")
@@ -131,34 +164,9 @@ class Task:
                 problems.append(f"{key}: {shown(repeated)} appear more than once; each label once, in head order.")
         return problems
 
-    def settings(self) -> dict[str, Any]:
-        """The user's settings (the dataclass fields) as plain data."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
     def spec(self) -> dict[str, Any]:
         """What a saved model needs to rebuild this task: its type, settings and fitted state."""
-        return {"type": self.type_key(), **self.settings(), "fitted": dict(self.fitted)}
-
-    @classmethod
-    def type_key(cls) -> str:
-        """The registry name of a built-in type; the import path (`module.Class`) of a user-defined one."""
-        # Built-in types are the classes of this package that set `type_name` themselves; a user's subclass of
-        # one inherits the name but not the registry entry, so it is saved by its import path.
-        if "type_name" in cls.__dict__ and cls.__module__.startswith(__package__ + "."):
-            return cls.type_name
-        return f"{cls.__module__}.{cls.__qualname__}"
-
-    @property
-    def type(self) -> str:
-        """The type as a config names it (registry name or import path)."""
-        return self.type_key()
-
-    @property
-    def main_metric_name(self) -> str:
-        return self.main_metric or next(iter(self.METRICS))
-
-    def greater_is_better(self, metric: str) -> bool:
-        return self.METRICS.get(metric, True)
+        return {"type": self.type, **task_settings(self), "fitted": dict(self.fitted)}
 
     @property
     def label_list(self) -> list[str]:
@@ -167,23 +175,18 @@ class Task:
 
     @property
     def num_outputs(self) -> int | None:
-        """Width of the head's output layer; None until the labels are known (declared or fitted)."""
+        """Width of the head's output layer; None until the labels are known (declared or fitted), and for a task
+        without a head (text generation)."""
         return len(self.label_list) or None
 
     # ----- data -----
-    @property
-    def reader(self) -> LabelReader:
-        return LabelReader(self.label_names, getattr(self, "label_separator", None))
-
     def required_columns(self) -> list[str]:
+        """The columns a labelled split must have."""
         return list(self.text) + ([self.label] if self.label else [])
 
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        """Problems in one labelled split, each naming the file, row, column and value. Base: text cells."""
-        return self.check_text(split, dataset, source)
-
-    def check_text(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        """Problems in the input columns only (for unlabelled test splits too)."""
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
+        """Problems in one split, each naming the file, row, column and value: the input columns, and the labels
+        when `labelled` (an unlabelled test split has none). Base: text cells."""
         for column in self.text:
             for row, value in enumerate(dataset[column]):
                 if not isinstance(value, str):
@@ -194,30 +197,10 @@ class Task:
     def fit(self, train: Dataset | None) -> None:
         """Learn the fitted state (labels, weights, scaling) from the training split; the base learns nothing."""
 
-    def fit_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Learn what the task needs from the tokenizer (a generation task: its special tokens); base: nothing."""
-
-    def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> Any:
-        """Tokenize a batch of raw rows (no padding: the collator pads per batch)."""
-        return tokenizer(*[batch[c] for c in self.text], truncation=True, max_length=self.max_length)
-
-    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
-        """Labels in the form `collate_labels` expects, one per encoded row (`encoded`: a BatchEncoding)."""
-        raise NotImplementedError
-
     def preprocess(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, with_labels: bool = True) -> Dataset:
-        """Tokenized dataset with model inputs, `labels` (when `with_labels`) and the task name per row."""
-
-        def _map(batch: dict[str, list]) -> dict[str, list]:
-            encoding = self.encode(batch, tokenizer)
-            encoded = dict(encoding)
-            if with_labels:
-                # The encoding itself, not a dict: token tasks need its word_ids() to align labels.
-                encoded[LABEL_COLUMN] = self.encode_labels(batch, encoding)
-            encoded[TASK_COLUMN] = [self.name] * len(encoded["input_ids"])
-            return encoded
-
-        return dataset.map(_map, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {self.name}")
+        """Tokenized dataset with model inputs, `labels` (when `with_labels`) and the task name per row (see
+        `TokenizedTask` for the usual implementation)."""
+        raise NotImplementedError
 
     def collate_labels(self, labels: list, sequence_length: int) -> torch.Tensor:
         """Stack the labels of one micro-batch (`sequence_length` is the padded input length)."""
@@ -225,12 +208,8 @@ class Task:
 
     # ----- model -----
     def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
-        """The head; the default pools one vector per sequence as `pooling` says."""
-        try:
-            pooling = resolve_pooling(getattr(self, "pooling", "auto"), has_pooler)
-        except ValueError as err:
-            raise ValueError(f"task '{self.name}': {err}") from None
-        return SequenceHead(hidden_size, self.num_outputs, dropout, pooling)
+        """The head: a module `(token states, pooled state or None, attention mask) -> logits`."""
+        raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -240,34 +219,11 @@ class Task:
         """Metrics of one evaluation; `features` is the tokenized eval set (QA needs its offsets)."""
         raise NotImplementedError
 
-    def fit_on_predictions(self, predictions: Any, labels: Any) -> None:
-        """Fit state on the model's predictions for the run's eval split, at each evaluation of a trained model
-        (multilabel: its decision thresholds); the base fits nothing."""
-
-    def constant_predictions(self, predictions: Any, labels: Any) -> bool:
-        """Whether every row got the same prediction (the head learnt nothing); the base cannot tell: False."""
-        return False
-
-    def metric_inputs(self, predictions: Any, labels: Any) -> tuple[Any, Any]:
-        """Predictions and labels as a user's `compute_metrics` receives them (regression: in target units)."""
-        return predictions, labels
-
-    def export_head_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The head's weights as the stock model should hold them (regression folds its target scaling in)."""
-        return state
-
-    def stock_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """This head's logits in the stock model's units (to check an export)."""
-        return logits
-
-    def prediction_encoding(self) -> str:
-        """Tasks with equal keys (and input columns and max_length) share one encoder pass at prediction."""
-        return "plain"
-
     def encode_for_prediction(self, columns: list[list[str]], tokenizer: Any,
                               with_words: bool) -> tuple[Any, list[dict]]:
         """Padded model inputs for raw rows (one text list per input column) and one meta dict per feature,
-        whose "row" is the index of the row the feature comes from."""
+        whose "row" is the index of the row the feature comes from; `with_words` (a `WordLevel` task reads the
+        pass) adds each row's text, words, word spans and word ids per token."""
         encoded = tokenizer(*columns, truncation=True, max_length=self.max_length, padding=True,
                             return_tensors="pt", return_offsets_mapping=with_words)
         offsets = encoded.pop("offset_mapping", None)
@@ -282,14 +238,61 @@ class Task:
         return encoded, metas
 
     def postprocess(self, logits: np.ndarray, inputs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """One JSON-serialisable prediction per row of `logits` (`inputs`: per-row text and word_ids)."""
+        """One JSON-serialisable prediction per row of `logits` (`inputs`: the metas of `encode_for_prediction`)."""
         raise NotImplementedError
 
 
+
+def task_settings(task: Task) -> dict[str, Any]:
+    """A task's settings (its dataclass fields) as plain data."""
+    return {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+
+
+def main_metric_of(task: Task) -> str:
+    """The metric of `task` that enters `eval_average`: its `main_metric`, else its type's first."""
+    return task.main_metric or next(iter(task.METRICS))
+
+
+def higher_is_better(task: Task, metric: str) -> bool:
+    """Whether a higher value of `metric` is better (a metric the type does not declare: yes)."""
+    return task.METRICS.get(metric, True)
+
 @dataclass(kw_only=True)
-class SequenceTask(Task):
+class TokenizedTask(Task):
+    """Defaults of a type that tokenizes each row (`encode`) and encodes its labels row by row (`encode_labels`);
+    `preprocess` is built from the two."""
+
+    @property
+    def reader(self) -> LabelReader:
+        """Reads raw label cells as label names (`label_names` maps integers to names)."""
+        return LabelReader(self.label_names, None)
+
+    def encode(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> Any:
+        """Tokenize a batch of raw rows (no padding: the collator pads per batch)."""
+        return tokenizer(*[batch[c] for c in self.text], truncation=True, max_length=self.max_length)
+
+    def encode_labels(self, batch: dict[str, list], encoded: Any) -> list:
+        """Labels in the form `collate_labels` expects, one per encoded row (`encoded`: a BatchEncoding)."""
+        raise NotImplementedError
+
+    def preprocess(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, with_labels: bool = True) -> Dataset:
+        def _map(batch: dict[str, list]) -> dict[str, list]:
+            encoding = self.encode(batch, tokenizer)
+            encoded = dict(encoding)
+            if with_labels:
+                # The encoding itself, not a dict: token tasks need its word_ids() to align labels.
+                encoded[LABEL_COLUMN] = self.encode_labels(batch, encoding)
+            encoded[TASK_COLUMN] = [self.name] * len(encoded["input_ids"])
+            return encoded
+
+        return dataset.map(_map, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {self.name}")
+
+
+@dataclass(kw_only=True)
+class SequenceTask(TokenizedTask):
     """A task with one prediction per text or pair; `pooling` picks how one vector is pooled from the encoder:
-    auto | pooler | cls | mean (see `heads.py`)."""
+    auto | pooler | cls | mean | max (see `heads.py`). Exportable as a stock `AutoModelForSequenceClassification`
+    (`StockExport`) when its pooling has a stock equivalent."""
 
     pooling: str = "auto"
 
@@ -298,6 +301,16 @@ class SequenceTask(Task):
         if self.pooling not in POOLING:
             problems.append(f"pooling: got {self.pooling!r}; valid choices: {', '.join(POOLING)}.")
         return problems
+
+    def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
+        try:
+            pooling = resolve_pooling(self.pooling, has_pooler)
+        except ValueError as err:
+            raise ValueError(f"task '{self.name}': {err}") from None
+        return SequenceHead(hidden_size, self.num_outputs, dropout, pooling)
+
+    def stock_layout(self, head: nn.Module) -> StockLayout:
+        return StockLayout("AutoModelForSequenceClassification", head.stock_key_maps())
 
 
 # Runs of letters/digits, or one punctuation mark: how BERT-style tokenizers (and CoNLL files) split words.

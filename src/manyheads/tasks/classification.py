@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -14,7 +15,8 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_
 from torch import nn
 
 from ..errors import shown
-from .base import SequenceTask, all_same, softmax, unknown_label_message
+from .base import SequenceTask, all_same, main_metric_of, softmax, unknown_label_message
+from .capabilities import StockLayout
 from .labels import label_key, sorted_labels
 
 if TYPE_CHECKING:
@@ -47,9 +49,7 @@ class Classification(SequenceTask):
 
     class_weights: list[float] | dict[str, float] | str | None = None
 
-    type_name = "classification"
     METRICS = {"accuracy": True, "f1": True, "precision": True, "recall": True, "mcc": True}
-    stock_problem_type = "single_label_classification"
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -70,8 +70,10 @@ class Classification(SequenceTask):
     def _label_of(self, value: Any) -> str:
         return self.reader.name(value)
 
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        problems = super().check_data(split, dataset, source)
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
+        problems = super().check_data(split, dataset, source, labelled)
+        if not labelled:
+            return problems
         declared = self.label_list or None
         column = self.label
         values = dataset[column]
@@ -129,6 +131,9 @@ class Classification(SequenceTask):
             labels = labels.reshape(-1)  # [1, N] (`.unsqueeze(0)` in tutorials): stock models flatten it too
         return nn.functional.cross_entropy(logits.float(), labels, weight=weight)
 
+    def stock_layout(self, head: nn.Module) -> StockLayout:
+        return dataclasses.replace(super().stock_layout(head), problem_type="single_label_classification")
+
     def constant_predictions(self, predictions: np.ndarray, labels: np.ndarray) -> bool:
         return all_same(np.asarray(predictions).argmax(-1))
 
@@ -141,7 +146,7 @@ class Classification(SequenceTask):
         best = int(np.bincount(labels, minlength=self.num_outputs).argmax())
         logits = np.zeros((len(labels), self.num_outputs))
         logits[:, best] = 1.0
-        return self.compute_metrics(logits, labels)[self.main_metric_name], f"always {self.label_list[best]!r}"
+        return self.compute_metrics(logits, labels)[main_metric_of(self)], f"always {self.label_list[best]!r}"
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         predicted = predictions.argmax(-1)

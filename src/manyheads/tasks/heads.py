@@ -9,6 +9,10 @@
   dropout + linear: one token standing out can decide, where a mean dilutes it over the sentence.
 `auto` picks `pooler` when the encoder has one, else `cls`, so a one-task model matches the stock
 `AutoModelForSequenceClassification` and can be exported as one.
+
+Each head says how its weights map onto the stock model of its kind (`stock_key_maps`: our state-dict keys -> the
+stock head's, one map per encoder family); the task's `stock_layout` (the `StockExport` capability) hands them to
+the export, which uses the map whose keys the stock model has.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ import torch
 from torch import nn
 
 POOLING = ("auto", "pooler", "cls", "mean", "max")
+
+_LINEAR = {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"}
+# RoBERTa-family `...ClassificationHead`: dense + tanh on the first token, then `out_proj`.
+_DENSE_THEN_LINEAR = {"dense.weight": "classifier.dense.weight", "dense.bias": "classifier.dense.bias",
+                      "classifier.weight": "classifier.out_proj.weight", "classifier.bias": "classifier.out_proj.bias"}
 
 
 def resolve_pooling(pooling: str, has_pooler: bool) -> str:
@@ -57,6 +66,14 @@ class SequenceHead(nn.Module):
                 features = (sequence_output * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.classifier(self.dropout(features))
 
+    def stock_key_maps(self) -> tuple[dict[str, str], ...]:
+        """Pooler heads are BERT's classifier, cls heads RoBERTa's classification head; mean and max pooling have
+        no stock sequence classifier (ValueError)."""
+        if self.pooling in ("mean", "max"):
+            raise ValueError(f"uses {self.pooling} pooling, which no stock AutoModelForSequenceClassification has; "
+                             "train it with 'pooling: pooler' (BERT family) or 'cls' (RoBERTa family) to export")
+        return (_LINEAR, _DENSE_THEN_LINEAR)
+
 
 class TokenHead(nn.Module):
     """One vector per token -> `num_outputs` logits per token (as `BertForTokenClassification`)."""
@@ -70,6 +87,9 @@ class TokenHead(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.dropout(sequence_output))
 
+    def stock_key_maps(self) -> tuple[dict[str, str], ...]:
+        return (_LINEAR,)
+
 
 class SpanHead(nn.Module):
     """Start and end logits per token (as `BertForQuestionAnswering.qa_outputs`): output [..., 2]."""
@@ -81,3 +101,6 @@ class SpanHead(nn.Module):
     def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor | None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.qa_outputs(sequence_output)
+
+    def stock_key_maps(self) -> tuple[dict[str, str], ...]:
+        return ({"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},)

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import EvalPrediction
 
 from ..errors import shown
+from .capabilities import MetricInputs
 
 logger = logging.getLogger(__name__)
 MetricFunction = Callable[..., dict[str, float]]
@@ -66,7 +67,8 @@ def _takes_task(function: MetricFunction) -> bool:
 
 def user_metrics(function: MetricFunction, task: Any, predictions: Any, labels: Any) -> dict[str, float]:
     """Run a user's metric function on one task's evaluation output."""
-    predictions, labels = task.metric_inputs(predictions, labels)
+    if isinstance(task, MetricInputs):
+        predictions, labels = task.metric_inputs(predictions, labels)
     prediction = EvalPrediction(predictions=predictions, label_ids=labels)
     result = function(prediction, task) if _takes_task(function) else function(prediction)
     if not isinstance(result, dict):

@@ -19,6 +19,7 @@ test`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from ..errors import ConfigError, shown
-from .base import SequenceTask, all_same, sigmoid, unknown_label_message
-from .labels import sorted_labels
+from .base import SequenceTask, all_same, higher_is_better, main_metric_of, sigmoid, unknown_label_message
+from .capabilities import StockLayout
+from .labels import LabelReader, sorted_labels
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -66,9 +68,14 @@ class MultiLabel(SequenceTask):
     pos_weight: list[float] | str | None = "sqrt"
     threshold: float | dict[str, float] | str = TUNED
 
-    type_name = "multilabel"
     METRICS = {"micro_f1": True, "macro_f1": True, "exact_match": True, "jaccard": True}
-    stock_problem_type = "multi_label_classification"
+
+    @property
+    def reader(self) -> LabelReader:
+        return LabelReader(self.label_names, self.label_separator)
+
+    def stock_layout(self, head: nn.Module) -> StockLayout:
+        return dataclasses.replace(super().stock_layout(head), problem_type="multi_label_classification")
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -88,8 +95,10 @@ class MultiLabel(SequenceTask):
     def required_columns(self) -> list[str]:
         return list(self.text) + list(self.label_columns or [self.label])
 
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        problems = super().check_data(split, dataset, source)
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
+        problems = super().check_data(split, dataset, source, labelled)
+        if not labelled:
+            return problems
         if self.label_columns:
             for column in self.label_columns:
                 bad = next(((r, v) for r, v in enumerate(dataset[column]) if v not in (0, 1)), None)
@@ -204,7 +213,7 @@ class MultiLabel(SequenceTask):
         """
         if self.threshold == TUNED and len(labels):
             self.fitted["thresholds"] = tune_thresholds(sigmoid(predictions.astype(np.float64)), labels.astype(int),
-                                                        keep_micro_f1=self.main_metric_name != "macro_f1")
+                                                        keep_micro_f1=main_metric_of(self) != "macro_f1")
 
     def predicted(self, predictions: np.ndarray) -> np.ndarray:
         """0/1 label matrix from logits, with the current decision thresholds."""
@@ -232,8 +241,8 @@ class MultiLabel(SequenceTask):
         answers = [by_frequency[:k] for k in range(len(names) + 1)]
         sets, counts = np.unique(labels, axis=0, return_counts=True)
         answers.append(np.flatnonzero(sets[int(np.argmax(counts))]))
-        metric = self.main_metric_name
-        greater = self.greater_is_better(metric)
+        metric = main_metric_of(self)
+        greater = higher_is_better(self, metric)
         best: tuple[float, str] | None = None
         for answer in answers:
             predicted = np.zeros_like(labels)

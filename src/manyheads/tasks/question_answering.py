@@ -23,7 +23,8 @@ from scipy.special import logsumexp
 from torch import nn
 
 from ..errors import shown
-from .base import Task
+from .base import TokenizedTask
+from .capabilities import StockLayout
 from .heads import SpanHead
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[li
 
 
 @dataclass(kw_only=True)
-class QuestionAnswering(Task):
+class QuestionAnswering(TokenizedTask):
     """Extractive question answering.
 
     Args:
@@ -99,9 +100,7 @@ class QuestionAnswering(Task):
     answer_text_column: str | None = None
     answer_start_column: str | None = None
 
-    type_name = "question_answering"
     METRICS = {"f1": True, "exact_match": True}
-    stock_auto_class = "AutoModelForQuestionAnswering"
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -128,9 +127,9 @@ class QuestionAnswering(Task):
         answers = batch[self.label][row]
         return list(answers["text"]), [int(s) for s in answers["answer_start"]]
 
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        problems = super().check_data(split, dataset, source)
-        if problems:
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
+        problems = super().check_data(split, dataset, source, labelled)
+        if problems or not labelled:
             return problems
         batch = dataset[:]
         context_col = self.text[1]
@@ -210,6 +209,10 @@ class QuestionAnswering(Task):
 
     def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
         return SpanHead(hidden_size)
+
+    def stock_layout(self, head: nn.Module) -> StockLayout:
+        return StockLayout("AutoModelForQuestionAnswering", head.stock_key_maps(),
+                           stock_logits=lambda output: torch.stack([output.start_logits, output.end_logits], -1))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from torch import nn
 
 from ..errors import shown
 from .base import SequenceTask
+from .capabilities import StockLayout
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -40,9 +42,7 @@ class Regression(SequenceTask):
 
     normalize: bool = True
 
-    type_name = "regression"
     METRICS = {"pearson": True, "spearman": True, "mse": False}
-    stock_problem_type = "regression"
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -52,8 +52,10 @@ class Regression(SequenceTask):
             problems.append("labels: a regression task has no label list; remove 'labels'.")
         return problems
 
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        problems = super().check_data(split, dataset, source)
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
+        problems = super().check_data(split, dataset, source, labelled)
+        if not labelled:
+            return problems
         for row, value in enumerate(dataset[self.label]):
             number = _as_float(value)
             if number is None or not math.isfinite(number):
@@ -81,17 +83,19 @@ class Regression(SequenceTask):
         mean, std = self.scale
         return [(float(v) - mean) / std for v in batch[self.label]]
 
-    def export_head_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # A stock regressor has no target scaling: fold it into the output layer (y = std * (Wx + b) + mean).
+    def stock_layout(self, head: nn.Module) -> StockLayout:
+        """A stock regressor has no target scaling: it is folded into the output layer (y = std * (Wx + b) +
+        mean), and the export is checked against our outputs in target units."""
         mean, std = self.scale
-        state = dict(state)
-        state["classifier.weight"] = state["classifier.weight"] * std
-        state["classifier.bias"] = state["classifier.bias"] * std + mean
-        return state
 
-    def stock_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        mean, std = self.scale
-        return logits * std + mean
+        def fold(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            state = dict(state)
+            state["classifier.weight"] = state["classifier.weight"] * std
+            state["classifier.bias"] = state["classifier.bias"] * std + mean
+            return state
+
+        return dataclasses.replace(super().stock_layout(head), problem_type="regression", head_state=fold,
+                                   our_logits=lambda logits: logits * std + mean)
 
     def to_target_scale(self, outputs: np.ndarray) -> np.ndarray:
         """Head outputs (or encoded labels) back in the units of the target column."""

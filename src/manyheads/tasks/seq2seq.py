@@ -15,14 +15,14 @@ chrF (`sacrebleu`, reported as fractions: sacrebleu's score / 100) and exact mat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import shown
-from .base import LABEL_COLUMN, Task
+from .base import LABEL_COLUMN, TokenizedTask
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -54,7 +54,7 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
 
 
 @dataclass(kw_only=True)
-class Seq2Seq(Task):
+class Seq2Seq(TokenizedTask):
     """Text generation from one or two source columns.
 
     Args:
@@ -69,6 +69,9 @@ class Seq2Seq(Task):
         max_eval_samples: rows of the eval split that are generated for the metrics (None: all); the loss
             still uses every row.
         (and every `Task` argument; `max_length` is the source length)
+
+    A `TextGeneration` type: it has no head; the model runs it through a `TaskDecoder`
+    (`manyheads.modeling.decoders`), which the trainer, evaluation, prediction and export call.
     """
 
     text: list[str] | str = "source"
@@ -81,10 +84,7 @@ class Seq2Seq(Task):
     decoder: str = "shared"
     max_eval_samples: int | None = None
 
-    type_name = "seq2seq"
     METRICS = {"rougeL": True, "rouge1": True, "rouge2": True, "bleu": True, "chrf": True, "exact_match": True}
-    generates: ClassVar[bool] = True
-    stock_auto_class = "AutoModelForSeq2SeqLM"
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -103,7 +103,6 @@ class Seq2Seq(Task):
     def num_outputs(self) -> int | None:
         return None  # no classification head: the decoder's vocabulary is the output
 
-    @property
     def decoder_key(self) -> str:
         """The name of the decoder this task uses on an encoder-only backbone."""
         return self.name if self.decoder == "own" else "shared"
@@ -115,8 +114,10 @@ class Seq2Seq(Task):
                 "do_sample": False, "forced_bos_token_id": None}
 
     # ----- data -----
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        problems = super().check_data(split, dataset, source)
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
+        problems = super().check_data(split, dataset, source, labelled)
+        if not labelled:
+            return problems
         for row, value in enumerate(dataset[self.label]):
             if not isinstance(value, str) or not value.strip():
                 problems.append(f"{source}: data row {row + 1}, column '{self.label}': the target is {shown(value)}; "

@@ -19,7 +19,8 @@ from seqeval.scheme import IOB2, IOBES
 from torch import nn
 
 from ..errors import shown
-from .base import Task, all_same, softmax, unknown_label_message
+from .base import TokenizedTask, all_same, softmax, unknown_label_message
+from .capabilities import StockLayout, WordLevel
 from .heads import TokenHead
 from .labels import sorted_labels
 
@@ -48,7 +49,7 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
 
 
 @dataclass(kw_only=True)
-class TokenClassification(Task):
+class TokenClassification(TokenizedTask, WordLevel):
     """One tag per word.
 
     Args:
@@ -57,6 +58,8 @@ class TokenClassification(Task):
         label_all_subtokens: train continuation sub-tokens too (`B-` becomes `I-`).
         scheme: `IOB2` or `IOBES`, for entity-level metrics.
         (and every `Task` argument)
+
+    A `WordLevel` type: prediction gives `postprocess` each row's words and the word of every token.
     """
 
     text: list[str] | str = "tokens"
@@ -64,10 +67,7 @@ class TokenClassification(Task):
     label_all_subtokens: bool = False
     scheme: str = "IOB2"
 
-    type_name = "token_classification"
     METRICS = {"f1": True, "precision": True, "recall": True, "accuracy": True}
-    needs_word_ids = True
-    stock_auto_class = "AutoModelForTokenClassification"
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -77,18 +77,14 @@ class TokenClassification(Task):
             problems.append(f"scheme: got {self.scheme!r}; valid choices: {', '.join(SCHEMES)}.")
         return problems
 
-    def check_text(self, split: str, dataset: Dataset, source: str) -> list[str]:
+    def check_data(self, split: str, dataset: Dataset, source: str, labelled: bool = True) -> list[str]:
         column = self.text[0]
         for row, words in enumerate(dataset[column]):
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
                 return [f"{source}: data row {row + 1}, column '{column}': expected a list of words, got "
                         f"{shown(words)}."]
-        return []
-
-    def check_data(self, split: str, dataset: Dataset, source: str) -> list[str]:
-        problems = self.check_text(split, dataset, source)
-        if problems:
-            return problems
+        if not labelled:
+            return []
         words_col, tags_col = self.text[0], self.label
         declared = self.label_list or None
         for row, (words, tags) in enumerate(zip(dataset[words_col], dataset[tags_col])):
@@ -144,6 +140,9 @@ class TokenClassification(Task):
 
     def build_head(self, hidden_size: int, dropout: float, has_pooler: bool) -> nn.Module:
         return TokenHead(hidden_size, self.num_outputs, dropout)
+
+    def stock_layout(self, head: nn.Module) -> StockLayout:
+        return StockLayout("AutoModelForTokenClassification", head.stock_key_maps())
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)

@@ -3,8 +3,9 @@ then the task's metrics (generated text for generation tasks), the user's metric
 got the same prediction.
 
 On the run's own eval split of a model the trainer trained, a task first fits what it fits on its eval predictions
-(`Task.fit_on_predictions`: multilabel thresholds); never on other data (a test split) nor in a trainer that only
-evaluates a saved model.
+(the `FitsOnPredictions` capability: multilabel thresholds); never on other data (a test split) nor in a trainer
+that only evaluates a saved model. A generation task (one with a decoder, `MultiTaskModel.task_decoder`) is scored on
+the text its decoder generates.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from transformers.trainer_utils import PredictionOutput
 
 from ..callbacks.stalled_heads import CONSTANT_KEY
-from ..tasks import TASK_COLUMN
+from ..tasks import TASK_COLUMN, DetectsConstant, FitsOnPredictions, higher_is_better, main_metric_of
 from ..tasks.metrics import aggregate_score, metric_function_for, shared_metric, user_metrics
 from .generation import generate_split
 
@@ -41,16 +42,18 @@ def evaluate_task(trainer: Any, name: str, dataset: Any, override: bool, ignore_
                   prefix: str) -> TaskEvaluation:
     """Evaluate task `name` on `dataset` (`override`: a dataset given to `evaluate`, not the run's own split)."""
     task = trainer.tasks[name]
+    decoder = trainer.accelerator.unwrap_model(trainer.model).task_decoder(name)
     loader = trainer.get_eval_dataloader(dataset if override else name)
     # Generation tasks: the teacher-forced loss here (their logits are vocabulary-sized), the text below.
-    output = trainer.evaluation_loop(loader, description=f"Evaluation {name}", prediction_loss_only=task.generates,
-                                     ignore_keys=ignore_keys, metric_key_prefix=f"{prefix}_{name}")
-    if task.generates:
-        predictions, references, cost = generate_split(trainer, name, loader)
+    output = trainer.evaluation_loop(loader, description=f"Evaluation {name}",
+                                     prediction_loss_only=decoder is not None, ignore_keys=ignore_keys,
+                                     metric_key_prefix=f"{prefix}_{name}")
+    if decoder is not None:
+        predictions, references, cost = generate_split(trainer, decoder, loader)
         scores = {**task.compute_metrics(predictions, references, dataset), **cost}
         output = output._replace(predictions=predictions, label_ids=references)
     else:
-        if not override and trainer.state.global_step > 0:
+        if not override and trainer.state.global_step > 0 and isinstance(task, FitsOnPredictions):
             task.fit_on_predictions(output.predictions, output.label_ids)
         scores = task.compute_metrics(output.predictions, output.label_ids, dataset)
     function = metric_function_for(trainer.task_metrics, name)
@@ -58,9 +61,10 @@ def evaluate_task(trainer: Any, name: str, dataset: Any, override: bool, ignore_
         scores.update(user_metrics(function, task, output.predictions, output.label_ids))
     loss = output.metrics.get(f"{prefix}_{name}_loss")
     return TaskEvaluation(metrics={f"{prefix}_{name}_{k}": v for k, v in scores.items()},
-                          constant=bool(task.constant_predictions(output.predictions, output.label_ids)),
+                          constant=isinstance(task, DetectsConstant)
+                          and bool(task.constant_predictions(output.predictions, output.label_ids)),
                           loss=None if loss is None else float(loss),
-                          main=(scores[task.main_metric_name], task.greater_is_better(task.main_metric_name)),
+                          main=(scores[main_metric_of(task)], higher_is_better(task, main_metric_of(task))),
                           predictions=output.predictions, label_ids=output.label_ids)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..modeling.decoders import TaskDecoder
 from ..tasks import GROUP_COLUMN, LABEL_COLUMN, TASK_COLUMN
 
 
@@ -57,26 +58,28 @@ class StepTokens:
 
 
 @torch.inference_mode()
-def generate_split(trainer: Any, name: str, loader: Any) -> tuple[list[str], list[str], dict[str, float]]:
-    """Generated and reference texts of task `name` over `loader` (gathered over ranks, duplicates of the last
-    batch dropped), and the generation cost: `generated_tokens_per_second`, `generated_tokens`."""
+def generate_split(trainer: Any, decoder: TaskDecoder, loader: Any) -> tuple[list[str], list[str], dict[str, float]]:
+    """Generated and reference texts of `decoder`'s task over `loader` (gathered over ranks, duplicates of the
+    last batch dropped), and the generation cost: `generated_tokens_per_second`, `generated_tokens`."""
     module = trainer.accelerator.unwrap_model(trainer.model)
-    task = module.tasks[name]
+    name = decoder.task.name
     tokenizer = trainer.processing_class
     if tokenizer is None:
         raise ValueError(f"task '{name}' generates text: evaluation decodes it with the tokenizer; pass "
                          "processing_class=tokenizer to MultiTaskTrainer.")
-    limit = task.max_eval_samples
+    limit = decoder.max_eval_samples
     was_training = module.training
     module.eval()
     predictions: list[str] = []
     references: list[str] = []
     generated, seconds = 0, 0.0
-    pad = task.fitted.get("pad_token_id") or 0
+    pad = decoder.pad_token_id
     try:
         for batch in loader:
             if limit is not None and len(predictions) >= limit:
                 break
+            # PRIVATE: Trainer's `_prepare_inputs` (device placement as in its own evaluation). Risk: a rename fails
+            # generated evaluation loudly (AttributeError); tests/test_pins.py checks it on the pinned range.
             batch = trainer._prepare_inputs(batch)
             start = time.perf_counter()
             sequences = module.generate_task(name, batch["input_ids"], batch.get("attention_mask"),
@@ -89,8 +92,8 @@ def generate_split(trainer: Any, name: str, loader: Any) -> tuple[list[str], lis
             # batch does accelerate know which rows of it are padding duplicates of the ranks' shards (gathering
             # the whole list after the loop kept them: 32 generated rows for a 23-row split on 2 ranks).
             gather = trainer.accelerator.gather_for_metrics
-            predictions += gather(task.decode(new, tokenizer), use_gather_object=True)
-            references += gather(task.decode(labels, tokenizer), use_gather_object=True)
+            predictions += gather(decoder.decode(new, tokenizer), use_gather_object=True)
+            references += gather(decoder.decode(labels, tokenizer), use_gather_object=True)
     finally:
         module.train(was_training)
     if limit is not None:
