@@ -47,3 +47,30 @@ def test_save_pretrained_writes_a_card_without_metrics(tmp_path):
     assert "model-index" not in front_matter(card)
     assert "| topic | classification | text | a, b | accuracy |" in card
     assert "No evaluation results" in card
+
+
+def test_each_save_writes_the_card_once_with_the_newest_metrics(tmp_path, tiny_encoder, tokenizer, monkeypatch):
+    """Through the Python API: a checkpoint save and the final `save_model` each write README.md exactly once, and
+    the final card carries the evaluation metrics and training settings (no metric-less card written first)."""
+    from datasets import Dataset
+
+    from manyheads import MultiTaskTrainer, MultiTaskTrainingArguments
+    from manyheads.modeling import model as model_module
+
+    writes: list[str] = []
+    real = model_module.write_card
+    monkeypatch.setattr(model_module, "write_card", lambda folder, text: (writes.append(text), real(folder, text)))
+    rows = {"text": ["good thing", "bad thing", "great box", "awful item"] * 4, "label": ["pos", "neg"] * 8}
+    model = MultiTaskModel.from_encoder(tiny_encoder, [Classification(name="topic", max_length=16)])
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, save_strategy="steps",
+                                      save_steps=2, eval_strategy="steps", eval_steps=2, report_to="none",
+                                      use_cpu=True, per_device_train_batch_size=4)
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset={"topic": Dataset.from_dict(rows)},
+                               eval_dataset={"topic": Dataset.from_dict(rows)}, processing_class=tokenizer)
+    trainer.train()
+    assert len(writes) == 1  # the checkpoint-2 save
+    trainer.save_model()
+    assert len(writes) == 2
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert card == writes[-1] and "model-index" in front_matter(card)
+    assert f"{trainer.state.log_history[-2]['eval_average']:.4f}" in card and '"max_steps": 2' in card

@@ -74,3 +74,38 @@ def test_isolated_nonfinite_losses_are_skipped_and_training_finishes(tmp_path, t
     weights = load_file(tmp_path / "run" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
     capsys.readouterr()
+
+
+def test_a_skipped_step_changes_no_weight_no_optimizer_state_and_no_learning_rate(tiny_encoder, tokenizer, tmp_path,
+                                                                                   monkeypatch):
+    """Through the Python API: step 2's loss is NaN. The gate in `create_optimizer` / `create_scheduler` makes that
+    optimizer step and its scheduler step no-ops (no `_set_sync_gradients`), and step 3 trains again."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from manyheads import MultiTaskModel, MultiTaskTrainer, MultiTaskTrainingArguments
+
+    from .conftest import review_rows
+
+    poison(monkeypatch, calls={2})
+    rows = review_rows(32, 1)
+    train = Dataset.from_dict({"text": [r["text"] for r in rows], "score": [r["score"] for r in rows]})
+    model = MultiTaskModel.from_encoder(tiny_encoder, [RegressionTask(name="score", label="score", max_length=32)])
+    seen: list[tuple[dict, int, int]] = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+            adam_steps = {int(s["step"]) for s in optimizer.state.values() if "step" in s}
+            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            seen.append((weights, lr_scheduler.last_epoch, max(adam_steps)))
+
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
+                                      learning_rate=1e-3, lr_scheduler_type="linear", report_to="none",
+                                      save_strategy="no", use_cpu=True, seed=7)
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset={"score": train}, processing_class=tokenizer,
+                               callbacks=[Record()])
+    trainer.train()
+    (w1, lr1, adam1), (w2, lr2, adam2), (w3, lr3, adam3), _ = seen
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the skipped step 2 left every weight as step 1 had it
+    assert (lr1, lr2, lr3) == (1, 1, 2) and (adam1, adam2, adam3) == (1, 1, 2)
+    assert any(not torch.equal(w2[k], w3[k]) for k in w2)  # and step 3 trained again

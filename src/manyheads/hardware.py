@@ -30,6 +30,8 @@ def has_fp16_device() -> bool:
 def cpu_has_bf16_matrix_units() -> bool:
     """The CPU has AMX tiles (Intel Sapphire Rapids and later): bf16 matrix products run several times faster
     than fp32 ones. AVX512-BF16 alone converts, it does not make autocast pay."""
+    # PRIVATE torch API: `torch.cpu._is_amx_tile_supported` / `_init_amx` are the only AMX probe torch has. Risk: a
+    # rename makes this False (fp32 picked, slower, still right); the except below keeps that from failing.
     cpu = getattr(torch, "cpu", None)
     try:
         return bool(cpu._is_amx_tile_supported() and cpu._init_amx())

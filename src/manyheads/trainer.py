@@ -29,7 +29,7 @@ trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder("bert-base-uncased"
 - `evaluate`: runs Trainer's `evaluation_loop` per task (`manyheads.training.evaluation`) and adds each task's metrics,
   the user's `compute_metrics` results, `eval_<task>_constant_predictions` (read by `StalledHeadsCallback`, added
   by default) and `eval_average`; on the run's own eval split, once the model has trained, each task first fits
-  what it fits on its eval predictions (`Task.fit_on_predictions`: multilabel thresholds).
+  what it fits on its eval predictions (the `FitsOnPredictions` capability: multilabel thresholds).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_sp
 from .data.loader import build_train_loader
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
+from .modeling.decoders import generation_tasks
 from .modeling.model_card import render_card, write_card
 from .modeling.param_groups import apply_own_rates
 from .tasks import GROUP_COLUMN, TASK_COLUMN
@@ -59,6 +60,7 @@ from .tasks.metrics import best_metric_problem, check_metric_functions
 from .training.checkpoints import load_balancing, mark_complete, save_balancing
 from .training.evaluation import by_task, evaluate_tasks, predict_task
 from .training.generation import StepTokens
+from .training.step_gate import StepGate
 from .training.task_losses import TaskLossWindow
 from .training_args import as_multitask_arguments
 
@@ -123,6 +125,7 @@ class MultiTaskTrainer(Trainer):
         self._task_losses = TaskLossWindow(list(self.tasks))
         self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
         self._nonfinite_streak = 0
+        self._step_gate = StepGate()  # skips the optimizer and scheduler step of a non-finite loss
         self.weighting_optimizer: torch.optim.Optimizer | None = None
         self._resumed_from: str | None = None  # the checkpoint train() resumed from, for the weighting's optimizer
         self._step_tokens = StepTokens()  # generation tasks: target tokens of the current optimizer step
@@ -133,7 +136,7 @@ class MultiTaskTrainer(Trainer):
         evaluation = as_task_dict(evaluation, "eval_dataset", self.tasks)
         fit_tasks(self.tasks, train)
         model.add_missing_heads()
-        headless = [name for name, task in self.tasks.items() if name not in model.heads and not task.generates]
+        headless = [name for name in self.tasks if name not in model.heads and model.task_decoder(name) is None]
         if headless:
             raise ValueError(f"tasks {headless} have no labels yet: declare labels=[...] or give their raw training "
                              "data in train_dataset, from which the labels are fitted.")
@@ -167,7 +170,9 @@ class MultiTaskTrainer(Trainer):
     def _batch_sampler(self) -> MultiTaskBatchSampler:
         data = self.train_dataset
         common = {
-            "batch_size": self._train_batch_size,
+            # PRIVATE: with auto_find_batch_size, Trainer keeps the batch size it found in `_train_batch_size` only
+            # (args keep the user's). Risk: a rename makes the sampler ignore the smaller size and run out of memory.
+            "batch_size": self._train_batch_size if self.args.auto_find_batch_size else self.args.train_batch_size,
             "strategy": self.sampling,
             "seed": self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             "rank": self.args.process_index,
@@ -187,7 +192,7 @@ class MultiTaskTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        generating = {name for name, task in self.tasks.items() if task.generates}
+        generating = generation_tasks(self.tasks)
         if generating:
             self._step_tokens.count(batches, generating, self.args.world_size, self._reduce_sum, device)
         return batches, num_items
@@ -206,9 +211,7 @@ class MultiTaskTrainer(Trainer):
     def _token_mean(self, task: str, loss: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """A generation task's micro-batch loss as its share of the token mean over the whole optimizer step (not a
         mean of micro-batch means); other tasks' losses unchanged."""
-        if not self.tasks[task].generates:
-            return loss
-        return self._step_tokens.scale(task, loss, batch["labels"], self.args.world_size)
+        return self._step_tokens.scale(task, loss, batch.get("labels"), self.args.world_size)
 
     def _record_task_loss(self, task: str, loss: torch.Tensor) -> None:
         value = loss.detach().float()
@@ -243,6 +246,8 @@ class MultiTaskTrainer(Trainer):
         """Forward/backward of every task's sub-batch; the rows are aggregated at the step's last micro-batch."""
         model.train()
         module = self.accelerator.unwrap_model(model)
+        # PRIVATE: Trainer's `_prepare_inputs` moves the nested task-group batch to the device as it does a flat one.
+        # Risk: a rename breaks gradient aggregation loudly (AttributeError), never silently.
         groups = self._prepare_inputs(inputs)[GROUP_COLUMN]
         scale = 1.0 / self.current_gradient_accumulation_steps
 
@@ -291,12 +296,12 @@ class MultiTaskTrainer(Trainer):
                 f"{', '.join(tasks)} at step {step}); stopping. The last saved checkpoint is intact: lower the "
                 "learning rate or check the data, then resume from it."
             )
-        self.model.zero_grad(set_to_none=True)
+        # Zeros, not None: a GradScaler (fp16) asserts that it saw gradients. The step itself is skipped by the gate.
+        self.model.zero_grad(set_to_none=False)
         self._weighting_grads_stale = True
         if self.group_step is not None:
             self.group_step.discard()
-        # With sync off, accelerate's optimizer and scheduler wrappers make this step a no-op.
-        self.accelerator.gradient_state._set_sync_gradients(False)
+        self._step_gate.skip_next()
 
     def _any_rank(self, flag: bool) -> bool:
         if self.args.world_size == 1:
@@ -328,7 +333,7 @@ class MultiTaskTrainer(Trainer):
         elif params:
             # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
             optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
-        return optimizer
+        return self._step_gate.wrap_optimizer(optimizer)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         warmup = self.args.get_warmup_steps(num_training_steps)
@@ -336,7 +341,9 @@ class MultiTaskTrainer(Trainer):
             logger.warning("manyheads: warmup_steps is %d but the run has %d optimizer steps: the learning rate never "
                            "reaches its set value. Lower warmup_steps (a value below 1 is a fraction of the run).",
                            warmup, num_training_steps)
-        return super().create_scheduler(num_training_steps, optimizer)
+        # Trainer steps `self.lr_scheduler`, not what this returns: the gated scheduler replaces it there.
+        self.lr_scheduler = self._step_gate.wrap_scheduler(super().create_scheduler(num_training_steps, optimizer))
+        return self.lr_scheduler
 
     # ----- logging -----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -350,9 +357,9 @@ class MultiTaskTrainer(Trainer):
 
     # ----- saving -----
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # The model writes its card in save_pretrained, once, with the newest metrics and these arguments.
+        self.accelerator.unwrap_model(self.model).card_details = self._card_details()
         super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            self._write_card(output_dir or self.args.output_dir)
 
     def create_model_card(self, language: str | None = None, license: str | None = None,
                           tags: str | list[str] | None = None, model_name: str | None = None,
@@ -363,14 +370,24 @@ class MultiTaskTrainer(Trainer):
             self._write_card(self.args.output_dir, language=language, license=license, model_name=model_name,
                              base_model=finetuned_from, extra_tags=[tags] if isinstance(tags, str) else tags or [])
 
-    def _write_card(self, folder: str, **options: Any) -> None:
+    def _card_details(self, **options: Any) -> dict[str, Any]:
         # The newest evaluation's metrics (one log entry holds every task's, plus eval_average).
         latest = next((entry for entry in reversed(self.state.log_history) if "eval_average" in entry), {})
+        return {"metrics": latest, "training": self.args.to_dict(), **options}
+
+    def _write_card(self, folder: str, **options: Any) -> None:
         module = self.accelerator.unwrap_model(self.model)
         os.makedirs(folder, exist_ok=True)
-        write_card(folder, render_card(module.tasks, module.config.encoder, latest, self.args.to_dict(), **options))
+        write_card(folder, render_card(module.tasks, module.config.encoder, **self._card_details(**options)))
 
     # ----- checkpoints -----
+    # PRIVATE TRAINER API (checked against the pinned transformers range by tests/test_pins.py):
+    # - `_save_checkpoint(model, trial)` / `_load_from_checkpoint(path, model)`: Trainer has no public hook between
+    #   "checkpoint written" and "old checkpoints rotated". Upgrade risk: a rename or a new signature means the
+    #   balancing state is silently neither saved nor restored.
+    # - `args.save_total_limit` set to None around super()'s save: relies on Trainer reading it when it rotates.
+    #   Risk: rotation before the completeness marker exists (a kill then leaves no complete checkpoint).
+    # - `_get_output_dir(trial)`: the run folder Trainer just wrote into. Risk: the wrong folder is marked complete.
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         # Trainer rotates (deletes old checkpoints) at the end of its own save, before the balancing state and the
         # completeness marker exist: a kill right then would leave no complete checkpoint. Rotation is held back

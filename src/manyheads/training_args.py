@@ -104,8 +104,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
 
     def _check_multitask(self) -> None:
         check_choice("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES)
-        problems = choice_problems(self.loss_weighting, self.gradient_aggregator, self.task_group_size,
-                                   ("loss_weighting", "gradient_aggregator", "task_group_size"))
+        problems = choice_problems(self.loss_weighting, self.gradient_aggregator, self.task_group_size)
         if problems:
             raise ValueError("; ".join(problems))
         if not self.sampling_temperature > 0:

@@ -12,6 +12,7 @@ args = MultiTaskTrainingArguments(..., loss_weighting="my_pkg.MyWeighting", loss
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..errors import ConfigError
@@ -25,6 +26,8 @@ from .group_step import TaskGroupStep
 from .rlw import RandomWeighting
 from .static import StaticWeighting
 from .uncertainty import UncertaintyWeighting
+
+logger = logging.getLogger(__name__)
 
 WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "equal": EqualWeighting,
@@ -51,10 +54,9 @@ def check_choice(key: str, value: Any, registry: dict[str, Any]) -> None:
                      "class)")
 
 
-def choice_problems(weighting: Any, aggregator: Any, group_size: int | None,
-                    keys: tuple[str, str, str] = ("weighting", "aggregator", "group_size")) -> list[str]:
-    """The rules between the balancing options (names as the caller spells its keys)."""
-    w_key, a_key, g_key = keys
+def choice_problems(weighting: Any, aggregator: Any, group_size: int | None) -> list[str]:
+    """The rules between the balancing fields of `MultiTaskTrainingArguments` (named as there)."""
+    w_key, a_key, g_key = "loss_weighting", "gradient_aggregator", "task_group_size"
     problems = []
     for key, value, registry in ((w_key, weighting, WEIGHTINGS), (a_key, aggregator, AGGREGATORS)):
         try:
@@ -74,11 +76,17 @@ def choice_problems(weighting: Any, aggregator: Any, group_size: int | None,
 def resolve_weighting(weighting: Any, kwargs: dict[str, Any] | None, task_weights: dict[str, float],
                       aggregator: Any = None) -> tuple[Any, dict[str, Any]]:
     """The weighting a run uses and its kwargs: `static` with the tasks' `weight` values when none is named and
-    some task sets a weight other than 1; `equal` otherwise."""
+    some task sets a weight other than 1; `equal` otherwise.
+
+    Static weights have one home, each task's `weight`. `loss_weighting_kwargs={"weights": ...}` still works for
+    one release, with a deprecation line; together with task weights it is an error (`weighting_problems`)."""
     kwargs = dict(kwargs or {})
     custom = {name: w for name, w in task_weights.items() if float(w) != 1.0}
     if weighting is None:
         weighting = "static" if custom and aggregator is None else "equal"
+    if weighting == "static" and "weights" in kwargs and not custom:
+        logger.warning("manyheads: loss_weighting_kwargs 'weights' is deprecated and will be removed: set each "
+                       "task's `weight` instead (Task(weight=...), or `weight:` in a recipe task entry).")
     if weighting == "static" and "weights" not in kwargs:
         kwargs["weights"] = {name: float(w) for name, w in task_weights.items()}
     return weighting, kwargs
@@ -93,6 +101,9 @@ def build_weighting(weighting: Any, kwargs: dict[str, Any] | None, task_weights:
             raise ValueError(f"the weighting instance was built for tasks {weighting.tasks}; the model also has "
                              f"{unknown}. Build it with all task names: {list(task_weights)}.")
         return weighting
+    problems = task_weight_problems(weighting, kwargs, task_weights, aggregator)
+    if problems:  # a task weight that the chosen method would silently ignore
+        raise ValueError("; ".join(problems))
     weighting, kwargs = resolve_weighting(weighting, kwargs, task_weights, aggregator)
     if weighting == "rlw":
         kwargs.setdefault("seed", seed)
@@ -101,27 +112,40 @@ def build_weighting(weighting: Any, kwargs: dict[str, Any] | None, task_weights:
         try:
             cls = import_object(weighting)
         except (ImportError, AttributeError) as err:
-            raise ValueError(f"'weighting' is {weighting!r}; valid choices: {', '.join(WEIGHTINGS)}, or the import "
-                             f"path of a LossWeighting subclass ({err})") from None
+            raise ValueError(f"'loss_weighting' is {weighting!r}; valid choices: {', '.join(WEIGHTINGS)}, or the "
+                             f"import path of a LossWeighting subclass ({err})") from None
     if not (isinstance(cls, type) and issubclass(cls, LossWeighting)):
         raise ValueError(f"weighting {weighting!r} is not a LossWeighting subclass; subclass "
                          "manyheads.balancing.LossWeighting (see its docstring)")
     return cls(list(task_weights), **kwargs)
 
 
+def task_weight_problems(weighting: Any, kwargs: dict[str, Any] | None, task_weights: dict[str, float],
+                         aggregator: Any = None) -> list[str]:
+    """Task `weight`s that the chosen method would ignore, or static weights given twice."""
+    problems = []
+    custom = sorted(name for name, w in task_weights.items() if float(w) != 1.0)
+    ignored = weighting not in (None, "static") or (weighting is None and aggregator is not None)
+    if custom and ignored:
+        problems.append(f"tasks {custom} set 'weight', which only 'loss_weighting: static' uses, but the run uses "
+                        f"{weighting or aggregator!r}. Remove the task weights or use static.")
+    if custom and "weights" in (kwargs or {}):
+        problems.append(f"static weights are given twice: tasks {custom} set 'weight' and loss_weighting_kwargs has "
+                        "'weights'. Keep the tasks' 'weight' and remove loss_weighting_kwargs 'weights'.")
+    return problems
+
+
 def weighting_problems(weighting: Any, kwargs: dict[str, Any] | None, task_weights: dict[str, float],
                        aggregator: Any = None) -> list[str]:
     """Problems of a weighting choice (kwargs against the constructor, task weights without `static`)."""
-    problems = []
-    custom = sorted(name for name, w in task_weights.items() if float(w) != 1.0)
-    if custom and weighting not in (None, "static"):
-        problems.append(f"tasks {custom} set 'weight', which only 'weighting: static' uses, but weighting is "
-                        f"{weighting or aggregator!r}. Remove the task weights or use static.")
+    problems = task_weight_problems(weighting, kwargs, task_weights, aggregator)
+    if problems:
+        return problems
     try:
         build_weighting(weighting, kwargs, task_weights or {"_": 1.0}, aggregator)
     except (TypeError, ValueError, ImportError) as err:
-        problems.append(f"weighting '{weighting}' with weighting_kwargs {kwargs}: {err}. Fix weighting_kwargs (see "
-                        "the method's docstring).")
+        problems.append(f"loss_weighting '{weighting}' with loss_weighting_kwargs {kwargs}: {err}. Fix "
+                        "loss_weighting_kwargs (see the method's docstring).")
     return problems
 
 
@@ -133,23 +157,24 @@ def group_step_problems(aggregator: Any, kwargs: dict[str, Any] | None, n_tasks:
     name = aggregator if isinstance(aggregator, str) else type(aggregator).__name__
     problems = []
     if n_tasks < 2:
-        problems.append(f"aggregator '{name}' combines the gradients of several tasks; this run has {n_tasks}. "
-                        "Remove 'aggregator' or add tasks.")
+        problems.append(f"gradient_aggregator '{name}' combines the gradients of several tasks; this run has "
+                        f"{n_tasks}. Remove 'gradient_aggregator' or add tasks.")
     if group_size is not None and group_size > n_tasks:
-        problems.append(f"group_size is {group_size} but the run has {n_tasks} tasks; set group_size <= {n_tasks} "
-                        "or remove it (all tasks).")
+        problems.append(f"task_group_size is {group_size} but the run has {n_tasks} tasks; set task_group_size <= "
+                        f"{n_tasks} or remove it (all tasks).")
     if sharing == "lora":
-        problems.append(f"aggregator '{name}' rewrites the shared encoder's gradient, but sharing 'lora' freezes the "
-                        "encoder: each task trains only its own adapter and head, so there is nothing shared to "
-                        "aggregate. Use sharing 'hybrid' (shared encoder + adapters), or remove 'aggregator'.")
+        problems.append(f"gradient_aggregator '{name}' rewrites the shared encoder's gradient, but sharing 'lora' "
+                        "freezes the encoder: each task trains only its own adapter and head, so there is nothing "
+                        "shared to aggregate. Use sharing 'hybrid' (shared encoder + adapters), or remove "
+                        "'gradient_aggregator'.")
     elif encoder_frozen:
-        problems.append(f"aggregator '{name}' rewrites the shared encoder's gradient, but freeze.encoder is true. "
-                        "Unfreeze the encoder or remove 'aggregator'.")
+        problems.append(f"gradient_aggregator '{name}' rewrites the shared encoder's gradient, but the encoder is "
+                        "frozen. Unfreeze the encoder or remove 'gradient_aggregator'.")
     if fp16:
-        problems.append(f"aggregator '{name}' computes per-task gradients without fp16 loss scaling. "
+        problems.append(f"gradient_aggregator '{name}' computes per-task gradients without fp16 loss scaling. "
                         "Use bf16: true (or fp32) instead of fp16.")
     if sharded:
-        problems.append(f"aggregator '{name}' needs full (unsharded) task gradients; training.{sharded} shards "
+        problems.append(f"gradient_aggregator '{name}' needs full (unsharded) task gradients; {sharded} shards "
                         "them. Use DDP (torchrun without fsdp/deepspeed) or a loss weighting.")
     if isinstance(aggregator, str):
         try:

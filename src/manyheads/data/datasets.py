@@ -50,7 +50,12 @@ class MultiTaskDataset(TorchDataset):
 
 def _row_lengths(dataset: Any) -> np.ndarray:
     """Lengths of `input_ids` rows, read in chunks through Arrow where the dataset is a `datasets.Dataset` (no
-    Python list of every token)."""
+    Python list of every token).
+
+    PRIVATE datasets API: `Dataset._indices` (an index mapping left by `select`/`shuffle`, under which the Arrow
+    table's row order is not the dataset's). Upgrade risk: if renamed, this reads None and takes the Arrow path on a
+    re-indexed dataset, giving lengths in the wrong order (slower batches, never wrong training).
+    tests/test_pins.py checks the attribute."""
     table = getattr(getattr(dataset, "data", None), "table", None)
     if table is not None and getattr(dataset, "_indices", None) is None and "input_ids" in table.column_names:
         import pyarrow.compute as pc

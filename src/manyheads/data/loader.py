@@ -26,6 +26,10 @@ def build_train_loader(accelerator: Any, dataset: Dataset, sampler: Any, collate
     loader = accelerator.prepare(DataLoader(dataset, **params))
     # The sampler already gives each rank its own slice: make accelerate's shard wrapper a passthrough, exactly as
     # Trainer does for its own rank-aware BatchRebalanceSampler.
+    # PRIVATE accelerate API: `BatchSamplerShard.num_processes` / `process_index` / `set_epoch` are attributes of an
+    # internal class. Upgrade risk: if accelerate renames them, each rank would take a slice of an already-sharded
+    # schedule (DDP trains on 1/world of the data) -- tests/test_pins.py checks the attributes on the pinned range
+    # and tests/test_ddp.py the data each rank sees.
     shard = getattr(loader, "batch_sampler", None)
     if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
         shard.num_processes, shard.process_index = 1, 0

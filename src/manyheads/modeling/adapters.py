@@ -184,6 +184,9 @@ def active_adapters(layers: Sequence[nn.Module], names: list[str]) -> Iterator[N
     `Trainer` builds (from the parameters that require grad) and DDP's reducer would then leave those tasks'
     adapters out. Only the active list is switched here; an inactive adapter simply gets no gradient.
     """
+    # PRIVATE PEFT API: `LoraLayer._active_adapter`, the list behind the public `active_adapters`. Upgrade risk: a
+    # rename would silently run every task with the adapters PEFT has active; the `peft` extra is pinned to the
+    # tested minor release and tests/test_pins.py checks the attribute.
     previous = [layer.active_adapters for layer in layers]
     for layer in layers:
         layer._active_adapter = list(names)

@@ -34,16 +34,7 @@ from .adapters import (
     set_trainable,
 )
 from .config import MultiTaskConfig
-from .decoders import (
-    backbone_from_config,
-    build_decoder,
-    encoder_of,
-    generate,
-    is_encoder_decoder,
-    load_backbone,
-    teacher_forced_logits,
-    warm_start,
-)
+from .decoders import TaskDecoder, backbone_from_config, decoder_for, encoder_of, load_backbone, warm_start
 from .load_check import ModelLoadError, load_problems
 from .model_card import render_card, write_card
 
@@ -77,6 +68,9 @@ class MultiTaskModel(PreTrainedModel):
 
     `sharing` (`from_encoder(..., sharing="lora")`) gives every task its own LoRA adapter inside the encoder
     (`manyheads.modeling.adapters`): each forward runs the adapter of the task it is for.
+
+    A generation task (`TextGeneration` capability) has a decoder instead of a head: `task_decoder(name)` is the
+    one object through which the trainer, evaluation, prediction and export reach it (None for a head task).
     """
 
     config_class = MultiTaskConfig
@@ -84,6 +78,9 @@ class MultiTaskModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    # Extra model-card content the next `save_pretrained` writes (`render_card`'s keyword arguments: `metrics`,
+    # `training`, ...). `MultiTaskTrainer` sets it before each of its saves, so every save writes the card once.
+    card_details: dict[str, Any] | None = None
     # The loss is a per-micro-batch mean; the trainer scales it for gradient accumulation itself.
     accepts_loss_kwargs = False
 
@@ -167,11 +164,9 @@ class MultiTaskModel(PreTrainedModel):
         dropout = _dropout(self.encoder.config)
         added = []
         for name, task in self.tasks.items():
-            if task.generates:
-                if not is_encoder_decoder(self.encoder.config) and task.decoder_key not in self.decoders:
-                    self.decoders[task.decoder_key] = build_decoder(encoder_of(self.encoder).config)
-                    if initialize:
-                        self.warm_start_decoders([task.decoder_key])
+            decoder = self.task_decoder(name)
+            if decoder is not None:  # a generation task: a decoder instead of a head
+                decoder.build(initialize)
                 continue
             if name not in self.heads and task.num_outputs is not None:
                 self.heads[name] = task.build_head(self.config.hidden_size, dropout, has_pooler)
@@ -180,6 +175,11 @@ class MultiTaskModel(PreTrainedModel):
                 added.append(name)
         self.sync_config()
         return added
+
+    def task_decoder(self, task: str) -> TaskDecoder | None:
+        """The decoder of generation task `task` (its `generate()`, teacher-forced logits, decoding); None for a
+        task that reads a head."""
+        return decoder_for(self, self.tasks[task])
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
         """The ties of every model inside this one, under its prefix: a decoder's (or a seq2seq backbone's) LM head
@@ -205,12 +205,12 @@ class MultiTaskModel(PreTrainedModel):
         self.config.tasks = [task.spec() for task in self.tasks.values()]
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`, plus the model card (README.md: tasks, labels, encoder, usage;
-        `MultiTaskTrainer` rewrites it with the evaluation metrics and training settings)."""
+        """`PreTrainedModel.save_pretrained`, plus the model card (README.md: tasks, labels, encoder, usage, and
+        whatever `card_details` holds), written once per save."""
         self.sync_config()
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_card(save_directory, render_card(self.tasks, self.config.encoder))
+            write_card(save_directory, render_card(self.tasks, self.config.encoder, **(self.card_details or {})))
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only heads reach here with fresh weights; same scheme as BERT's heads.
@@ -237,7 +237,7 @@ class MultiTaskModel(PreTrainedModel):
             raise ValueError(f"pass task=<name>; this model has tasks {list(self.tasks)}")
         if task not in self.tasks:
             raise ValueError(f"unknown task {task!r}; this model has tasks {list(self.tasks)}")
-        if task not in self.heads and not self.tasks[task].generates:
+        if task not in self.heads and self.task_decoder(task) is None:
             raise ValueError(f"task {task!r} has no head yet: its labels are unknown. Declare 'labels', or train it "
                              "with MultiTaskTrainer, which fits them on the training data.")
         return task
@@ -267,13 +267,14 @@ class MultiTaskModel(PreTrainedModel):
         """Run the encoder (with `task`'s adapter, if it has one) and the head of `task`; with `labels`, also that
         task's loss."""
         name = self._task_name(task)
+        decoder = self.task_decoder(name)
         with active_adapters(self._lora_layers, self._adapters_of([name])):
-            if self.tasks[name].generates:
+            if decoder is not None:
                 if labels is None:
                     raise ValueError(f"task {name!r} generates text: forward needs the target `labels` (teacher "
                                      "forcing); use generate_task() or forward_all() to generate.")
-                logits = teacher_forced_logits(self, self.tasks[name], input_ids, attention_mask, labels,
-                                               token_type_ids=token_type_ids, **kwargs)
+                logits = decoder.teacher_forced_logits(input_ids, attention_mask, labels,
+                                                       token_type_ids=token_type_ids, **kwargs)
             else:
                 sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
                 logits = self.heads[name](sequence_output, pooled, attention_mask)
@@ -303,8 +304,9 @@ class MultiTaskModel(PreTrainedModel):
             with active_adapters(self._lora_layers, self._adapters_of(group)):
                 sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
                 for name in group:
-                    if self.tasks[name].generates:  # generated ids, from the same encoder pass
-                        logits[name] = generate(self, self.tasks[name], attention_mask, encoder_states=sequence_output)
+                    decoder = self.task_decoder(name)
+                    if decoder is not None:  # generated ids, from the same encoder pass
+                        logits[name] = decoder.generate(attention_mask, encoder_states=sequence_output)
                     else:
                         logits[name] = self.heads[name](sequence_output, pooled, attention_mask)
         return {name: logits[self._task_name(name)] for name in names}
@@ -313,8 +315,11 @@ class MultiTaskModel(PreTrainedModel):
                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Generated token ids of generation task `task` for a batch of sources (its `generate()` options)."""
         name = self._task_name(task)
+        decoder = self.task_decoder(name)
+        if decoder is None:
+            raise ValueError(f"task {name!r} reads a head, it does not generate text; use forward(task=...).")
         with active_adapters(self._lora_layers, self._adapters_of([name])):
-            return generate(self, self.tasks[name], attention_mask, input_ids=input_ids, token_type_ids=token_type_ids)
+            return decoder.generate(attention_mask, input_ids=input_ids, token_type_ids=token_type_ids)
 
     def forward_mixed(
         self,
@@ -328,7 +333,7 @@ class MultiTaskModel(PreTrainedModel):
         if len(row_tasks) != len(input_ids):
             raise ValueError(f"row_tasks has {len(row_tasks)} names for {len(input_ids)} rows; give one per row.")
         names = [self._task_name(name) for name in row_tasks]
-        if any(self.tasks[name].generates for name in names):
+        if any(self.task_decoder(name) is not None for name in names):
             raise ValueError("forward_mixed runs task heads; generate text with generate_task() or forward_all().")
         adapted = set(self._adapters_of(set(names)))
         routing = [name if name in adapted else NO_ADAPTER for name in names]
@@ -355,8 +360,9 @@ class MultiTaskModel(PreTrainedModel):
         own = [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()
                if p.requires_grad and adapter_of(n) == task]
         module, prefix = self.heads[task] if task in self.heads else None, f"heads.{task}"
-        if self.tasks[task].generates and self.tasks[task].decoder_key in self.decoders:
-            module, prefix = self.decoders[self.tasks[task].decoder_key], f"decoders.{self.tasks[task].decoder_key}"
+        decoder = self.task_decoder(task)
+        if decoder is not None and decoder.module is not None:
+            module, prefix = decoder.module, f"decoders.{decoder.key}"
         return own + ([(f"{prefix}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
                       if module is not None else [])
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from ..tasks import main_metric_of
+
 CARD_FILE = "README.md"
 # Hub pipeline tags of the task types (a user's own type without an entry gets none).
 _HUB_TASKS = {"classification": "text-classification", "multilabel": "text-classification",
@@ -96,7 +98,7 @@ def render_card(tasks: dict[str, Any], encoder: dict[str, Any], metrics: dict[st
         "every task is predicted from one encoder pass.",
         "## Tasks",
         _table(["task", "type", "input", "labels", "main metric"],
-               [[n, t.type, " + ".join(t.text), _labels(t), t.main_metric_name] for n, t in tasks.items()]),
+               [[n, t.type, " + ".join(t.text), _labels(t), main_metric_of(t)] for n, t in tasks.items()]),
     ]
     if metrics:
         names = sorted({m for n in tasks for m in task_metrics(metrics, n)})
