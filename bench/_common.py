@@ -60,6 +60,14 @@ def parser(doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
+def positive(text: str) -> int:
+    """An option's value as an integer >= 1 (an argparse `type`)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
     """--data_dir, --model, --results, --no_write and --quick, the same in every script."""
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR),
@@ -229,17 +237,18 @@ class TimedRuns:
     last_args: Any = None  # the last run's training arguments (e.g. the precision `bf16: auto` picked)
     last_wall: float = 0.0  # and the seconds its `trainer.train()` took
 
-    def recipe(self, steps: int, name: str, **sections: Any) -> Any:
-        """The validated `RunConfig` of one run: the tasks, `sections`, and `training_fields` updated by
-        `sections["training"]`."""
+    def recipe(self, steps: int, name: str, task_weights: dict[str, float] | None = None, **fields: Any) -> Any:
+        """The validated `RunConfig` of one run: the tasks (with `task_weights` as their `weight`), and
+        `training_fields` updated by `fields` (`MultiTaskTrainingArguments` fields)."""
         from manyheads.recipe import build_config
 
         a = self.args
-        training = {**training_fields(os.path.join(self.workdir, name), a.batch_size, steps, a.seed, a.bf16),
-                    **sections.pop("training", {})}
-        tasks = [glue_task_config(t, with_eval=False) for t in a.tasks]
+        tasks = [{**glue_task_config(t, with_eval=False), **({"weight": task_weights[t]} if task_weights else {})}
+                 for t in a.tasks]
         return build_config({"model": a.model, "data_dir": os.path.join(self.workdir, "data"),
-                             "max_length": a.max_length, "tasks": tasks, **sections, "training": training})
+                             "max_length": a.max_length, "tasks": tasks,
+                             **training_fields(os.path.join(self.workdir, name), a.batch_size, steps, a.seed, a.bf16),
+                             **fields})
 
     def prepare(self, write: bool = True) -> TimedRuns:
         """Write the rows (unless `write` is False: a subprocess reading its parent's), tokenize, build the model."""
@@ -263,7 +272,10 @@ class TimedRuns:
 
         from manyheads.recipe import build_trainer
 
-        trainer = build_trainer(run, self.prepared, model=copy.deepcopy(self.model))
+        model = copy.deepcopy(self.model)
+        for entry in run.tasks:  # the run's task weights (static weighting); the model was built with the defaults
+            model.tasks[entry.name].weight = entry.task.weight
+        trainer = build_trainer(run, self.prepared, model=model)
         trainer.remove_callback(PrinterCallback)
         timer = step_timer()
         for callback in [*callbacks, timer]:

@@ -33,10 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = bc.parser(__doc__)
     bc.add_common_arguments(parser, "the GLUE folders <task>/train.tsv")
     bc.add_run_arguments(parser, ["sst2", "mrpc", "stsb"], 160, 16)
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each method")
+    parser.add_argument("--rounds", type=bc.positive, default=3, help="timed runs of each method")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="methods to time (default: every weighting and aggregator of manyheads.balancing)")
-    parser.add_argument("--memory_steps", type=int, default=3, help="optimizer steps of each memory subprocess")
+    parser.add_argument("--memory_steps", type=bc.positive, default=3, help="optimizer steps of each memory subprocess")
     parser.add_argument("--memory_methods", nargs="+", default=None,
                         help="methods whose peak memory is measured (default: every timed method)")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -46,8 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tasks = list(dict.fromkeys(args.tasks))
     if args.samples_per_task < 2 * args.batch_size or args.batch_size < 1:
         parser.error("--samples_per_task must be >= 2 x --batch_size (a run needs >= 2 optimizer steps)")
-    if args.rounds < 1 or args.memory_steps < 1:
-        parser.error("--rounds and --memory_steps must be >= 1")
     from manyheads.balancing import AGGREGATORS, WEIGHTINGS
 
     known = [*WEIGHTINGS, *AGGREGATORS]
@@ -69,13 +67,11 @@ def family(method: str) -> str:
     return "weighting" if method in WEIGHTINGS else "aggregator"
 
 
-def balancing_section(method: str, tasks: list[str]) -> dict[str, Any]:
+def balancing_fields(method: str, tasks: list[str]) -> dict[str, Any]:
     if family(method) == "aggregator":
-        return {"aggregator": method, "aggregator_kwargs": KWARGS.get(method, {})}
-    kwargs = dict(KWARGS.get(method, {}))
-    if method == "static":
-        kwargs["weights"] = {t: STATIC_WEIGHTS[i % len(STATIC_WEIGHTS)] for i, t in enumerate(tasks)}
-    return {"weighting": method, "weighting_kwargs": kwargs}
+        return {"gradient_aggregator": method, "gradient_aggregator_kwargs": KWARGS.get(method, {})}
+    weights = {t: STATIC_WEIGHTS[i % len(STATIC_WEIGHTS)] for i, t in enumerate(tasks)} if method == "static" else None
+    return {"loss_weighting": method, "loss_weighting_kwargs": KWARGS.get(method, {}), "task_weights": weights}
 
 
 def steps_of(method: str, args: argparse.Namespace) -> int:
@@ -97,7 +93,7 @@ def check_same_micro_batches(sizes: dict[str, int], batch_size: int, seed: int) 
 
 def timed_run(ctx: bc.TimedRuns, method: str, steps: int | None = None) -> tuple[float, float]:
     """(mean seconds per optimizer step over steps 2..S, train_loss) of one fresh run of `method`."""
-    run = ctx.recipe(steps or steps_of(method, ctx.args), method, balancing=balancing_section(method, ctx.args.tasks))
+    run = ctx.recipe(steps or steps_of(method, ctx.args), method, **balancing_fields(method, ctx.args.tasks))
     times, output = ctx.train(run)
     return bc.mean_step(times), float(output.metrics.get("train_loss", float("nan")))
 
@@ -146,7 +142,7 @@ def memory_probe(spec_path: str) -> int:
     ctx = bc.TimedRuns(argparse.Namespace(**spec["args"]), spec["workdir"]).prepare(write=False)
     baseline = bc.max_rss_mb()
     method = spec["method"]
-    ctx.train(ctx.recipe(spec["steps"], f"memory-{method}", balancing=balancing_section(method, ctx.args.tasks)))
+    ctx.train(ctx.recipe(spec["steps"], f"memory-{method}", **balancing_fields(method, ctx.args.tasks)))
     out = {"baseline_mb": baseline, "peak_mb": bc.max_rss_mb()}
     if torch.cuda.is_available():
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

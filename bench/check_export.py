@@ -1,10 +1,6 @@
 """Check that exported stock models give manyheads' own predictions, on a trained model and real inputs.
 
-For every task of MODEL_DIR that can be exported, the task is written as a stock folder and run on N real
-inputs from the task's eval data through the stock route (`transformers.pipeline` for text and token
-classification; `AutoModelForQuestionAnswering` plus the same window decoding for QA, since transformers 5
-ships no question-answering pipeline); the labels / entity spans / answers are compared with
-`MultiTaskPredictor` on the same inputs. Prints one line per task with the agreement count.
+What it compares and how: bench/README.md, "`check_export.py`".
 
     HF_HUB_OFFLINE=1 python bench/check_export.py runs/ner_qa_sst2 --config examples/ner_qa_sst2.yaml \
         --data_dir ../shared/data -n 50

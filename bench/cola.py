@@ -188,7 +188,7 @@ def train_row(name: str, settings: dict[str, Any], seed: int, data_dir: str, arg
         if settings.get("head_learning_rate"):
             training["head_learning_rate"] = settings["head_learning_rate"]
         run = build_config({"model": args.model, "data_dir": data_dir, "max_length": args.max_length, "tasks": [task],
-                            "sampling": {"group_by_length": settings["group_by_length"]}, "training": training})
+                            "group_by_length": settings["group_by_length"], **training})
         trainer = build_trainer(run, compute_metrics=acceptable_share)
         trainer.remove_callback(PrinterCallback)
         if settings.get("reinit_layers"):

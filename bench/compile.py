@@ -1,14 +1,6 @@
 """Study 13 (issue 25): does `torch_compile: true` pay for a multi-task model on this machine?
 
-What is measured
-    Two tasks (SST-2 and RTE rows, MiniLM, the library's defaults: length grouping on, the precision `bf16: auto`
-    picks unless --precision says otherwise) trained for `--steps` optimizer steps, once without and once with
-    `torch_compile: true`, from the same initial weights and on the same batches. For each run: the wall time of
-    `trainer.train()`, the first step's time (where compiling happens), and the median step time over the last
-    half of the steps (steady state: shapes seen before no longer recompile). The break-even step count is where
-    the compiled run's extra start-up is paid back by its faster steps (none when its steps are not faster).
-
-Run from the repository root:
+What it measures and how: bench/README.md, study 13.
 
     HF_HUB_OFFLINE=1 python bench/compile.py --data_dir ../shared/data
 """
@@ -43,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_once(ctx: bc.TimedRuns, compile_: bool) -> dict[str, float]:
     bf16 = {"auto": "auto", "bf16": True, "fp32": False}[ctx.args.precision]
-    training = {"bf16": bf16, "torch_compile": compile_, "use_cpu": False}
-    times, _ = ctx.train(ctx.recipe(ctx.args.steps, f"out-{compile_}", training=training))
+    times, _ = ctx.train(ctx.recipe(ctx.args.steps, f"out-{compile_}", bf16=bf16, torch_compile=compile_,
+                                    use_cpu=False))
     steps = [b - a for a, b in zip(times, times[1:])]
     return {"wall": ctx.last_wall, "first": steps[0], "steady": statistics.median(steps[len(steps) // 2:]),
             "bf16": float(ctx.last_args.bf16)}

@@ -1,9 +1,6 @@
-"""Study 14 (issue 25): when length grouping hurts. The tiny BERT2BERT copy task of tests/test_seq2seq.py (copy the
-input text, next to a classifier; 400 rows, 300 steps, batch 16, uniform sampling), trained with random batches and
-with length-grouped ones, at the test's learning rate 3e-3 and at 1e-3: exact match, ROUGE-L and eval loss.
+"""Study 14 (issue 25): when length grouping hurts: the tiny BERT2BERT copy task with random vs grouped batches.
 
-A copy task's output length is its input length: with every batch of one length, the model can learn the length
-per batch instead of from the input. Run from the repository root (about 3 minutes):
+What it measures and how: bench/README.md, study 14.
 
     python bench/copy_grouping.py
 """

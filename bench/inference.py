@@ -8,7 +8,6 @@ What it measures and how: bench/README.md, "What each script measures, in detail
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -45,36 +44,32 @@ QUICK = {"samples": 32, "repeats": 1}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = bc.parser(__doc__)
     bc.add_common_arguments(parser, f"{DATA_FILE} (GLUE SST-2, read with quoting none)")
-    parser.add_argument("--tasks", type=int, default=4,
+    parser.add_argument("--tasks", type=bc.positive, default=4,
                         help="number of tasks N (cycling classification/2, classification/5, multilabel/4, "
                              "regression)")
-    parser.add_argument("--samples", type=int, default=872, help="input sentences (872: all of SST-2 dev)")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--samples", type=bc.positive, default=872, help="input sentences (872: all of SST-2 dev)")
+    parser.add_argument("--batch_size", type=bc.positive, default=32)
     parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each set-up")
+    parser.add_argument("--repeats", type=bc.positive, default=3, help="timed passes of each set-up")
     parser.add_argument("--seed", type=int, default=42, help="seed of the heads' initial weights")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=bc.positive, default=None,
                         help="torch CPU threads, in this process and the memory subprocesses "
                              "(default: torch's own choice)")
     args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
-    if args.tasks < 1 or args.samples < 1 or args.batch_size < 1 or args.max_length < 8:
-        parser.error("--tasks, --samples and --batch_size must be >= 1, --max_length >= 8")
-    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        parser.error("--repeats and --threads must be >= 1")
+    if args.max_length < 8:
+        parser.error("--max_length must be >= 8")
     bc.require_files(parser, args.data_dir, [DATA_FILE])
     return args
 
 
 # ----- inputs and tasks -----
 def read_sentences(data_dir: str, samples: int) -> list[dict[str, str]]:
-    """The first `samples` rows of SST-2 dev as records `{"sentence": ...}` (TSV, quoting none)."""
-    path = Path(data_dir) / DATA_FILE
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = [row[TEXT_COLUMN] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    """The first `samples` rows of SST-2 dev as records `{"sentence": ...}`."""
+    rows = bc.read_glue(data_dir, "sst2", "dev")
     if len(rows) < samples:
-        raise SystemExit(f"{path} has {len(rows)} rows; --samples is {samples}")
-    return [{TEXT_COLUMN: text} for text in rows[:samples]]
+        raise SystemExit(f"{Path(data_dir) / DATA_FILE} has {len(rows)} rows; --samples is {samples}")
+    return [{TEXT_COLUMN: row[TEXT_COLUMN]} for row in rows[:samples]]
 
 
 def task_plan(count: int) -> list[tuple[str, str, int]]:
@@ -260,27 +255,26 @@ def load_runner(kind: str, setup: Setup, batch_size: int, max_length: int) -> An
     return SeparateModels(setup.stock_tasks, setup.device, batch_size, max_length)
 
 
+def prediction_difference(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> tuple[int, float]:
+    """(labels that differ, largest score difference) over every task of two set-ups' predictions."""
+    differ, worst = 0, 0.0
+    for a, b in zip(ours, theirs):
+        for x, y in ((a[task], b[task]) for task in a):
+            differ += "label" in x and x["label"] != y["label"]
+            keys = x["scores"] if "scores" in x else ()
+            pairs = [(x["scores"][k], y["scores"][k]) for k in keys] or [(x["score"], y["score"])]
+            worst = max(worst, *(abs(u - v) for u, v in pairs))
+    return differ, worst
+
+
 def check_same_predictions(setup: Setup, ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> str:
     """Abort unless both set-ups predict the same; a one-line summary otherwise."""
-    first = next((n for n, t in setup.task_types.items() if t == "classification"), None)
-    if first is not None:
-        differ = sum(a[first]["label"] != b[first]["label"] for a, b in zip(ours, theirs))
-        if differ:
-            raise SystemExit(f"task {first}: the set-ups predict different labels for {differ} of {len(ours)} "
-                             "rows: the comparison is invalid")
-    worst = 0.0
-    for name, kind in setup.task_types.items():
-        for a, b in zip(ours, theirs):
-            if kind == "regression":
-                pairs = [(a[name]["score"], b[name]["score"])]
-            else:
-                pairs = [(a[name]["scores"][k], b[name]["scores"][k]) for k in a[name]["scores"]]
-            worst = max(worst, *(abs(x - y) for x, y in pairs))
-    if worst > SCORE_ATOL:
-        raise SystemExit(f"the set-ups' scores differ by up to {worst:.2e} (> {SCORE_ATOL}): the comparison is "
-                         "invalid")
-    return (f"equal labels of task {first} on all {len(ours)} rows; largest score difference over all "
-            f"{len(setup.task_types)} tasks {worst:.1e}")
+    differ, worst = prediction_difference(ours, theirs)
+    if differ or worst > SCORE_ATOL:
+        raise SystemExit(f"the set-ups predict different labels ({differ}) or scores (up to {worst:.2e}; allowed "
+                         f"{SCORE_ATOL}) for {len(ours)} rows: the comparison is invalid")
+    return (f"equal labels of every classification task on all {len(ours)} rows; largest score difference over "
+            f"all {len(setup.task_types)} tasks {worst:.1e}")
 
 
 # ----- timing -----

@@ -32,15 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bc.add_common_arguments(parser, "the GLUE folders <task>/train.tsv")
     bc.add_run_arguments(parser, ["sst2", "mrpc", "stsb"], 512, 32)
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per timed run")
-    parser.add_argument("--logging_steps", type=int, default=50,
+    parser.add_argument("--logging_steps", type=bc.positive, default=50,
                         help="logging interval of every set-up (examples/glue.yaml's), and so the monitor's default "
                              "interval")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each set-up")
-    parser.add_argument("--warmup_steps", type=int, default=2, help="steps of the untimed warm-up run of each set-up")
+    parser.add_argument("--rounds", type=bc.positive, default=3, help="timed runs of each set-up")
+    parser.add_argument("--warmup_steps", type=bc.positive, default=2,
+                        help="steps of the untimed warm-up run of each set-up")
     args = bc.parse_with_presets(parser, argv, {"quick": QUICK})
     args.tasks = list(dict.fromkeys(args.tasks))
-    if args.steps < 3 or args.logging_steps < 1 or args.rounds < 1 or args.warmup_steps < 1:
-        parser.error("--steps must be >= 3; --logging_steps, --rounds and --warmup_steps >= 1")
+    if args.steps < 3:
+        parser.error("--steps must be >= 3")
     bc.require_files(parser, args.data_dir, [Path(bc.GLUE[t].folder) / bc.GLUE[t].train for t in args.tasks])
     return args
 
@@ -100,7 +101,7 @@ def timed_run(ctx: bc.TimedRuns, setup: str, steps: int) -> Timing:
     from manyheads.callbacks import UpdateMonitorCallback
 
     extra = {OFF: None, MONITOR: UpdateMonitorCallback(), CLONE: clone_every_step()}[setup]
-    run = ctx.recipe(steps, setup.replace(" ", "_"), training={"logging_steps": ctx.args.logging_steps})
+    run = ctx.recipe(steps, setup.replace(" ", "_"), logging_steps=ctx.args.logging_steps)
     times, _ = ctx.train(run, [time_hooks(extra)] if extra is not None else [])
     return Timing(per_step=bc.mean_step(times), hook_per_step=getattr(extra, "hook_seconds", 0.0) / steps,
                   measured=len(extra.history) if setup == MONITOR else getattr(extra, "measured", 0))

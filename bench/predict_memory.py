@@ -1,4 +1,4 @@
-"""Peak memory and speed of `manyheads predict` as the input grows, before and after streaming (not a test).
+"""Peak memory and speed of `manyheads predict` as the input grows (not a test).
 
 What it measures and how: bench/README.md, "What each script measures, in detail".
 
@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 import random
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,38 +19,32 @@ from typing import Any
 
 import _common as bc
 
-VERSIONS = ("before", "after")
-TARGET = 1.2  # after: peak RSS at the largest size / at the second largest
+TARGET = 1.2  # peak RSS at the largest size / at the second largest
 WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "weak", "red", "green", "blue", "yellow", "the",
          "a", "item", "was", "very", "it", "is", "and", "thing", "box", "not", "really", "quite", "big", "small"]
 TASKS = {"sentiment": ["sentence1"], "match": ["sentence1", "sentence2"]}
-FILES = ("src/manyheads/inference.py", "src/manyheads/cli/predict.py")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = bc.parser(__doc__)
-    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000],
+    parser.add_argument("--rows", type=bc.positive, nargs="+", default=[20_000, 200_000],
                         help="input sizes (default: 20000 200000; a 0-row start-up run is added)")
-    parser.add_argument("--batch_size", type=int, default=32, help="rows per encoder pass (default: 32)")
-    parser.add_argument("--chunk_rows", type=int, default=None, help="after: --chunk_rows (default: the CLI's)")
-    parser.add_argument("--before_ref", default=None,
-                        help="git revision of the 'before' files (default: the newest revision of cli/predict.py "
-                             "without chunked streaming, `chunk_rows`)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--batch_size", type=bc.positive, default=32, help="rows per encoder pass (default: 32)")
+    parser.add_argument("--chunk_rows", type=bc.positive, default=None,
+                        help="predict's --chunk_rows (default: predict's own)")
+    parser.add_argument("--threads", type=bc.positive, default=1,
                         help="torch threads of each predict process (default: 1, steadier on a shared 2-core machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows and the model (default: 0)")
     bc.add_output_arguments(parser, "0/500/5,000 rows")
     if parser.parse_args(argv).quick:  # smoke sizes; an explicit --rows still wins
         parser.set_defaults(rows=[500, 5_000])
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.rows) or min(args.batch_size, args.threads, args.chunk_rows or 1) < 1:
-        parser.error("--rows, --batch_size, --chunk_rows and --threads must be >= 1")
     args.rows = sorted(set(args.rows))
     args.results = args.results or str(bc.QUICK_RESULTS if args.quick else bc.DEFAULT_RESULTS)
     return args
 
 
-# ----- set-up: model, inputs, the 'before' package -----
+# ----- set-up: model and inputs -----
 def build_model(folder: Path, seed: int) -> None:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -78,32 +70,6 @@ def write_rows(path: Path, rows: int, seed: int) -> None:
             out.write(json.dumps(record) + "\n")
 
 
-def git(*command: str) -> str:
-    done = subprocess.run(["git", *command], cwd=bc.REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"git {' '.join(command)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def default_before_ref() -> str:
-    """The newest revision of the predict command without chunked streaming (no `--chunk_rows`): the code
-    before streaming, whether the change is committed yet or not. (The predict command, not inference.py: the
-    streaming reader later moved out of inference.py into records.py.)"""
-    for commit in git("log", "--format=%H", "--", FILES[1]).split():
-        if "chunk_rows" not in git("show", f"{commit}:{FILES[1]}"):
-            return commit
-    raise SystemExit(f"no revision of {FILES[1]} without chunk_rows; give --before_ref")
-
-
-def before_package(workdir: Path, ref: str) -> Path:
-    """A copy of the working tree's package with the predict files of `ref`; returns the PYTHONPATH entry."""
-    root = workdir / "before"
-    shutil.copytree(bc.REPO / "src" / "manyheads", root / "manyheads", ignore=shutil.ignore_patterns("__pycache__"))
-    for file in FILES:
-        (root / file.removeprefix("src/")).write_text(git("show", f"{ref}:{file}"), encoding="utf-8")
-    return root
-
-
 # ----- one run: a fresh interpreter calling the CLI -----
 def probe(spec_path: str) -> int:
     """Subprocess body: `manyheads predict` in this process, then its peak RSS and wall clock as JSON."""
@@ -111,90 +77,56 @@ def probe(spec_path: str) -> int:
     start = time.perf_counter()
     import torch
 
-    import manyheads
     from manyheads.cli.main import main as cli
 
     torch.set_num_threads(spec["threads"])
     code = cli(spec["argv"])
     seconds = time.perf_counter() - start
-    print(json.dumps({"rc": code, "seconds": seconds, "peak_mb": bc.max_rss_mb(), "package": manyheads.__file__}))
+    print(json.dumps({"rc": code, "seconds": seconds, "peak_mb": bc.max_rss_mb()}))
     return 0
 
 
-def run_version(version: str, path_entry: Path, model: Path, rows_file: Path, out: Path, args: argparse.Namespace,
+def run_predict(model: Path, rows_file: Path, out: Path, rows: int, args: argparse.Namespace,
                 workdir: Path) -> dict[str, Any]:
     argv = ["predict", str(model), "--input", str(rows_file), "--output", str(out),
             "--batch_size", str(args.batch_size), "--device", "cpu"]
-    if version == "after" and args.chunk_rows:
-        argv += ["--chunk_rows", str(args.chunk_rows)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path_entry), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": str(args.threads)}
-    result = bc.run_probe(__file__, {"argv": argv, "threads": args.threads}, workdir, version, env)
+    argv += ["--chunk_rows", str(args.chunk_rows)] if args.chunk_rows else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    result = bc.run_probe(__file__, {"argv": argv, "threads": args.threads}, workdir, f"rows-{rows}", env)
     if result["rc"] != 0:
-        raise SystemExit(f"{version}: manyheads predict exited {result['rc']}:\n{result['stderr'][-4000:]}")
-    if not result["package"].startswith(str(path_entry)):
-        raise SystemExit(f"{version}: ran the package at {result['package']}, not the one in {path_entry}")
+        raise SystemExit(f"manyheads predict exited {result['rc']}:\n{result['stderr'][-4000:]}")
+    with out.open(encoding="utf-8") as handle:
+        if sum(1 for _ in handle) != rows:  # the check: one output line per input row
+            raise SystemExit(f"{out}: not one line per row of {rows}: the measurement is invalid")
     return result
 
 
-def compare(before: Path, after: Path, rows: int) -> dict[str, Any]:
-    """Row by row: line counts, labels that differ, the largest score difference, over every task."""
-    differ, worst, lines = 0, 0.0, [0, 0]
-    with before.open(encoding="utf-8") as a, after.open(encoding="utf-8") as b:
-        for line_a, line_b in zip(a, b):
-            x, y = json.loads(line_a), json.loads(line_b)
-            lines = [lines[0] + 1, lines[1] + 1]
-            for task in TASKS:
-                differ += x[task]["label"] != y[task]["label"]
-                worst = max(worst, *(abs(x[task]["scores"][k] - y[task]["scores"][k]) for k in x[task]["scores"]))
-        lines[0] += sum(1 for _ in a)
-        lines[1] += sum(1 for _ in b)
-    if lines != [rows, rows]:
-        raise SystemExit(f"output lines {lines} for {rows} rows: the comparison is invalid")
-    return {"label_differences": differ, "worst_score_difference": worst}
-
-
 # ----- report -----
-def report(args: argparse.Namespace, runs: dict[tuple[str, int], dict[str, Any]], checks: dict[int, dict[str, Any]],
-           revision: str, invocation: bc.Invocation) -> str:
-    sizes = [0, *args.rows]
-    table = ["| version | rows | peak RSS MB | above start-up MB | wall s | rows/s (wall) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for version in VERSIONS:
-        base = runs[(version, 0)]
-        for n in sizes:
-            run = runs[(version, n)]
-            speed = f"{n / run['seconds']:,.0f}" if n else "—"
-            table.append(f"| {version} | {n:,} | {run['peak_mb']:.0f} | {run['peak_mb'] - base['peak_mb']:+.0f} | "
-                         f"{run['seconds']:.1f} | {speed} |")
+def report(args: argparse.Namespace, runs: dict[int, dict[str, Any]], invocation: bc.Invocation) -> str:
+    table = ["| rows | peak RSS MB | above start-up MB | wall s | rows/s (wall) |", "|---:|---:|---:|---:|---:|"]
+    for n, run in runs.items():
+        speed = f"{n / run['seconds']:,.0f}" if n else "—"
+        table.append(f"| {n:,} | {run['peak_mb']:.0f} | {run['peak_mb'] - runs[0]['peak_mb']:+.0f} | "
+                     f"{run['seconds']:.1f} | {speed} |")
     small, large = args.rows[-2] if len(args.rows) > 1 else 0, args.rows[-1]
-    ratio = {v: runs[(v, large)]["peak_mb"] / runs[(v, small)]["peak_mb"] for v in VERSIONS}
-    marginal = {}
-    for v in VERSIONS:
-        extra = runs[(v, large)]["seconds"] - runs[(v, small)]["seconds"]
-        marginal[v] = f"{(large - small) / extra:,.0f}" if extra > 0 else "n/a (not slower: load noise)"
-    verdict = "met" if ratio["after"] <= TARGET else "not met"
-    check = "; ".join(f"{n:,} rows: {c['label_differences']} labels differ, largest score difference "
-                      f"{c['worst_score_difference']:.1e}" for n, c in checks.items())
-    chunk = args.chunk_rows or "the CLI's default"
+    ratio = runs[large]["peak_mb"] / runs[small]["peak_mb"]
+    extra = runs[large]["seconds"] - runs[small]["seconds"]
+    marginal = f"{(large - small) / extra:,.0f}" if extra > 0 else "n/a (not slower: load noise)"
     tasks = ", ".join(f"{name} ({' + '.join(columns)})" for name, columns in TASKS.items())
     lines = [
-        *invocation.header("predict: peak memory and rows/s as the input grows, before and after streaming"),
+        *invocation.header("predict: peak memory and rows/s as the input grows (streaming; current only)"),
         f"- settings: tiny random BERT (2 layers, hidden 32, 0 training steps; tiny because the measurement is "
         f"about row handling, not the encoder), tasks {tasks}, 2 labels each; generated JSONL rows of 5–20 words "
-        f"per field (seed {args.seed}); batch {args.batch_size}, after: chunk rows {chunk}; device cpu, torch "
-        f"threads {args.threads}; before = `{FILES[0]}` and `{FILES[1]}` of {revision} in a copy of the package; "
-        "one fresh process per run, sizes in increasing order, before and after alternating",
-        "",
-        *table,
-        "",
-        f"- peak RSS {large:,} / {small:,} rows: before **{ratio['before']:.2f}×**, after **{ratio['after']:.2f}×**; "
-        f"target after <= {TARGET}×: **{verdict}**",
-        f"- rows/s between {small:,} and {large:,} rows (start-up cancels out): before {marginal['before']}, "
-        f"after {marginal['after']}",
+        f"per field (seed {args.seed}); batch {args.batch_size}, chunk rows {args.chunk_rows or 'the CLI default'}; "
+        f"device cpu, torch threads {args.threads}; one fresh process per run, sizes in increasing order "
+        "(the before-streaming rows of earlier sections: bench/README.md, study 5)",
+        "", *table, "",
+        f"- peak RSS {large:,} / {small:,} rows: **{ratio:.2f}×**; target <= {TARGET}×: "
+        f"**{'met' if ratio <= TARGET else 'not met'}**",
+        f"- rows/s between {small:,} and {large:,} rows (start-up cancels out): {marginal}",
         "- peak RSS: VmHWM of the predict process (imports, model, reading, predicting, writing); wall s: from "
         "before `import manyheads` to the CLI's return (interpreter start-up excluded)",
-        f"- check (before vs after outputs, both tasks): {check}",
+        "- check: one output line per input row at every size",
         "",
     ]
     return "\n".join(lines)
@@ -203,29 +135,18 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], dict[str, Any]]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     invocation = bc.Invocation.of("predict_memory.py", argv)
+    runs: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-predict-") as tmp:
         workdir = Path(tmp)
-        model = workdir / "model"
-        build_model(model, args.seed)
-        revision = args.before_ref or default_before_ref()
-        paths = {"before": before_package(workdir, revision), "after": bc.REPO / "src"}
-        runs: dict[tuple[str, int], dict[str, Any]] = {}
-        checks: dict[int, dict[str, Any]] = {}
+        build_model(workdir / "model", args.seed)
         for n in [0, *args.rows]:
-            rows_file = workdir / f"rows-{n}.jsonl"
+            rows_file, out = workdir / f"rows-{n}.jsonl", workdir / f"out-{n}.jsonl"
             write_rows(rows_file, n, args.seed)
-            outputs = {v: workdir / f"out-{v}-{n}.jsonl" for v in VERSIONS}
-            for version in VERSIONS:
-                runs[(version, n)] = result = run_version(version, paths[version], model, rows_file,
-                                                          outputs[version], args, workdir)
-                print(f"  {version:6s} {n:>9,} rows: peak RSS {result['peak_mb']:7.0f} MB, "
-                      f"{result['seconds']:7.1f} s", flush=True)
-            if n:
-                checks[n] = compare(outputs["before"], outputs["after"], n)
-            for path in (rows_file, *outputs.values()):
-                path.unlink()
-    revision = git("rev-parse", "--short", revision).strip()
-    bc.publish(args, report(args, runs, checks, revision, invocation))
+            runs[n] = run_predict(workdir / "model", rows_file, out, n, args, workdir)
+            print(f"  {n:>9,} rows: peak RSS {runs[n]['peak_mb']:7.0f} MB, {runs[n]['seconds']:7.1f} s", flush=True)
+            rows_file.unlink()
+            out.unlink()
+    bc.publish(args, report(args, runs, invocation))
     return 0
 
 

@@ -1,17 +1,11 @@
 """Quality (GLUE-mini): does multi-task training beat single-task fine-tuning here? (not a test)
 
-The study is `manyheads compare` run on one recipe per configuration (see bench/README.md, study 1):
-`mt_proportional`'s recipe is compared with each task alone exactly as `manyheads compare` does it (its
-single-task runs are the `single` baseline: every task sees its whole subset `--epochs` times), and every other
-configuration adds one multi-task run per seed with the same total of optimizer steps (task-group steps: the
-same examples, K times fewer steps). Planning, training (`manyheads train` in its own process per run, `--jobs`
-at once), resuming and the verdict arithmetic are the library's (`manyheads.recipe.compare`,
-`compare_plan`, `compare_table`); this script writes the recipes and the results section.
+`manyheads compare` run on one recipe per configuration: planning, training, resuming and the verdict arithmetic
+are the library's (`manyheads.recipe.compare`, `compare_plan`, `compare_table`); this script writes the recipes
+and the results section (bench/README.md, study 1). `--table_only` rebuilds the section from the runs kept in
+`bench/out/quality/<settings key>/`.
 
     HF_HUB_OFFLINE=1 python bench/quality.py --data_dir ../shared/data
-
-Every run lives in `bench/out/quality/<settings key>/<run>/seed-N/` (a rerun skips finished runs and resumes
-interrupted ones); `--table_only` rebuilds the section from them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 Studies, in this order (cheapest first, so that a long quality study cannot starve the others):
 throughput.py (study 2), inference.py (study 3), balancing.py (study 4: balancing overheads), monitor.py
-(study 4: monitor overheads; run only when that script exists), sharing.py (study 7: hard vs LoRA vs hybrid
+(study 4: monitor overheads), sharing.py (study 7: hard vs LoRA vs hybrid
 sharing) and quality.py (study 1). Each appends its own section to the results file. The common options are
 passed on to every script that accepts them (read from its --help), so a study with fewer options still runs.
 """
@@ -27,7 +27,6 @@ STUDIES: dict[str, str] = {
     "sharing": "sharing.py",
     "quality": "quality.py",
 }
-OPTIONAL = {"monitor"}  # written separately; skipped with a note when the script is absent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,11 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for study in args.studies:
         script = bc.BENCH / STUDIES[study]
-        if not script.is_file():
-            if study not in OPTIONAL:
-                raise SystemExit(f"{script} is missing")
-            summary.append(f"{study:10s} skipped ({script.name} not present)")
-            continue
         cmd = command(script, args)
         shown = " ".join(["python", str(Path("bench") / script.name), *cmd[2:]])
         print(f"==> {study}: {shown}", flush=True)

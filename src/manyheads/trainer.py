@@ -60,15 +60,11 @@ from .tasks.metrics import best_metric_problem, check_metric_functions
 from .training.checkpoints import load_balancing, mark_complete, save_balancing
 from .training.evaluation import by_task, evaluate_tasks, predict_task
 from .training.generation import StepTokens
-from .training.step_gate import StepGate
+from .training.step_gate import NonFiniteSteps
 from .training.task_losses import TaskLossWindow
 from .training_args import as_multitask_arguments
 
 logger = logging.get_logger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive optimizer steps had a NaN/inf loss; the last checkpoint is left as it was."""
 
 
 class MultiTaskTrainer(Trainer):
@@ -123,9 +119,7 @@ class MultiTaskTrainer(Trainer):
                              "build one with MultiTaskModel.from_encoder(encoder_name_or_path, tasks).")
         self.tasks = model.tasks
         self._task_losses = TaskLossWindow(list(self.tasks))
-        self._nonfinite: set[str] = set()  # tasks with a NaN/inf loss in the current optimizer step
-        self._nonfinite_streak = 0
-        self._step_gate = StepGate()  # skips the optimizer and scheduler step of a non-finite loss
+        self._nonfinite = NonFiniteSteps()  # tasks with a NaN/inf loss this step; skips that step's update
         self.weighting_optimizer: torch.optim.Optimizer | None = None
         self._resumed_from: str | None = None  # the checkpoint train() resumed from, for the weighting's optimizer
         self._step_tokens = StepTokens()  # generation tasks: target tokens of the current optimizer step
@@ -217,7 +211,7 @@ class MultiTaskTrainer(Trainer):
         value = loss.detach().float()
         if not torch.isfinite(value):
             # Kept out of the logged means and the weighting's history; the step is skipped (see _end_step).
-            self._nonfinite.add(task)
+            self._nonfinite.tasks.add(task)
             return
         self._task_losses.add(task, value)
         self.weighting.observe(task, value)
@@ -264,10 +258,10 @@ class MultiTaskTrainer(Trainer):
 
     def _end_step(self) -> None:
         """Last micro-batch of an optimizer step: skip it on a non-finite loss, else finish balancing."""
-        if self._any_rank(bool(self._nonfinite)):
+        if self._any_rank(bool(self._nonfinite.tasks)):
             self._skip_step()
             return
-        self._nonfinite_streak = 0
+        self._nonfinite.streak = 0
         world = self.args.world_size
         if self.group_step is not None:
             stats = self.group_step.step(self._reduce_mean if world > 1 else None, step=self.state.global_step)
@@ -284,24 +278,12 @@ class MultiTaskTrainer(Trainer):
         self._weighting_grads_stale = True
 
     def _skip_step(self) -> None:
-        tasks = sorted(self._nonfinite) or ["(another rank)"]
-        self._nonfinite.clear()
-        self._nonfinite_streak += 1
-        step = self.state.global_step + 1
-        logger.warning("manyheads: non-finite loss for task(s) %s at step %d; this update is skipped (%d in a row, "
-                       "limit %d).", ", ".join(tasks), step, self._nonfinite_streak, self.args.max_nonfinite_steps)
-        if self._nonfinite_streak >= self.args.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"{self._nonfinite_streak} consecutive optimizer steps had a non-finite loss (last: task(s) "
-                f"{', '.join(tasks)} at step {step}); stopping. The last saved checkpoint is intact: lower the "
-                "learning rate or check the data, then resume from it."
-            )
+        self._nonfinite.skip(self.state.global_step + 1, self.args.max_nonfinite_steps)  # raises at the limit
         # Zeros, not None: a GradScaler (fp16) asserts that it saw gradients. The step itself is skipped by the gate.
         self.model.zero_grad(set_to_none=False)
         self._weighting_grads_stale = True
         if self.group_step is not None:
             self.group_step.discard()
-        self._step_gate.skip_next()
 
     def _any_rank(self, flag: bool) -> bool:
         if self.args.world_size == 1:
@@ -333,7 +315,7 @@ class MultiTaskTrainer(Trainer):
         elif params:
             # Their own group: weight decay would pull log-variances to 0, and the encoder's LR barely moves them.
             optimizer.add_param_group({"params": params, "lr": self.weighting.param_lr, "weight_decay": 0.0})
-        return self._step_gate.wrap_optimizer(optimizer)
+        return self._nonfinite.gate.wrap_optimizer(optimizer)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         warmup = self.args.get_warmup_steps(num_training_steps)
@@ -342,7 +324,7 @@ class MultiTaskTrainer(Trainer):
                            "reaches its set value. Lower warmup_steps (a value below 1 is a fraction of the run).",
                            warmup, num_training_steps)
         # Trainer steps `self.lr_scheduler`, not what this returns: the gated scheduler replaces it there.
-        self.lr_scheduler = self._step_gate.wrap_scheduler(super().create_scheduler(num_training_steps, optimizer))
+        self.lr_scheduler = self._nonfinite.gate.wrap_scheduler(super().create_scheduler(num_training_steps, optimizer))
         return self.lr_scheduler
 
     # ----- logging -----

@@ -229,9 +229,9 @@ def _train_locked(run: Any, prepared: Any, output_dir: str, resume: str | None, 
                   command: str | None) -> tuple[Any, dict[str, float]]:
     from ..errors import RunStopped
     from ..recipe.build import build_trainer
-    from ..trainer import NonFiniteLossError
     from ..training.checkpoints import latest_complete_checkpoint
     from ..training.preemption import PREEMPTED_EXIT_CODE, Preemption, PreemptionCallback
+    from ..training.step_gate import NonFiniteLossError
 
     # Only now, with config and data checked and the folder locked: a failed check leaves the old run as it was.
     if overwrite:

@@ -15,8 +15,38 @@ from typing import Any
 
 import torch
 from transformers.optimization import GreedyLR
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 _METRIC_SCHEDULERS = (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimizer steps had a NaN/inf loss; the last checkpoint is left as it was."""
+
+
+class NonFiniteSteps:
+    """The tasks with a NaN/inf loss in the current optimizer step, the skipped steps in a row, and the gate."""
+
+    def __init__(self) -> None:
+        self.tasks: set[str] = set()
+        self.streak = 0
+        self.gate = StepGate()
+
+    def skip(self, step: int, limit: int) -> None:
+        """Skip optimizer step `step` (one warning line), or stop with `NonFiniteLossError` at `limit` in a row."""
+        tasks = sorted(self.tasks) or ["(another rank)"]
+        self.tasks.clear()
+        self.streak += 1
+        logger.warning("manyheads: non-finite loss for task(s) %s at step %d; this update is skipped (%d in a row, "
+                       "limit %d).", ", ".join(tasks), step, self.streak, limit)
+        if self.streak >= limit:
+            raise NonFiniteLossError(
+                f"{self.streak} consecutive optimizer steps had a non-finite loss (last: task(s) {', '.join(tasks)} "
+                f"at step {step}); stopping. The last saved checkpoint is intact: lower the learning rate or check "
+                "the data, then resume from it.")
+        self.gate.skip_next()
 
 
 class StepGate:
