@@ -1,7 +1,7 @@
 """`manyheads export MODEL_DIR --output DIR [--format stock|onnx] [--task NAME ...] [--quantize int8]`.
 
 `--format stock` (default): one task as a stock AutoModelFor... folder. `--format onnx`: the encoder and the
-heads of every task (or of the --task ones) as one ONNX graph, checked against PyTorch (see `onnx_export`).
+heads of every task (or of the --task ones) as one ONNX graph, checked against PyTorch (see `manyheads.export.onnx`).
 """
 
 from __future__ import annotations
