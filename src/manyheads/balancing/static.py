@@ -1,4 +1,4 @@
-"""Static weighting: fixed per-task weights, from each task's `weight` (`loss_weighting_kwargs` `weights`: deprecated)."""
+"""Static weighting: fixed per-task weights, from each task's `weight` (kwargs `weights`: deprecated)."""
 
 from __future__ import annotations
 
