@@ -3,6 +3,7 @@ what it trained on, and comparisons of two runs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,19 @@ def assert_same_weights(folder_a: Path, folder_b: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def wait_for(condition, seconds: float, what: str, process: Any, output=lambda: "") -> None:
+    """Poll `condition` until it holds; fail, with the server's `output()`, if the process exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited ({process.returncode}) before {what}:\n{output()}"
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}:\n{output()}")

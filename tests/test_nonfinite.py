@@ -3,6 +3,9 @@ consecutive ones stop `manyheads train` with exit code 3 and one error line, the
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -76,10 +79,12 @@ def test_isolated_nonfinite_losses_are_skipped_and_training_finishes(tmp_path, t
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("user_optimizers", [False, True], ids=["trainer-built", "user-supplied"])
 def test_a_skipped_step_changes_no_weight_no_optimizer_state_and_no_learning_rate(tiny_encoder, tokenizer, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, user_optimizers):
     """Through the Python API: step 2's loss is NaN. The gate in `create_optimizer` / `create_scheduler` makes that
-    optimizer step and its scheduler step no-ops (no `_set_sync_gradients`), and step 3 trains again."""
+    optimizer step and its scheduler step no-ops (no `_set_sync_gradients`), and step 3 trains again; the same for
+    an optimizer and scheduler the user built (`optimizers=`), which torch's scheduler had already wrapped."""
     from datasets import Dataset
     from transformers import TrainerCallback
 
@@ -102,10 +107,41 @@ def test_a_skipped_step_changes_no_weight_no_optimizer_state_and_no_learning_rat
     args = MultiTaskTrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
                                       learning_rate=1e-3, lr_scheduler_type="linear", report_to="none",
                                       save_strategy="no", use_cpu=True, seed=7)
+    optimizers = (None, None)
+    if user_optimizers:
+        from transformers import get_linear_schedule_with_warmup
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizers = (optimizer, get_linear_schedule_with_warmup(optimizer, 0, 4))
     trainer = MultiTaskTrainer(model=model, args=args, train_dataset={"score": train}, processing_class=tokenizer,
-                               callbacks=[Record()])
-    trainer.train()
+                               callbacks=[Record()], optimizers=optimizers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. torch's "optimizer.step() has been overridden"
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        trainer.train()
     (w1, lr1, adam1), (w2, lr2, adam2), (w3, lr3, adam3), _ = seen
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the skipped step 2 left every weight as step 1 had it
     assert (lr1, lr2, lr3) == (1, 1, 2) and (adam1, adam2, adam3) == (1, 1, 2)
     assert any(not torch.equal(w2[k], w3[k]) for k in w2)  # and step 3 trained again
+
+
+def test_the_gate_skips_a_step_under_fp16_loss_scaling():
+    """The fp16 branch, forced on the CPU: GradScaler asserts that it recorded inf checks, which it does only for
+    gradients that exist, so a skipped step zeroes the gradients (not None) and the gate makes the step a no-op."""
+    from manyheads.training.step_gate import StepGate
+
+    layer = torch.nn.Linear(3, 1)
+    optimizer = StepGate().wrap_optimizer(torch.optim.AdamW(layer.parameters(), lr=0.1))
+    gate = optimizer.step._step_gate
+    scaler = torch.amp.GradScaler("cpu")
+    before = [p.detach().clone() for p in layer.parameters()]
+    scaler.scale(layer(torch.ones(2, 3)).sum()).backward()
+    layer.zero_grad(set_to_none=False)  # what MultiTaskTrainer does on a non-finite loss
+    gate.skip_next()
+    scaler.unscale_(optimizer)  # Trainer's gradient clipping unscales first
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters())) and not optimizer.state
+    scaler.scale(layer(torch.ones(2, 3)).sum()).backward()
+    scaler.step(optimizer)  # the next step is not gated
+    assert any(not torch.equal(a, b) for a, b in zip(before, layer.parameters()))

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
@@ -25,6 +24,7 @@ from manyheads.errors import ConfigError
 from manyheads.serving.server import create_app
 
 from .conftest import make_encoder, make_tokenizer, review_rows
+from .run_helpers import wait_for
 
 TASKS = ["sentiment", "score", "match"]
 
@@ -307,19 +307,6 @@ def test_without_uvicorn_the_command_says_what_to_install(model_dir, monkeypatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main(["serve", model_dir]) == 2
     assert 'error: the server needs uvicorn: pip install "manyheads[serve]"' in capsys.readouterr().err
-
-
-def wait_for(condition, seconds: float, what: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited ({process.returncode}) before {what}"
-        try:
-            if condition():
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 def test_a_real_server_finishes_its_in_flight_request_and_exits_0_on_sigterm(model_dir, predictor, tmp_path):

@@ -20,6 +20,7 @@ import pytest
 from manyheads import Classification, MultiTaskModel
 
 from .conftest import make_encoder, make_tokenizer, review_rows
+from .run_helpers import wait_for
 
 # The real command, with each predict call slowed by argv[1] seconds (so the queue outlasts the shutdown timeout).
 SLOW_SERVER = """
@@ -63,17 +64,7 @@ class Server:
                                         env={**os.environ, "NO_COLOR": "1"})
 
     def wait_for(self, condition, seconds: float, what: str) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited ({self.process.returncode}) before {what}:\n" \
-                                                f"{self.output()}"
-            try:
-                if condition():
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {seconds} s waiting for {what}:\n{self.output()}")
+        wait_for(condition, seconds, what, self.process, self.output)
 
     def health(self) -> dict:
         return httpx.get(f"{self.base}/health", timeout=5).json()

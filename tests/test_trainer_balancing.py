@@ -219,6 +219,12 @@ def test_a_task_weight_selects_static_weighting(make_trainer):
     assert logged_steps(trainer)[-1]["weight_sentiment"] == 3.0
 
 
+def test_static_weights_in_kwargs_still_work_with_a_deprecation_warning(make_trainer):
+    with pytest.warns(FutureWarning, match="loss_weighting_kwargs 'weights' is deprecated.*set each task's `weight`"):
+        trainer = make_trainer(loss_weighting="static", loss_weighting_kwargs={"weights": {"sentiment": 2.0}})
+    assert trainer.weighting.weights()["sentiment"] == 2.0
+
+
 @pytest.mark.parametrize("options", [{"loss_weighting": "dwa"}, {"gradient_aggregator": "upgrad"},
                                      {"loss_weighting": "static",
                                       "loss_weighting_kwargs": {"weights": {"sentiment": 2.0}}}])

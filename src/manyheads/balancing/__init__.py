@@ -12,7 +12,7 @@ args = MultiTaskTrainingArguments(..., loss_weighting="my_pkg.MyWeighting", loss
 
 from __future__ import annotations
 
-import logging
+import warnings
 from typing import Any
 
 from ..errors import ConfigError
@@ -26,8 +26,6 @@ from .group_step import TaskGroupStep
 from .rlw import RandomWeighting
 from .static import StaticWeighting
 from .uncertainty import UncertaintyWeighting
-
-logger = logging.getLogger(__name__)
 
 WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "equal": EqualWeighting,
@@ -85,8 +83,10 @@ def resolve_weighting(weighting: Any, kwargs: dict[str, Any] | None, task_weight
     if weighting is None:
         weighting = "static" if custom and aggregator is None else "equal"
     if weighting == "static" and "weights" in kwargs and not custom:
-        logger.warning("manyheads: loss_weighting_kwargs 'weights' is deprecated and will be removed: set each "
-                       "task's `weight` instead (Task(weight=...), or `weight:` in a recipe task entry).")
+        # A FutureWarning, shown once per place: the recipe's check and the trainer both resolve the weighting.
+        warnings.warn("manyheads: loss_weighting_kwargs 'weights' is deprecated and will be removed: set each "
+                      "task's `weight` instead (Task(weight=...), or `weight:` in a recipe task entry).",
+                      FutureWarning, stacklevel=2)
     if weighting == "static" and "weights" not in kwargs:
         kwargs["weights"] = {name: float(w) for name, w in task_weights.items()}
     return weighting, kwargs

@@ -108,4 +108,6 @@ class GatedScheduler:
         return self.scheduler.step(*args, **kwargs) if self._gate.scheduler_may_step() else None
 
     def __getattr__(self, name: str) -> Any:  # only called for what this class does not define
+        if name in ("scheduler", "_gate"):  # not set yet (copy, unpickling): no endless lookup through itself
+            raise AttributeError(name)
         return getattr(self.scheduler, name)
