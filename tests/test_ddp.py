@@ -30,6 +30,18 @@ def raw_config(model_dir, data_dir, out, balancing=None, strategy="proportional"
     return raw
 
 
+def many_config(model_dir, data_dir, out, batch=4, **training):
+    """50 tasks: 48 sentiment datasets of unequal sizes, two per shared head (`head: h<k>`), plus two own heads."""
+    raw = base_config(model_dir, data_dir, out, per_device_train_batch_size=batch, **training)
+    sentiment, match = raw["tasks"][0], raw["tasks"][1]
+    tasks = [{**sentiment, "name": f"s{i}", "head": f"h{i // 2}",
+              "data": {"train": "train.jsonl", "max_train_samples": 8 + 4 * (i % 5)}} for i in range(48)]
+    tasks += [{**match, "data": {"train": "train.jsonl"}}, {**sentiment, "data": {"train": "small.jsonl"}}]
+    raw["tasks"] = tasks
+    raw["sampling_strategy"] = "temperature"
+    return raw
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -75,12 +87,19 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
                                 save_strategy="steps", save_steps=7)
         for task in jobs[name]["tasks"]:
             task["data"] = {"train": "small.jsonl"}
+    # 50 tasks with shared heads: a run, and the same run resumed mid-way from its checkpoint.
+    for name in ("many_full", "many_from_5"):
+        jobs[name] = many_config(tiny_model_dir, data, root / name, max_steps=10, save_strategy="steps", save_steps=5,
+                                 logging_steps=5)
     write_jsonl(data / "small.jsonl", review_rows(10, 3))
     spec = []
+    resumes = {"resume_from_7": root / "resume_full" / "checkpoint-7",
+               "many_from_5": root / "many_full" / "checkpoint-5"}
     for name, raw in jobs.items():
         (root / name).mkdir()
         spec.append({"name": name, "config": raw, "out": str(root / name)})
-    spec[-1]["resume"] = str(root / "resume_full" / "checkpoint-7")
+        if name in resumes:
+            spec[-1]["resume"] = str(resumes[name])
     (root / "jobs.json").write_text(json.dumps(spec), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     worker = Path(__file__).with_name("ddp_worker.py")
@@ -215,3 +234,21 @@ def test_generation_task_trains_under_ddp_and_matches_one_process(ddp_runs, tiny
     reference.model.load_state_dict({key: weights[key] for key in reference.model.state_dict()})
     single = reference.evaluate()
     assert single["eval_echo_rougeL"] == pytest.approx(ranks[0]["metrics"]["eval_echo_rougeL"])
+
+
+def test_fifty_tasks_with_shared_heads_under_ddp_match_one_process_and_resume_exactly(ddp_runs, tiny_model_dir,
+                                                                                    tmp_path):
+    data, _, records = ddp_runs
+    (full, full_weights), (resumed, resumed_weights) = records["many_full"], records["many_from_5"]
+    assert full[0]["seen"] == full[1]["seen"] and len(full[0]["seen"]) == 10  # one task per step, on both ranks
+    assert len(set(full[0]["seen"])) > 3  # temperature sampling over 50 tasks draws many of them
+    assert full[0]["seen"][5:] == resumed[0]["seen"] == resumed[1]["seen"]
+    heads = {key.split(".")[1] for key in full_weights if key.startswith("heads.")}
+    assert heads == {f"h{k}" for k in range(24)} | {"match", "sentiment"}  # 26 heads for 50 tasks
+    for key, value in full_weights.items():
+        assert torch.equal(value, resumed_weights[key]), key
+    reference = build_trainer(build_config(many_config(tiny_model_dir, data, tmp_path / "single", batch=8,
+                                                       max_steps=10, logging_steps=5)))
+    reference.train()
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(full_weights[key], value, atol=1e-5, rtol=1e-4, msg=key)

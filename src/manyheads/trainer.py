@@ -130,7 +130,8 @@ class MultiTaskTrainer(Trainer):
         evaluation = as_task_dict(evaluation, "eval_dataset", self.tasks)
         fit_tasks(self.tasks, train)
         model.add_missing_heads()
-        headless = [name for name in self.tasks if name not in model.heads and model.task_decoder(name) is None]
+        headless = [name for name in self.tasks
+                    if model.head_of(name) not in model.heads and model.task_decoder(name) is None]
         if headless:
             raise ValueError(f"tasks {headless} have no labels yet: declare labels=[...] or give their raw training "
                              "data in train_dataset, from which the labels are fitted.")

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if unknown:
         raise ConfigError(f"--task: {unknown} not in this model; its tasks are {predictor.tasks}.")
     if threshold is not None:
-        apply_threshold({name: predictor.model.tasks[name] for name in args.task or predictor.tasks}, threshold,
+        apply_threshold({name: predictor.heads[name] for name in args.task or predictor.tasks}, threshold,
                         "--threshold")
     note = predictor.passes_note(args.task)
     if note:

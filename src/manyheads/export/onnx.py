@@ -141,15 +141,17 @@ def _static_logits_problem(name: str, task: Task, value: Any, batch: int, length
 
 
 def _select_tasks(model: MultiTaskModel, tasks: Sequence[str] | None) -> list[str]:
-    names = list(dict.fromkeys(tasks)) if tasks else list(model.tasks)
+    """The graph's outputs: one per head (a dataset that shares a head is exported as its head)."""
+    heads = model.prediction_tasks()
+    names = list(dict.fromkeys(model.head_of(n) if n in model.tasks else n for n in tasks)) if tasks else list(heads)
     for name in names:
-        if name not in model.tasks:
+        if name not in heads:
             raise ConfigError(f"--task: unknown task {name!r}; this model has {list(model.tasks)}.")
         if model.task_decoder(name) is not None:
             raise ConfigError(f"--task: task {name!r} generates text, which the ONNX export does not cover (one "
                               "graph of encoder and heads); leave it out with --task, and export it as a stock "
                               "seq2seq folder with `manyheads export --task NAME`.")
-        if name not in model.heads:
+        if model.head_of(model.task_of(name)) not in model.heads:
             raise ConfigError(f"--task: task {name!r} has no head (its labels are unknown: the model was saved "
                               "before training fitted them); train it, or leave it out with --task.")
     return names
@@ -227,13 +229,14 @@ def _export(model: MultiTaskModel, tokenizer: Any, names: list[str], output: str
     """Check the heads, then build, check and quantize the graph in a staging folder moved to `output` at the end."""
     inputs = ["input_ids", "attention_mask"] + [n for n in ["token_type_ids"] if n in tokenizer.model_input_names]
     probes = _probes(model, inputs)
+    heads = model.prediction_tasks()
     wrapper = _AllHeads(model, names).eval()
     with torch.no_grad():
         expected = [[v.float().numpy() if isinstance(v, torch.Tensor) else v for v in wrapper(**probe)]
                     for probe in probes]
     for probe, values in zip(probes, expected):
         for name, value in zip(names, values):
-            problem = _static_logits_problem(name, model.tasks[name], value, *probe["input_ids"].shape)
+            problem = _static_logits_problem(name, heads[name], value, *probe["input_ids"].shape)
             if problem:
                 raise ConfigError(problem)
     # Graph output shapes: a pooled task's [batch, outputs], a token or span task's [batch, sequence, outputs].
@@ -244,7 +247,7 @@ def _export(model: MultiTaskModel, tokenizer: Any, names: list[str], output: str
         result = OnnxExport(folder=output, tasks=names, files={"fp32": MODEL_FILE}, max_diff={})
         large = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
         graph = _export_graph(wrapper, probes[0], inputs, os.path.join(staging, MODEL_FILE), large)
-        labels = {n: model.tasks[n].label_list for n in names}
+        labels = {n: heads[n].label_list for n in names}
         _record_labels(graph, labels)
         result.max_diff = _compare(open_session(graph), probes, expected, names)
         worst = max(result.max_diff, key=result.max_diff.get)
@@ -256,7 +259,7 @@ def _export(model: MultiTaskModel, tokenizer: Any, names: list[str], output: str
                 f"({model.config.encoder.get('model_type')}) or head; leave the task out with --task.")
         if quantize == "int8":
             result.files["int8"] = INT8_FILE
-            result.int8 = _quantize(graph, os.path.join(staging, INT8_FILE), probes, model.tasks, names, large)
+            result.int8 = _quantize(graph, os.path.join(staging, INT8_FILE), probes, heads, names, large)
             _record_labels(os.path.join(staging, INT8_FILE), labels)  # whether or not the quantizer kept them
         _write_metadata(staging, model, tokenizer, inputs, shapes, result)
         _publish(staging, output)
@@ -348,8 +351,10 @@ def decisions_agree(task: Task, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _write_metadata(folder: str, model: MultiTaskModel, tokenizer: Any, inputs: list[str],
                     shapes: dict[str, list], result: OnnxExport) -> None:
     model.sync_config()
+    heads = model.prediction_tasks()
     config = copy.deepcopy(model.config)
-    config.tasks = [spec for spec in config.tasks if spec["name"] in result.tasks]
+    # One task per graph output, named as the output: a shared head is written as its first task, renamed.
+    config.tasks = [{**heads[name].spec(), "name": name, "head": None} for name in result.tasks]
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     manifest = {

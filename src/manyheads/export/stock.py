@@ -39,33 +39,39 @@ def _stock_config(model: MultiTaskModel, task: Any, layout: StockLayout) -> Any:
     return config
 
 
+def _known(model: MultiTaskModel, task_name: str) -> str:
+    """The task `task_name` names (a shared head's name: its first task), or ExportError listing the names."""
+    name = model.task_of(task_name)
+    if name not in model.tasks:
+        raise ExportError(f"--task: unknown task {task_name!r}; this model has {list(model.tasks)}"
+                          + (f" (heads: {list(model.heads)})" if len(model.heads) < len(model.tasks) else "") + ".")
+    return name
+
+
 def stock_layout(model: MultiTaskModel, task_name: str) -> StockLayout:
     """The stock layout of `task_name`'s head (its type's `StockExport` capability), or ExportError saying why
-    there is none."""
-    if task_name not in model.tasks:
-        raise ExportError(f"--task: unknown task {task_name!r}; this model has {list(model.tasks)}.")
-    task = model.tasks[task_name]
+    there is none. A shared head's name, or any of its tasks, exports that one head."""
+    task = model.tasks[_known(model, task_name)]
     if not isinstance(task, StockExport):
         raise ExportError(f"task '{task_name}' (type '{task.type}') has no stock model layout: its type does not "
                           "implement `stock_layout` (the StockExport capability).")
-    if task_name not in model.heads:
+    if model.head_of(task.name) not in model.heads:
         raise ExportError(f"task '{task_name}' has no head yet (its labels are unknown); train it first.")
     try:
-        return task.stock_layout(model.heads[task_name])
+        return task.stock_layout(model.heads[model.head_of(task.name)])
     except ValueError as err:
         raise ExportError(f"task '{task_name}' {err}.") from None  # "... uses mean pooling, which ..."
 
 
 def stock_auto_class(model: MultiTaskModel, task_name: str) -> str:
     """The name of the `transformers` class a stock export of `task_name` is (e.g. for `pipeline`)."""
-    decoder = model.task_decoder(task_name) if task_name in model.tasks else None
+    decoder = model.task_decoder(model.task_of(task_name)) if model.task_of(task_name) in model.tasks else None
     return "AutoModelForSeq2SeqLM" if decoder is not None else stock_layout(model, task_name).auto_class
 
 
 def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     """The stock `AutoModelFor...` holding the encoder and `task_name`'s head, checked to give equal logits."""
-    if task_name not in model.tasks:
-        raise ExportError(f"--task: unknown task {task_name!r}; this model has {list(model.tasks)}.")
+    task_name = _known(model, task_name)
     decoder = model.task_decoder(task_name)
     if decoder is not None:
         return build_stock_seq2seq(model, decoder)
@@ -77,7 +83,8 @@ def build_stock_model(model: MultiTaskModel, task_name: str) -> Any:
     stock_keys = set(stock.state_dict())
     encoder_keys = {k for k in stock_keys if k.startswith(prefix + ".")}
     state = {f"{prefix}.{k}": v for k, v in model.encoder_state(task_name).items() if f"{prefix}.{k}" in encoder_keys}
-    head_state = layout.head_state({k: v.detach().clone() for k, v in model.heads[task_name].state_dict().items()})
+    head = model.heads[model.head_of(task_name)]
+    head_state = layout.head_state({k: v.detach().clone() for k, v in head.state_dict().items()})
     wanted = stock_keys - encoder_keys
     key_map = next((m for m in layout.key_maps if set(m) == set(head_state) and set(m.values()) == wanted), None)
     if key_map is None or set(state) != encoder_keys:

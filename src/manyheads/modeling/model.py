@@ -37,6 +37,7 @@ from .config import MultiTaskConfig
 from .decoders import TaskDecoder, backbone_from_config, decoder_for, encoder_of, load_backbone, warm_start
 from .load_check import ModelLoadError, load_problems
 from .model_card import render_card, write_card
+from .shared_heads import head_group_problems, head_groups, label_problem
 
 
 @dataclass
@@ -71,6 +72,9 @@ class MultiTaskModel(PreTrainedModel):
 
     A generation task (`TextGeneration` capability) has a decoder instead of a head: `task_decoder(name)` is the
     one object through which the trainer, evaluation, prediction and export reach it (None for a head task).
+
+    Tasks with the same `head` setting (datasets of one task) train one head, `heads[<head>]` (`shared_heads.py`);
+    `head_of(task)` names a task's head, and the head's name works wherever a task's name does at prediction.
     """
 
     config_class = MultiTaskConfig
@@ -91,6 +95,11 @@ class MultiTaskModel(PreTrainedModel):
         task_list = list(tasks) if tasks is not None else [task_from_spec(spec) for spec in config.tasks]
         self.tasks: dict[str, Task] = {task.name: task for task in task_list}
         self.sharing = Sharing.from_value(config.sharing)
+        problems = head_group_problems(self.tasks, self.sharing.adapters)
+        if problems:
+            raise ConfigError(problems)
+        # {head name: its tasks}; a task without a `head` setting is its own head.
+        self.head_groups = head_groups(self.tasks)
         if self.sharing.adapters:
             with_adapter = [t.name for t in task_list if t.adapter]
             problem = no_adapter_problem(self.sharing.mode, list(self.tasks), with_adapter)
@@ -163,23 +172,36 @@ class MultiTaskModel(PreTrainedModel):
         has_pooler = getattr(self.encoder, "pooler", None) is not None
         dropout = _dropout(self.encoder.config)
         added = []
-        for name, task in self.tasks.items():
-            decoder = self.task_decoder(name)
+        for head, names in self.head_groups.items():
+            decoder = self.task_decoder(names[0])
             if decoder is not None:  # a generation task: a decoder instead of a head
                 decoder.build(initialize)
                 continue
-            if name not in self.heads and task.num_outputs is not None:
-                self.heads[name] = task.build_head(self.config.hidden_size, dropout, has_pooler)
+            problem = label_problem(head, [self.tasks[name] for name in names])
+            if problem:
+                raise ConfigError(problem)
+            known = [self.tasks[name] for name in names if self.tasks[name].num_outputs is not None]
+            if head not in self.heads and known:
+                self.heads[head] = known[0].build_head(self.config.hidden_size, dropout, has_pooler)
                 if initialize:
-                    self.heads[name].apply(self._init_weights)
-                added.append(name)
+                    self.heads[head].apply(self._init_weights)
+                added.append(head)
         self.sync_config()
         return added
+
+    def head_of(self, task: str) -> str:
+        """The name of the head `task` trains (its own name unless it shares one)."""
+        return self.tasks[task].head or task
+
+    def prediction_tasks(self) -> dict[str, Task]:
+        """`{head name: the task that reads it at prediction}`: one entry per head (and per generation task);
+        a shared head is read with its first task's settings and fitted state."""
+        return {head: self.tasks[names[0]] for head, names in self.head_groups.items()}
 
     def task_decoder(self, task: str) -> TaskDecoder | None:
         """The decoder of generation task `task` (its `generate()`, teacher-forced logits, decoding); None for a
         task that reads a head."""
-        return decoder_for(self, self.tasks[task])
+        return decoder_for(self, self.tasks[self.task_of(task)])
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
         """The ties of every model inside this one, under its prefix: a decoder's (or a seq2seq backbone's) LM head
@@ -225,6 +247,12 @@ class MultiTaskModel(PreTrainedModel):
         self.heads.apply(self._init_weights)
 
     # ----- routing -----
+    def task_of(self, name: str) -> str:
+        """A task's name, or a shared head's name read as its first task (prediction asks for heads)."""
+        if name not in self.tasks and name in self.head_groups:
+            return self.head_groups[name][0]
+        return name
+
     def _task_name(self, task: str | list[str] | None) -> str:
         if isinstance(task, (list, tuple)):
             # A collator that kept one name per row: all rows of a micro-batch share one task.
@@ -235,9 +263,10 @@ class MultiTaskModel(PreTrainedModel):
             if len(self.tasks) == 1:
                 return next(iter(self.tasks))
             raise ValueError(f"pass task=<name>; this model has tasks {list(self.tasks)}")
+        task = self.task_of(task)
         if task not in self.tasks:
             raise ValueError(f"unknown task {task!r}; this model has tasks {list(self.tasks)}")
-        if task not in self.heads and self.task_decoder(task) is None:
+        if self.head_of(task) not in self.heads and self.task_decoder(task) is None:
             raise ValueError(f"task {task!r} has no head yet: its labels are unknown. Declare 'labels', or train it "
                              "with MultiTaskTrainer, which fits them on the training data.")
         return task
@@ -277,7 +306,7 @@ class MultiTaskModel(PreTrainedModel):
                                                        token_type_ids=token_type_ids, **kwargs)
             else:
                 sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
-                logits = self.heads[name](sequence_output, pooled, attention_mask)
+                logits = self.heads[self.head_of(name)](sequence_output, pooled, attention_mask)
         loss = self.tasks[name].loss(logits, labels) if labels is not None else None
         return MultiTaskOutput(loss=loss, logits=logits)
 
@@ -299,7 +328,8 @@ class MultiTaskModel(PreTrainedModel):
         """Logits of every task in `tasks` (default: all) from ONE encoder pass (with adapters: one pass per
         adapter, see `encoder_passes`)."""
         names = list(tasks) if tasks is not None else list(self.tasks)
-        logits = {}
+        logits: dict[str, Any] = {}
+        by_head: dict[str, torch.Tensor] = {}
         for group in self.encoder_passes(names):
             with active_adapters(self._lora_layers, self._adapters_of(group)):
                 sequence_output, pooled = self.encode(input_ids, attention_mask, token_type_ids)
@@ -307,8 +337,11 @@ class MultiTaskModel(PreTrainedModel):
                     decoder = self.task_decoder(name)
                     if decoder is not None:  # generated ids, from the same encoder pass
                         logits[name] = decoder.generate(attention_mask, encoder_states=sequence_output)
+                    elif self.head_of(name) in by_head:  # datasets sharing a head: that head runs once
+                        logits[name] = by_head[self.head_of(name)]
                     else:
-                        logits[name] = self.heads[name](sequence_output, pooled, attention_mask)
+                        logits[name] = by_head[self.head_of(name)] = self.heads[self.head_of(name)](
+                            sequence_output, pooled, attention_mask)
         return {name: logits[self._task_name(name)] for name in names}
 
     def generate_task(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -345,7 +378,7 @@ class MultiTaskModel(PreTrainedModel):
             rows = [i for i, row_task in enumerate(names) if row_task == name]
             index = torch.tensor(rows, device=sequence_output.device)
             mask = attention_mask[index] if attention_mask is not None else None
-            outputs[name] = (rows, self.heads[name](sequence_output[index],
+            outputs[name] = (rows, self.heads[self.head_of(name)](sequence_output[index],
                                                     pooled[index] if pooled is not None else None, mask))
         return outputs
 
@@ -359,7 +392,8 @@ class MultiTaskModel(PreTrainedModel):
         """The trainable parameters only `task` updates: its head and its adapter."""
         own = [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()
                if p.requires_grad and adapter_of(n) == task]
-        module, prefix = self.heads[task] if task in self.heads else None, f"heads.{task}"
+        head = self.head_of(task)
+        module, prefix = self.heads[head] if head in self.heads else None, f"heads.{head}"
         decoder = self.task_decoder(task)
         if decoder is not None and decoder.module is not None:
             module, prefix = decoder.module, f"decoders.{decoder.key}"

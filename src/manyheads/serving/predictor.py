@@ -9,6 +9,7 @@ caller can stream a file of any size through `MultiTaskPredictor.plan_row` and `
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -103,9 +104,17 @@ class MultiTaskPredictor:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
 
+    @functools.cached_property
+    def heads(self) -> dict[str, Task]:
+        """`{output name: the task that reads it}`: one per head, so datasets that share a head (`head: nli`) give
+        one output `nli`, read with its first task's settings (an ONNX export is written that way already)."""
+        reader = getattr(self.model, "prediction_tasks", None)
+        return reader() if reader is not None else dict(self.model.tasks)
+
     @property
     def tasks(self) -> list[str]:
-        return list(self.model.tasks)
+        """The names predictions are keyed by: one per head (a task's own name unless it shares a head)."""
+        return list(self.heads)
 
     def passes_note(self, tasks: Sequence[str] | None = None) -> str | None:
         """With per-task adapters (soft or hybrid sharing), how many encoder passes a row predicted for `tasks`
@@ -119,7 +128,7 @@ class MultiTaskPredictor:
 
     def _columns(self, task: str, available: Iterable[str]) -> tuple[str, ...] | None:
         """The input columns `task` reads from these fields, or None when it cannot run on them."""
-        columns = tuple(self.model.tasks[task].text)
+        columns = tuple(self.heads[task].text)
         if set(columns) <= set(available):
             return columns
         # A single-text task also accepts a plain "text" field.
@@ -128,7 +137,7 @@ class MultiTaskPredictor:
         return None
 
     def _check_names(self, names: Sequence[str]) -> None:
-        unknown = [t for t in names if t not in self.model.tasks]
+        unknown = [t for t in names if t not in self.heads]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; this model has {self.tasks}")
 
@@ -149,10 +158,10 @@ class MultiTaskPredictor:
             columns = self._columns(name, available)
             if columns is None and tasks is not None:
                 # Asked for by name: say why it cannot run instead of leaving it out.
-                raise ValueError(f"task {name!r} reads columns {self.model.tasks[name].text}; the records "
+                raise ValueError(f"task {name!r} reads columns {self.heads[name].text}; the records "
                                  f"have {sorted(available)}")
             if columns is not None:
-                task = self.model.tasks[name]
+                task = self.heads[name]
                 groups[(columns, task.max_length, _encoding_key(task))].append(name)
         for (columns, _, _), group in groups.items():
             for i, record in enumerate(records):
@@ -187,7 +196,7 @@ class MultiTaskPredictor:
             else:
                 plan.tasks.append(name)
         if not plan.tasks and not plan.errors:
-            reads = "; ".join(f"{n}: {' + '.join(map(repr, self.model.tasks[n].text))}" for n in names)
+            reads = "; ".join(f"{n}: {' + '.join(map(repr, self.heads[n].text))}" for n in names)
             plan.error = (f"{where}: no task can read this row: its fields are {shown(sorted(record))}; the tasks read "
                           f"{reads} (a single-text task also reads a plain 'text' field)")
         return plan
@@ -214,7 +223,7 @@ class MultiTaskPredictor:
         results: list[dict[str, Any]] = [{} for _ in records]
         for (columns, group), rows in jobs.items():
             self._predict_group([records[i] for i in rows], rows, columns, list(group), results)
-        order = {name: k for k, name in enumerate(self.model.tasks)}
+        order = {name: k for k, name in enumerate(self.heads)}
         return [dict(sorted(row.items(), key=lambda item: order[item[0]])) for row in results]
 
     def _encoding_groups(self, record: Mapping[str, Any], names: Sequence[str], where: str) -> list[tuple]:
@@ -225,12 +234,12 @@ class MultiTaskPredictor:
             columns = self._columns(name, record)
             if columns is None:
                 raise ValueError(self._missing(record, name, where))
-            task = self.model.tasks[name]
+            task = self.heads[name]
             by_encoding[(columns, task.max_length, _encoding_key(task))].append(name)
         return [(columns, tuple(group)) for (columns, _, _), group in by_encoding.items()]
 
     def _missing(self, record: Mapping[str, Any], name: str, where: str) -> str:
-        columns = self.model.tasks[name].text
+        columns = self.heads[name].text
         missing = [c for c in columns if c not in record]
         what = f"field {missing[0]!r}" if len(missing) == 1 else "fields " + ", ".join(map(repr, missing))
         alternative = " (a plain 'text' field would do too)" if len(columns) == 1 else ""
@@ -245,7 +254,7 @@ class MultiTaskPredictor:
             if isinstance(value, str):
                 continue  # the usual case, checked first: this runs for every row of a prediction
             # Token tasks (word-level output) also take the words of a row as a list, as in their training data.
-            words = all(isinstance(self.model.tasks[name], WordLevel) for name in tasks)
+            words = all(isinstance(self.heads[name], WordLevel) for name in tasks)
             problem = _text_problem(value, words)
             if problem:
                 names = ("task " if len(tasks) == 1 else "tasks ") + ", ".join(map(repr, tasks))
@@ -257,7 +266,7 @@ class MultiTaskPredictor:
         """Run one encoder-sharing group on `records` and put each task's predictions into `results[rows]`."""
         logits, inputs = self._run_group(records, columns, group)
         for name in group:
-            task = self.model.tasks[name]
+            task = self.heads[name]
             # A generation task's outputs are token ids (one row each), decoded to text before post-processing.
             decoder = self.model.task_decoder(name)
             values = logits[name] if decoder is None else decoder.decode(
@@ -270,8 +279,8 @@ class MultiTaskPredictor:
                    tasks: list[str]) -> tuple[dict[str, list[np.ndarray]], list[dict]]:
         """Per-task logits, one array per feature (token-level arrays trimmed to the feature's length), and
         one meta dict per feature, both ordered by input row (a QA row may have several window features)."""
-        encoder_task = self.model.tasks[tasks[0]]  # same encoding key: any member encodes for all
-        with_words = any(isinstance(self.model.tasks[name], WordLevel) for name in tasks)
+        encoder_task = self.heads[tasks[0]]  # same encoding key: any member encodes for all
+        with_words = any(isinstance(self.heads[name], WordLevel) for name in tasks)
         texts = [[_as_text(r[c]) for c in columns] for r in records]
         order = np.argsort([sum(len(t) for t in row) for row in texts], kind="stable")  # less padding
         logits: dict[str, list[np.ndarray]] = {name: [] for name in tasks}

@@ -142,7 +142,7 @@ def _ordered(names: set[str], predictor: MultiTaskPredictor) -> list[str]:
 
 def describe(predictor: MultiTaskPredictor, backend: str, limits: Limits) -> dict[str, Any]:
     """What `GET /` answers: the tasks with their input fields and labels, the routes and the limits."""
-    specs = getattr(getattr(predictor, "model", None), "tasks", {})
+    specs = predictor.heads  # one entry per head: datasets that share a head are one task here
     tasks = []
     for name in predictor.tasks:
         task = specs.get(name)

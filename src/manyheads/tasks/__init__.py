@@ -15,6 +15,7 @@ from .base import (
     SequenceTask,
     Task,
     TokenizedTask,
+    head_name,
     higher_is_better,
     main_metric_of,
     task_settings,
@@ -93,4 +94,5 @@ __all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "TASK_COLUMN", "TASK_TYPES", "Classif
            "FitsOnPredictions", "MetricInputs", "MultiLabel", "OwnPredictionEncoding", "QuestionAnswering",
            "Regression", "Seq2Seq", "SequenceTask", "StockExport", "StockLayout", "Task", "TextGeneration",
            "TokenClassification", "TokenizedTask", "WordLevel", "apply_checkpoint_pooling", "checkpoint_pooling",
-           "higher_is_better", "main_metric_of", "resolve_task_type", "task_from_spec", "task_settings", "type_name"]
+           "head_name", "higher_is_better", "main_metric_of", "resolve_task_type", "task_from_spec", "task_settings",
+           "type_name"]

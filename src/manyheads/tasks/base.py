@@ -100,6 +100,10 @@ class Task:
         main_metric: the metric that enters `eval_average` (default: the type's first).
         adapter: with soft or hybrid sharing (`Sharing`), whether this task gets its own LoRA adapter; False runs
             it on the shared encoder alone.
+        head: the name of the head this task trains (default: its own head, named after the task). Datasets of the
+            same task (an RTE-like and an MNLI-like set with `head: nli`) train ONE head: each keeps its own
+            sampling, loss and metrics, and the saved model, `predict`, `export` and `serve` have one head `nli`.
+            They must be of one type with the same labels after fitting.
     """
 
     name: str
@@ -111,6 +115,7 @@ class Task:
     weight: float = 1.0
     main_metric: str | None = None
     adapter: bool = True
+    head: str | None = None
 
     # The type's one name, on the class and its instances: the registry name of a built-in type, the import path
     # of any other (see `type_name`). Not annotated: a dataclass reads annotated class attributes while the class
@@ -150,6 +155,9 @@ class Task:
                             f"valid: {', '.join(self.METRICS)}.")
         if self.weight < 0 or not math.isfinite(self.weight):
             problems.append(f"weight: got {self.weight}; a loss weight must be a finite number >= 0.")
+        if self.head is not None and (not isinstance(self.head, str) or not _NAME.match(self.head)):
+            problems.append(f"head: got {shown(self.head)}; name the shared head with letters, digits, '_' or '-' "
+                            "(tasks with the same head name train one head).")
         if self.max_length < 1:
             problems.append(f"max_length: got {self.max_length}; it must be >= 1.")
         if not isinstance(self.adapter, bool):
@@ -246,6 +254,11 @@ class Task:
 def task_settings(task: Task) -> dict[str, Any]:
     """A task's settings (its dataclass fields) as plain data."""
     return {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+
+
+def head_name(task: Task) -> str:
+    """The head `task` trains: its `head` setting, else its own name."""
+    return task.head or task.name
 
 
 def main_metric_of(task: Task) -> str:
