@@ -281,3 +281,14 @@ def test_alone_plans_single_task_runs_only_for_the_named_tasks(tiny_model_dir, t
     with pytest.raises(ConfigError, match=r"--alone: \['nope'\]; give one or more different tasks of the config: "
                                           r"sentiment, score"):
         plan_comparison(str(config), [], [1], tmp_path / "c", alone=["nope"])
+
+
+def test_plan_only_prints_every_run_and_trains_nothing(tiny_model_dir, tmp_path, capsys):
+    config = write_config(tmp_path, tiny_model_dir)
+    assert main(compare(config, tmp_path / "out", "--seeds", "1", "2", "--plan_only")) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "seed-" in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["mt/seed-1", "single-sentiment/seed-1", "single-score/seed-1",
+                                                         "mt/seed-2", "single-sentiment/seed-2", "single-score/seed-2"]
+    assert "nothing trained: --plan_only" in out and "total:" in out
+    assert not (tmp_path / "out").exists()

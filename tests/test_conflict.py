@@ -113,3 +113,20 @@ def test_frozen_encoder_switches_conflict_off_with_a_reason(tiny_encoder, tokeni
     model.freeze(encoder=True)
     with pytest.raises(ValueError, match="conflict_every: 0"):
         measure_conflict(model, {"a": batch(tokenizer, "a", LABELS)})
+
+
+def test_many_tasks_send_summaries_not_every_pair_to_the_trackers():
+    from manyheads.callbacks.conflict import PAIR_SCALARS_UP_TO, ConflictMeasurement
+
+    n = 40
+    tasks = [f"t{i}" for i in range(n)]
+    cosine = torch.full((n, n), 0.5).fill_diagonal_(1.0)
+    cosine[0, 1] = cosine[1, 0] = -0.8
+    measurement = ConflictMeasurement(step=1, tasks=tasks, grad_norm=dict.fromkeys(tasks, 1.0),
+                                      cosine=cosine.tolist(), loss=dict.fromkeys(tasks, 0.1))
+    scalars = measurement.scalars()
+    assert n > PAIR_SCALARS_UP_TO and not any(k.startswith("conflict/cosine/") for k in scalars)
+    assert len(scalars) == 2 * n + 3  # norms, mean cosines, min / median / share of negative pairs
+    assert scalars["conflict/cosine_min"] == pytest.approx(-0.8)
+    assert scalars["conflict/mean_cosine/t0"] == pytest.approx((-0.8 + 0.5 * (n - 2)) / (n - 1))
+    assert scalars["conflict/negative_pairs"] == pytest.approx(1 / (n * (n - 1) / 2))

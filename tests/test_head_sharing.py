@@ -136,6 +136,8 @@ def test_two_datasets_train_one_head_and_it_is_served_as_one_from_a_fresh_proces
     with safe_open(str(folder / "model.safetensors"), "pt") as weights:
         heads = {key.split(".")[1] for key in weights.keys() if key.startswith("heads.")}
     assert heads == {"nli", "sst2"}  # the shared head is stored once; no per-dataset copies
+    card = (folder / "README.md").read_text()
+    assert "2 heads for 3 tasks" in card and "| rte | classification | premise + hypothesis |" in card
     specs = {spec["name"]: spec for spec in json.loads((folder / "config.json").read_text())["tasks"]}
     assert specs["rte"]["head"] == specs["mnli"]["head"] == "nli" and specs["sst2"]["head"] is None
     predictor = MultiTaskPredictor(model, tokenizer, device="cpu")

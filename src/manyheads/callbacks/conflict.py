@@ -8,8 +8,10 @@ How: `torch.autograd.grad` of each task's unweighted loss with respect to the en
 unwrapped model, so `.grad` of the real parameters is never touched and no DDP hook fires. The model runs in
 eval mode (dropout off) for the probes and is put back in its mode afterwards: with dropout the same batch
 would give a different gradient at every measurement, and two identical tasks would not have cosine 1.
-Memory: one flattened encoder gradient per task at a time of measurement. Under DDP only the main process
-measures (the replicas are identical) and writes.
+Memory: one flattened encoder gradient per task at a time of measurement, in one preallocated (tasks x
+parameters) float32 matrix; the work beyond the backward passes is that matrix's Gram product. Cosines are
+stored to 4 decimals, and above 16 tasks the trackers get per-task mean cosines instead of every pair. Under
+DDP only the main process measures (the replicas are identical) and writes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ..gradients import norms_and_cosines
 from .base import CONFLICT_FILE, DiagnosticCallback, finite_or_none, unwrap
 
 logger = logging.get_logger(__name__)
+
+PAIR_SCALARS_UP_TO = 16  # tasks; more: per-task mean cosines and a summary go to the trackers, not every pair
 
 
 def make_probe_batches(datasets: dict[str, Any], collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
@@ -78,10 +82,24 @@ class ConflictMeasurement:
                 "loss": {k: finite_or_none(v) for k, v in self.loss.items()}}
 
     def scalars(self) -> dict[str, float]:
+        """Tracker scalars: each task's norm and every pair's cosine; above `PAIR_SCALARS_UP_TO` tasks (pairs grow
+        as the square: 19,900 at 200 tasks), each task's mean cosine with the others and the pairs' summary."""
         out = {f"conflict/grad_norm/{t}": v for t, v in self.grad_norm.items()}
-        for i, a in enumerate(self.tasks):
-            for j in range(i + 1, len(self.tasks)):
-                out[f"conflict/cosine/{a}/{self.tasks[j]}"] = self.cosine[i][j]
+        n = len(self.tasks)
+        if n <= PAIR_SCALARS_UP_TO:
+            for i, a in enumerate(self.tasks):
+                for j in range(i + 1, n):
+                    out[f"conflict/cosine/{a}/{self.tasks[j]}"] = self.cosine[i][j]
+            return out
+        matrix = torch.tensor(self.cosine, dtype=torch.float64)
+        finite = torch.isfinite(matrix) & ~torch.eye(n, dtype=torch.bool)
+        for i, task in enumerate(self.tasks):
+            if finite[i].any():
+                out[f"conflict/mean_cosine/{task}"] = float(matrix[i][finite[i]].mean())
+        pairs = matrix[torch.triu(finite, diagonal=1)]
+        if len(pairs):
+            out.update({"conflict/cosine_min": float(pairs.min()), "conflict/cosine_median": float(pairs.median()),
+                        "conflict/negative_pairs": float((pairs < 0).double().mean())})
         return out
 
 
@@ -95,24 +113,30 @@ def measure_conflict(model: Any, probe_batches: dict[str, dict[str, Any]], step:
     device = params[0].device
     was_training = module.training
     module.eval()  # dropout off: the same probe gives the same gradient each time
-    flats, losses = [], {}
+    # One row per task, filled in place: no per-task flat copy and no stacked copy of them all on top.
+    stacked = torch.zeros(len(probe_batches), sum(p.numel() for p in params), dtype=torch.float32, device=device)
+    losses = {}
     try:
-        for task, batch in probe_batches.items():
+        for row, (task, batch) in zip(stacked, probe_batches.items()):
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with torch.enable_grad():
                 loss = module(**inputs).loss
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             losses[task] = float(loss.detach())
-            flats.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                                    for g, p in zip(grads, params)]))
+            offset = 0
+            for grad, param in zip(grads, params):
+                if grad is not None:  # an unused parameter keeps its zeros
+                    row[offset:offset + param.numel()].copy_(grad.reshape(-1))
+                offset += param.numel()
             del grads, loss
     finally:
         module.train(was_training)
-    stacked = torch.stack(flats)
     norms, cosine = norms_and_cosines(stacked @ stacked.T, zero="nan")  # NaN for a task with a zero gradient
+    del stacked
     tasks = list(probe_batches)
+    # Cosines to 4 decimals: plenty for a value in [-1, 1], and a 200-task matrix stays a small JSON line.
     return ConflictMeasurement(step=step, tasks=tasks, grad_norm=dict(zip(tasks, norms.tolist())),
-                               cosine=cosine.tolist(), loss=losses)
+                               cosine=[[round(v, 4) for v in row] for row in cosine.tolist()], loss=losses)
 
 
 class GradientConflictCallback(DiagnosticCallback):
@@ -120,7 +144,9 @@ class GradientConflictCallback(DiagnosticCallback):
 
     Writes one JSON line per measurement to `<output_dir>/diagnostics/gradient_conflict.jsonl`
     (`{"step", "tasks", "grad_norm": {task: norm}, "cosine": [[...]], "loss": {task: probe loss}}`) and sends
-    `conflict/grad_norm/<task>` and `conflict/cosine/<task_a>/<task_b>` to the trackers.
+    `conflict/grad_norm/<task>` and `conflict/cosine/<task_a>/<task_b>` to the trackers (above 16 tasks
+    `conflict/mean_cosine/<task>`, `conflict/cosine_min`, `conflict/cosine_median` and `conflict/negative_pairs`
+    instead of every pair).
 
     Args:
         probe_batches: one collated batch per task (see `make_probe_batches`), fixed for the whole run.

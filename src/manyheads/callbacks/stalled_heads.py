@@ -5,8 +5,11 @@ settle on the label frequencies, predict no label for any row, and score F1 0 wh
 At each evaluation this callback flags a task whose predictions are constant (every row the same class, the
 same label set, no label ever, a regression output with no spread: `Task.constant_predictions`, logged by
 `MultiTaskTrainer.evaluate` as `eval_<task>_constant_predictions`) or whose main metric is what a constant
-predictor scores (F1 0, MCC 0, correlation 0). It names the task and the usual fixes, logs a warning, and
-appends one line per flagged task to `diagnostics/stalled_heads.jsonl`, which `manyheads report` shows.
+predictor scores (F1 0, MCC 0, correlation 0). It names the task and the usual fixes, and appends one line per
+flagged task and evaluation to `diagnostics/stalled_heads.jsonl`, which `manyheads report` shows. The warning is
+one message per evaluation and kind of finding naming every newly flagged task (tasks with the same finding and
+fixes together, as 50 stalled heads of one run usually are); a task is warned about once per kind of finding, not
+at every evaluation.
 
 A head can also score below a constant answer without being constant itself (a multilabel head whose rare labels
 fire on most rows scores a lower micro-F1 than always answering the most frequent label). For a task type that
@@ -100,7 +103,7 @@ class StalledHeadsCallback(DiagnosticCallback):
     def __init__(self, output_dir: str | None = None):
         super().__init__(output_dir, log_to_trackers=False)
         self.warnings: list[str] = []
-        self._below_warned: set[str] = set()  # tasks already warned about scoring below a constant answer
+        self._warned: set[tuple[str, str]] = set()  # (task, kind of finding) already in a warning
         self._loader: Any = None  # the evaluation loader of the last prediction step
         self._eval_sets: dict[str, Any] = {}  # task name -> its split in the evaluation under way
 
@@ -126,32 +129,55 @@ class StalledHeadsCallback(DiagnosticCallback):
         eval_sets, self._eval_sets, self._loader = self._eval_sets, {}, None
         if not metrics or not state.is_world_process_zero:
             return
+        several = len(tasks) > 1
+        # Findings not warned about yet, grouped by what was found (kind, reason, fixes): one warning per
+        # evaluation names every task of a group at once.
+        groups: dict[tuple[str, str, str], list[str]] = {}
         for task in tasks.values():
             prefix = next((k[:-len(f"_{task.name}_{CONSTANT_KEY}")] for k in metrics
                            if k.endswith(f"_{task.name}_{CONSTANT_KEY}")), None)
             if prefix is None:
                 continue
+            found = None
             reason = stall_reason(metrics, prefix, task)
             if reason is not None:
-                self._flag(args, state, task, reason, len(tasks) > 1,
-                           f"looks stalled at step {state.global_step}: {reason}; its head has learnt nothing beyond "
-                           "a constant answer")
+                found = ("stalled", reason)
             elif isinstance(task, ConstantBaseline) and task.name in eval_sets:
                 labels = np.asarray(list(eval_sets[task.name][LABEL_COLUMN]))
                 reason = below_constant_reason(metrics, prefix, task, labels)
-                if reason is not None:
-                    self._flag(args, state, task, reason, len(tasks) > 1,
-                               f"scores below a constant answer at step {state.global_step}: {reason}",
-                               warn=task.name not in self._below_warned)
-                    self._below_warned.add(task.name)
+                found = ("below", reason) if reason is not None else None
+            if found is None:
+                continue
+            kind, reason = found
+            fixes = advice(task, several)
+            self.append_jsonl(args, STALLED_FILE, {"step": state.global_step, "task": task.name, "type": task.type,
+                                                   "reason": reason, "fixes": fixes})
+            if (task.name, kind) not in self._warned:
+                self._warned.add((task.name, kind))
+                groups.setdefault((kind, reason, fixes), []).append(task.name)
+        for kind in ("stalled", "below"):  # one warning per kind of finding
+            of_kind = {key: names for key, names in groups.items() if key[0] == kind}
+            if of_kind:
+                message = warning_text(of_kind, state.global_step)
+                self.warnings.append(message)
+                logger.warning(message)
 
-    def _flag(self, args: Any, state: Any, task: Any, reason: str, several_tasks: bool, what: str,
-              warn: bool = True) -> None:
-        """Warn about `task` (unless `warn` is off) and record it in `stalled_heads.jsonl`."""
-        fixes = advice(task, several_tasks)
-        if warn:
-            message = f"manyheads: task '{task.name}' {what}. Likely fixes: {fixes}."
-            self.warnings.append(message)
-            logger.warning(message)
-        self.append_jsonl(args, STALLED_FILE, {"step": state.global_step, "task": task.name, "type": task.type,
-                                               "reason": reason, "fixes": fixes})
+
+def warning_text(groups: dict[tuple[str, str, str], list[str]], step: int) -> str:
+    """One warning for the new findings of one evaluation: each (kind, reason, fixes) with the tasks it names."""
+    parts = []
+    for (kind, reason, fixes), names in groups.items():
+        one = len(names) == 1
+        who = f"task '{names[0]}'" if one else f"tasks {', '.join(repr(n) for n in names)}"
+        if kind == "stalled":
+            what = (f"{'looks' if one else 'look'} stalled at step {step}: {reason}; "
+                    f"{'its head has' if one else 'their heads have'} learnt nothing beyond a constant answer")
+        else:
+            what = f"{'scores' if one else 'score'} below a constant answer at step {step}: {reason}"
+        parts.append(f"{who} {what}. Likely fixes: {fixes}.")
+    count = sum(len(names) for names in groups.values())
+    if len(parts) == 1:
+        return f"manyheads: {parts[0]}"
+    what = "look stalled" if next(iter(groups))[0] == "stalled" else "score below a constant answer"
+    return (f"manyheads: {count} tasks {what} at step {step} (each named once; later evaluations only record "
+            f"them in {STALLED_FILE}):\n" + "\n".join(f"  - {p}" for p in parts))

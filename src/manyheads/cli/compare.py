@@ -14,7 +14,7 @@ import contextlib
 import os
 import traceback
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 HELP = "Multi-task vs each task alone, at equal examples seen, over seeds: does multi-task help here?"
 
@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "this process)")
     parser.add_argument("--output_dir", default=None,
                         help="the comparison's folder (default: runs/<config name>-compare); one subfolder per run")
+    parser.add_argument("--plan_only", action="store_true",
+                        help="print every planned run (optimizer steps, examples per task) and stop: nothing trains")
     parser.set_defaults(accepts_overrides=True)
     parser.epilog = ("Flags after the config override it for every run, as in 'manyheads train': --max_steps 200 "
                      "--data_dir data/")
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     quiet_libraries()
     output_dir = args.output_dir or os.path.join("runs", f"{Path(args.config).stem}-compare")
     comparison = plan_comparison(args.config, extra, args.seeds, output_dir, alone=args.alone)
+    if args.plan_only:
+        print("\n".join(plan_lines(comparison)))
+        return 0
     summary = run_comparison(comparison, jobs=args.jobs, echo=lambda line: print(line, flush=True),
                              train_here=train_here)
     print()
@@ -70,3 +75,15 @@ def train_here(argv: list[str], log: IO[str]) -> int:
         except Exception:  # a crash of one run (out of memory, a bug) is that run's failure
             traceback.print_exc()
             return 1
+
+
+def plan_lines(comparison: Any) -> list[str]:
+    """The planned runs as a Markdown table: one row per run, with its optimizer steps and examples per task."""
+    lines = [f"{len(comparison.runs)} runs planned in {comparison.output_dir} (nothing trained: --plan_only)", "",
+             "| run | optimizer steps | examples per task |", "|---|---:|---|"]
+    for run in comparison.runs:
+        examples = ", ".join(f"{task} {count}" for task, count in run.examples.items())
+        lines.append(f"| {run.key} | {run.max_steps} | {examples} |")
+    steps = sum(run.max_steps for run in comparison.runs)
+    lines += ["", f"total: {steps} optimizer steps over {len(comparison.seeds)} seed(s)"]
+    return lines

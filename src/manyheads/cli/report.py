@@ -17,7 +17,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..report import build_report, stalled_lines
 
     index = build_report(args.run_dir, args.output)
-    for line in stalled_lines(args.run_dir):
-        print(f"warning: {line}")
+    lines = stalled_lines(args.run_dir)
+    if len(lines) > 3:  # many tasks: one line naming them, the reasons and fixes are on the page
+        names = ", ".join(line.split("'")[1] for line in lines)
+        print(f"warning: {len(lines)} tasks look stalled: {names}; their reasons and likely fixes are in the report.")
+    else:
+        for line in lines:
+            print(f"warning: {line}")
     print(f"report written to {index}")
     return 0

@@ -4,6 +4,9 @@ Kept apart from `model.py` so the messages (each names the task and the fix) can
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConfigError
@@ -11,6 +14,30 @@ from ..errors import ConfigError
 
 class ModelLoadError(ConfigError):
     """A saved model folder whose weights do not match its config (see `MultiTaskModel.from_pretrained`)."""
+
+
+@contextlib.contextmanager
+def reading_weights(where: str) -> Iterator[None]:
+    """Around `PreTrainedModel.from_pretrained`: a truncated or corrupted weight file is a `ModelLoadError` naming
+    `where`, and transformers' own load reports are quiet (the problems are raised by task, from `load_problems`)."""
+    # transformers' own load report would print the problems as a table before ours; they are raised below.
+    # transformers' tensor-parallel check lists every weight as "not sharded" for a model without a TP plan.
+    reports = [logging.getLogger(name) for name in ("transformers.modeling_utils",
+                                                    "transformers.distributed.tensor_parallel")]
+    levels = [report.level for report in reports]
+    for report in reports:
+        report.setLevel(logging.ERROR)
+    try:
+        yield
+    except Exception as err:  # safetensors' and torch's errors for truncated or corrupted files
+        if type(err).__name__ not in ("SafetensorError", "UnpicklingError", "HeaderTooLarge", "EOFError"):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"{where}: the weight file cannot be read ({first}); it is truncated or corrupted. "
+                             "Copy the model folder again, or re-save it with save_pretrained.") from None
+    finally:
+        for report, level in zip(reports, levels):
+            report.setLevel(level)
 
 
 def _by_task(keys: set[str]) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ model state to route it; that keeps every DDP rank on the same head at the same 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ from .adapters import (
 )
 from .config import MultiTaskConfig
 from .decoders import TaskDecoder, backbone_from_config, decoder_for, encoder_of, load_backbone, warm_start
-from .load_check import ModelLoadError, load_problems
+from .freezing import encoder_layers, freeze_encoder
+from .load_check import ModelLoadError, load_problems, reading_weights
 from .model_card import render_card, write_card
 from .shared_heads import head_group_problems, head_groups, label_problem
 
@@ -141,25 +141,9 @@ class MultiTaskModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, by task, instead of a bare RuntimeError
         where = str(pretrained_model_name_or_path)
-        # transformers' own load report would print the problems as a table before ours; they are raised below.
-        # transformers' tensor-parallel check lists every weight as "not sharded" for a model without a TP plan.
-        reports = [logging.getLogger(name) for name in ("transformers.modeling_utils",
-                                                        "transformers.distributed.tensor_parallel")]
-        levels = [report.level for report in reports]
-        for report in reports:
-            report.setLevel(logging.ERROR)
-        try:
+        with reading_weights(where):
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                   **kwargs)
-        except Exception as err:  # safetensors' and torch's errors for truncated or corrupted files
-            if type(err).__name__ not in ("SafetensorError", "UnpicklingError", "HeaderTooLarge", "EOFError"):
-                raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelLoadError(f"{where}: the weight file cannot be read ({first}); it is truncated or corrupted. "
-                                 "Copy the model folder again, or re-save it with save_pretrained.") from None
-        finally:
-            for report, level in zip(reports, levels):
-                report.setLevel(level)
         problems = load_problems(info)
         if problems:
             raise ModelLoadError([f"{where}: {p}" for p in problems])
@@ -411,27 +395,8 @@ class MultiTaskModel(PreTrainedModel):
     # ----- freezing -----
     def encoder_layers(self) -> nn.ModuleList:
         """The encoder's stack of transformer layers (the longest `ModuleList` of `num_hidden_layers` blocks)."""
-        count = getattr(self.encoder.config, "num_hidden_layers", None)
-        candidates = [m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == count]
-        if not candidates:
-            raise ValueError(f"cannot find the {count} layers of encoder {type(self.encoder).__name__} to freeze")
-        return candidates[0]
+        return encoder_layers(self.encoder)
 
     def freeze(self, encoder: bool = False, embeddings: bool = False, layers: int = 0) -> None:
         """Stop gradients to the whole encoder, its embeddings and/or its first `layers` layers."""
-        frozen: list[nn.Module] = []
-        if encoder:
-            frozen.append(self.encoder)
-        if embeddings:
-            module = getattr(self.encoder, "embeddings", None) or self.encoder.get_input_embeddings()
-            frozen.append(module)
-        if layers:
-            stack = self.encoder_layers()
-            if layers > len(stack):
-                raise ValueError(f"freeze.layers is {layers} but the encoder has {len(stack)} layers")
-            frozen.extend(stack[:layers])
-        for module in frozen:
-            for name, param in module.named_parameters():
-                # Adapters are what trains under soft sharing: freezing the encoder's layers leaves them training.
-                if not is_adapter_parameter(name):
-                    param.requires_grad_(False)
+        freeze_encoder(self.encoder, encoder, embeddings, layers)

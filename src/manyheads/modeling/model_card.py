@@ -94,11 +94,11 @@ def render_card(tasks: dict[str, Any], encoder: dict[str, Any], metrics: dict[st
         f"# {name}",
         f"One shared {encoder.get('model_type', '')} encoder (`{encoder_name}`, hidden size "
         f"{encoder.get('hidden_size', encoder.get('d_model', '?'))}, {encoder.get('num_hidden_layers', '?')} layers) "
-        f"with {len(tasks)} task heads, trained together with manyheads: "
+        f"with {_heads_text(tasks)}, trained together with manyheads: "
         "every task is predicted from one encoder pass.",
         "## Tasks",
-        _table(["task", "type", "input", "labels", "main metric"],
-               [[n, t.type, " + ".join(t.text), _labels(t), main_metric_of(t)] for n, t in tasks.items()]),
+        _table(["task", "type", "input", "labels", "main metric", "head"],
+               [[n, t.type, " + ".join(t.text), _labels(t), main_metric_of(t), t.head or n] for n, t in tasks.items()]),
     ]
     if metrics:
         names = sorted({m for n in tasks for m in task_metrics(metrics, n)})
@@ -117,6 +117,15 @@ def render_card(tasks: dict[str, Any], encoder: dict[str, Any], metrics: dict[st
               f"predictor = MultiTaskPredictor(\"path/to/this/folder\")\npredictor.predict([{example}])\n```",
               "```bash\nmanyheads predict path/to/this/folder --input rows.jsonl --output predictions.jsonl\n```"]
     return "\n\n".join(parts) + "\n"
+
+
+def _heads_text(tasks: dict[str, Any]) -> str:
+    """"5 task heads", or, with datasets that share heads, "3 heads for 5 tasks (datasets sharing a head: ...)"."""
+    heads = len({t.head or n for n, t in tasks.items()})
+    if heads == len(tasks):
+        return f"{len(tasks)} task heads"
+    return (f"{heads} heads for {len(tasks)} tasks (tasks with the same `head` are datasets of one task: they train "
+            "one head, and predictions come as that head's name)")
 
 
 def _labels(task: Any) -> str:

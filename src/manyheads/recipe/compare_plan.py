@@ -43,7 +43,8 @@ from ..errors import ConfigError, ProblemCollector
 from ..tasks.metrics import best_metric_problem
 from .arguments import normalize
 from .build import prepare_data
-from .config import RunConfig, build_config, read_yaml
+from .config import RunConfig, build_config, path_resolver, read_yaml
+from .task_groups import expand_tasks
 
 MULTI_TASK, SINGLE_TASK = "multi_task", "single_task"
 PLAN_FILE = "compare_plan.json"  # the comparison's identity (config hash) and its runs
@@ -160,6 +161,9 @@ def read_recipe(config_path: str, overrides: list[str]) -> dict[str, Any]:
     problems.raise_if_any()
     data_dir = raw.get("data_dir")
     raw["data_dir"] = os.path.abspath(os.path.expanduser(str(data_dir))) if data_dir is not None else config_dir
+    if isinstance(raw.get("tasks"), list):  # glob entries become plain tasks here: each may then train alone
+        raw["tasks"] = [entry for _, entry in expand_tasks(raw["tasks"], problems, path_resolver(raw, config_dir))]
+        problems.raise_if_any()
     # Each run gets its own folder and its seed from --seeds.
     raw.pop("output_dir", None)
     raw.pop("seed", None)

@@ -15,6 +15,24 @@ class, picked by `type` (a `TASK_TYPES` name or an import path) and built from t
 section (`loading.DataConfig`). `sharing`, `freeze` and `diagnostics` are the arguments of
 `MultiTaskModel.from_encoder`, `MultiTaskModel.freeze` and the diagnostics callbacks. Every problem is reported at
 once (`ConfigError`).
+
+Many tasks in few lines (`task_groups.py`): a group entry `{group: {SETTINGS}, tasks: [...]}` gives its tasks shared
+settings (task keys and `data:` keys, the `data` sections merged key by key; a task's own keys win), and one entry
+expands to one task per file of a glob in `data.train`, or per Hub dataset of a list in `data.hub` (or
+`data.hub_config`), named by a template (`{stem}`, `{parent}`, `{index}`; `{hub}`, `{config}`, `{index}`):
+
+```yaml
+tasks:
+  - group: {type: classification, data: {quoting: none, max_train_samples: 1000}}
+    tasks:
+      - {name: sst2, text: sentence, data: {train: sst2/train.tsv, eval: sst2/dev.tsv}}
+      - {name: rte, text: [sentence1, sentence2], data: {train: rte/train.tsv, eval: rte/dev.tsv}}
+  - {name: "intent_{parent}", type: classification,
+     data: {train: "intents/*/train.jsonl", eval: "intents/{parent}/dev.jsonl"}}
+  - {name: "glue_{config}", type: classification, text: sentence, data: {hub: nyu-mll/glue, hub_config: [sst2, cola]}}
+```
+
+Each task so made is checked as a written one would be, and the messages name the entry it came from.
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from ..balancing import AGGREGATORS, WEIGHTINGS, check_choice, choice_problems, 
 from ..data.strategies import SAMPLING_STRATEGIES
 from ..errors import ConfigError, ProblemCollector, shown
 from ..modeling.adapters import Sharing, no_adapter_problem
+from ..modeling.shared_heads import head_group_problems
 from ..tasks import TASK_TYPES, Task, resolve_task_type
 from ..tasks.metrics import best_metric_problem
 from ..training_args import MultiTaskTrainingArguments
@@ -39,6 +58,7 @@ from .arguments import normalize, suggest
 from .coerce import bind, build_dataclass, construct, field_hints
 from .loading import DataConfig, DataRoot
 from .sections import DiagnosticsConfig, FreezeConfig
+from .task_groups import expand_tasks, flatten_groups
 
 SECTIONS = {"freeze": FreezeConfig, "diagnostics": DiagnosticsConfig, "sharing": Sharing}
 # The one default of output_dir: runs/<config file name>, or this for a config built in code.
@@ -103,14 +123,14 @@ class RunConfig:
         return MultiTaskTrainingArguments(**{"output_dir": default_output_dir(), **self.training, **extra})
 
 
-def _build_task(raw: Any, index: int, run_defaults: dict[str, Any], problems: ProblemCollector) -> TaskEntry | None:
-    where = f"tasks[{index}]"
+def _build_task(raw: Any, where: str, run_defaults: dict[str, Any], problems: ProblemCollector) -> TaskEntry | None:
     if not isinstance(raw, dict):
-        problems.add(f"{where}: expected a mapping with name, type, data, ..., got {shown(raw)}.")
+        problems.add(f"{where}: expected a mapping with name, type, data, ... (or a group: {{group: {{...}}, tasks: "
+                     f"[...]}}), got {shown(raw)}.")
         return None
     raw = dict(raw)
-    name = raw.get("name", f"#{index}")
-    where = f"tasks[{index}] ({name})"
+    if "name" in raw and not where.endswith(")"):  # an expanded entry's `where` names it already
+        where = f"{where} ({raw['name']})"
     task_type = raw.pop("type", None)
     try:
         task_cls = resolve_task_type(str(task_type)) if task_type is not None else None
@@ -148,7 +168,7 @@ def build_config(raw: Any, config_dir: str = ".", overrides: list[str] | None = 
     return run
 
 
-def _path_resolver(raw: dict[str, Any], config_dir: str) -> Any:
+def path_resolver(raw: dict[str, Any], config_dir: str) -> Any:
     base = Path(str(raw["data_dir"])) if raw.get("data_dir") is not None else Path(config_dir)
 
     def resolve(path: str) -> Path:
@@ -168,12 +188,14 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
         return None
     raw = normalize(raw, overrides, problems)
     raw_tasks = raw.pop("tasks", None)
-    defaults = {"max_length": raw.get("max_length") or 128, "resolve": _path_resolver(raw, config_dir)}
+    defaults = {"max_length": raw.get("max_length") or 128, "resolve": path_resolver(raw, config_dir)}
     tasks: list[TaskEntry] = []
+    expanded: list[tuple[str, Any]] = []
     if not isinstance(raw_tasks, list) or not raw_tasks:
         problems.add("tasks: at least one task is required, as a list under 'tasks:'.")
     else:
-        tasks = [t for i, r in enumerate(raw_tasks) if (t := _build_task(r, i, defaults, problems)) is not None]
+        expanded = expand_tasks(raw_tasks, problems, defaults["resolve"])
+        tasks = [t for where, r in expanded if (t := _build_task(r, where, defaults, problems)) is not None]
     names = [t.name for t in tasks]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.add(f"tasks: the name '{dup}' is used by {names.count(dup)} tasks; task names must be unique. "
@@ -197,8 +219,10 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     _check_balancing(run, problems)
     adapter_problem = no_adapter_problem(run.sharing.mode, [e.name for e in tasks],
                                          [e.name for e in tasks if e.task.adapter is True])
-    if adapter_problem and isinstance(raw_tasks, list) and len(tasks) == len(raw_tasks):  # all built: all seen
+    if adapter_problem and isinstance(raw_tasks, list) and len(tasks) == len(expanded):  # all built: all seen
         problems.add(f"sharing: {adapter_problem}")
+    for problem in head_group_problems({e.name: e.task for e in tasks}, run.sharing.adapters):
+        problems.add(f"tasks: {problem}")  # datasets sharing a head: of one type, on one encoder
     if run.sharing.mode == "lora" and run.diagnostics.conflict_every:
         problems.add("diagnostics.conflict_every: gradient conflict is measured on the shared encoder, which "
                      "sharing 'lora' freezes (each task trains only its adapter). Set conflict_every: 0, or use "
@@ -270,7 +294,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 
 def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
-    """Parsed YAML and the file's folder; a missing file or a syntax error is a one-line ConfigError."""
+    """Parsed YAML and the file's folder; a missing file or a syntax error is a one-line ConfigError. Task groups
+    and Hub lists come expanded to plain task entries when they hold no mistake (`task_groups.flatten_groups`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found. Check the path.")
@@ -284,7 +309,7 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, str]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: YAML syntax error: {problem}. Fix the YAML at that line.") from None
-    return raw, str(path.parent.resolve())
+    return flatten_groups(raw), str(path.parent.resolve())
 
 
 __all__ = ["DEFAULT_RUN_NAME", "DataConfig", "RunConfig", "TaskEntry", "build_config", "collect_config",

@@ -8,6 +8,10 @@ index = build_report("runs/glue")   # runs/glue/report/index.html
 Figures: per-task training loss, per-task evaluation metrics over time, task weights and sampling shares,
 a heatmap of the relative update per parameter group, the gradient-conflict matrix; tables of the last, best
 and final metrics; the run's configuration. See `report.data` for the files it reads.
+
+With more than `summary.MANY_TASKS` tasks the figures summarise (`report.many`): median and inter-quartile band
+across tasks, the worst tasks named and drawn one by one, a clustered conflict heatmap without per-cell numbers;
+the tables rank the tasks worst first, and the long ones fold into `<details>`.
 """
 
 from __future__ import annotations
@@ -17,27 +21,16 @@ from pathlib import Path
 from ..errors import ConfigError
 from .comparison import load_comparison
 from .data import RunData, load_run
-from .figures import (
-    DRAWERS,
-    Figure,
-    draw_conflict,
-    draw_eval_metrics,
-    draw_relative_update,
-    draw_train_loss,
-    draw_weights_and_sampling,
-    plain_text,
-)
+from .figures import DRAWERS, Figure, plain_text
 from .html import render, render_comparison
+from .many import DRAWERS as MANY_DRAWERS
+from .summary import many_tasks
 
 __all__ = ["Figure", "RunData", "build_report", "load_run", "stalled_lines"]
 
-SECTIONS = {
-    draw_train_loss: "Training loss",
-    draw_eval_metrics: "Evaluation metrics",
-    draw_weights_and_sampling: "Task weights and sampling",
-    draw_relative_update: "Relative update per parameter group",
-    draw_conflict: "Task-gradient conflict",
-}
+# Section titles, in the order of `DRAWERS` (and of `many.DRAWERS`, their summaries for a run with many tasks).
+SECTIONS = ("Training loss", "Evaluation metrics", "Task weights and sampling", "Relative update per parameter group",
+            "Task-gradient conflict")
 
 
 def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
@@ -62,7 +55,8 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
         return index
     folder.mkdir(parents=True, exist_ok=True)
     with plain_text():  # task names and labels are text, never matplotlib math ("$x$" in a name)
-        figures = [(SECTIONS[draw], draw(data, folder)) for draw in DRAWERS]
+        drawers = MANY_DRAWERS if many_tasks(data) else DRAWERS
+        figures = [(section, draw(data, folder)) for section, draw in zip(SECTIONS, drawers)]
     index.write_text(render(data, figures, str(folder), comparison), encoding="utf-8")
     return index
 

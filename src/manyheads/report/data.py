@@ -41,6 +41,8 @@ class RunData:
     conflict: list[dict[str, Any]] = field(default_factory=list)
     final_eval: dict[str, float] | None = None
     stalled: list[dict[str, Any]] = field(default_factory=list)
+    main_metrics: dict[str, str] = field(default_factory=dict)  # a task's own `main_metric`, where it set one
+    _found: dict[str, dict[str, list[str]]] = field(default_factory=dict, repr=False, compare=False)
 
     # ----- views of the log history -----
     def train_logs(self) -> list[dict[str, Any]]:
@@ -55,6 +57,11 @@ class RunData:
 
     def task_metrics(self, prefix: str = "eval") -> dict[str, list[str]]:
         """Metric names per task found in the eval logs (`eval_<task>_<metric>`), loss last."""
+        if prefix not in self._found:
+            self._found[prefix] = self._task_metrics(prefix)
+        return {t: list(m) for t, m in self._found[prefix].items()}
+
+    def _task_metrics(self, prefix: str) -> dict[str, list[str]]:
         names = sorted(self.tasks, key=len, reverse=True)  # "sst2" before "sst" when both are tasks
         found: dict[str, list[str]] = {t: [] for t in self.tasks}
         keys = dict.fromkeys(k for e in self.eval_logs() for k in e)
@@ -73,6 +80,16 @@ class RunData:
         if task_type is not None and metric in task_type.METRICS:
             return task_type.METRICS[metric]
         return not any(word in metric for word in ("loss", "mse", "mae", "error"))
+
+    def main_metric(self, task: str) -> str | None:
+        """The metric of `task` that enters `eval_average`: its own `main_metric`, else its type's first, else the
+        first logged one that is not the loss."""
+        logged = self.task_metrics().get(task, [])
+        task_type = TASK_TYPES.get(self.tasks.get(task, ""))
+        for metric in (self.main_metrics.get(task), next(iter(task_type.METRICS), None) if task_type else None):
+            if metric and metric in logged:
+                return metric
+        return next((m for m in logged if m != "loss"), logged[0] if logged else None)
 
     def stalled_lines(self) -> list[str]:
         """One line per task that `StalledHeadsCallback` flagged: when, why, the fixes, and its encoder gradient
@@ -132,7 +149,8 @@ def load_run(run_dir: str | Path) -> RunData:
                    monitor=_read_monitor(run_dir / DIAGNOSTICS_DIR / MONITOR_FILE),
                    conflict=_read_conflict(run_dir / DIAGNOSTICS_DIR / CONFLICT_FILE),
                    final_eval=_read_json(final) if final.is_file() else None,
-                   stalled=_read_jsonl(run_dir / DIAGNOSTICS_DIR / STALLED_FILE))
+                   stalled=_read_jsonl(run_dir / DIAGNOSTICS_DIR / STALLED_FILE),
+                   main_metrics=_main_metrics(run_dir, state_path))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -153,6 +171,13 @@ def _tasks(run_dir: Path, state_path: Path, info: dict[str, Any] | None,
     if info and info.get("config", {}).get("tasks"):
         return {t["name"]: t.get("type", "") for t in info["config"]["tasks"]}
     return {k[len("loss_"):]: "" for e in history for k in e if k.startswith("loss_")}
+
+
+def _main_metrics(run_dir: Path, state_path: Path) -> dict[str, str]:
+    for config in (run_dir / "config.json", state_path.parent / "config.json"):
+        if config.is_file():
+            return {t["name"]: t["main_metric"] for t in _read_json(config).get("tasks") or [] if t.get("main_metric")}
+    return {}
 
 
 def _number(text: str) -> float:
