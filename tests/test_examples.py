@@ -97,7 +97,8 @@ def write_split(entry, split: str, path: Path, rng: random.Random) -> None:
         for i in range(n):
             for j in range(4):
                 tag = ["B-PER", "O", "B-LOC", "I-LOC"][(i + j) % 4]
-                lines.append(" ".join([rng.choice(WORDS), *["X"] * (width - 2), tag]))
+                # A tag in every column: one file may serve several tasks (NER, POS, chunks), each its column.
+                lines.append(" ".join([rng.choice(WORDS), *[tag] * (width - 1)]))
             lines.append("")
         path.write_text("\n".join(lines) + "\n", encoding=data.encoding)
     elif fmt in ("tsv", "csv"):

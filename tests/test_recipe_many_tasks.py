@@ -224,3 +224,25 @@ def test_tasks_sharing_a_head_are_checked_when_the_recipe_is_read(tiny_model_dir
     found = problems_of(config(tiny_model_dir, data_dir, tmp_path, tasks))
     assert any("head 'shared'" in p and "'a' (classification), 'b' (regression)" in p for p in found)
     assert any("head: got 'x y'" in p for p in found)  # and every other problem with it
+
+
+def test_the_per_task_cap_is_made_before_fitting_so_the_recipe_and_the_trainer_see_the_same_rows(tiny_model_dir,
+                                                                                                    tmp_path):
+    from manyheads.recipe import build_trainer
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_jsonl(data_dir / "train.jsonl", review_rows(40, 1))
+    write_jsonl(data_dir / "eval.jsonl", review_rows(8, 2))
+    raw = config(tiny_model_dir, data_dir, tmp_path, base_config(tiny_model_dir, data_dir, tmp_path)["tasks"][:2],
+                 max_train_samples_per_task=12)
+    run = build_config(raw)
+    prepared = prepare_data(run, tokenize=False)
+    assert {name: len(prepared.raw[name].splits["train"]) for name in prepared.raw} == {"sentiment": 12, "match": 12}
+    assert len(prepared.raw["sentiment"].splits["eval"]) == 8  # evaluation splits are never cut
+    trainer = build_trainer(run, prepared)
+    assert trainer.train_dataset.sizes == {"sentiment": 12, "match": 12}
+    tokenizer = trainer.processing_class
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in trainer.train_dataset.datasets["sentiment"]
+             ["input_ids"]]
+    assert texts == [text.lower() for text in prepared.raw["sentiment"].splits["train"]["text"]]

@@ -150,3 +150,51 @@ def test_unlabelled_test_split_is_checked_for_words_only(tiny_model_dir, data_di
     (data_dir / "ner_test.jsonl").write_text('{"tokens": "the red box"}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="column 'tokens': expected a list of words, got 'the red box'"):
         prepare_data(build_config(raw), tokenize=False)
+
+
+def test_tags_that_are_not_spans_need_scheme_none_and_the_error_says_so():
+    pos = Dataset.from_dict({"tokens": [["the", "box"]], "tags": [["DT", "NN"]]})
+    problems = task().check_data("train", pos, "pos.jsonl")
+    assert problems == ["pos.jsonl: data row 1, column 'tags': tag 'DT' is not an IOB2 tag (O, B-TYPE, I-TYPE). "
+                        "For tags that are not entity spans (POS tags) set scheme: none; f1 is then averaged over "
+                        "tags and entities are not predicted."]
+    assert "tag 'X' is not an IOBES tag" in task(scheme="IOBES").check_data(
+        "train", Dataset.from_dict({"tokens": [["a", "b"]], "tags": [["S-PER", "X"]]}), "f")[0]
+    assert task(scheme="none").check_data("train", pos, "pos.jsonl") == []
+
+
+def test_scheme_none_scores_tags_by_macro_average_against_hand_computed_values():
+    t = task(labels=["DT", "NN", "JJ"], scheme="none")
+    # Gold DT NN | JJ NN ; predicted DT JJ | JJ NN. DT: p1 r1; NN: p 1/1, r 1/2; JJ: p 1/2, r 1.
+    gold = np.array([[-100, 0, 1, -100], [-100, 2, 1, -100]])
+    logits = np.eye(3)[np.array([[0, 0, 2, 0], [0, 2, 1, 0]])]
+    metrics = t.compute_metrics(logits, gold)
+    f1 = {"DT": 1.0, "NN": 2 * 0.5 / 1.5, "JJ": 2 * 0.5 / 1.5}
+    assert metrics["precision"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert metrics["recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert metrics["f1"] == pytest.approx(sum(f1.values()) / 3)
+    assert metrics["accuracy"] == pytest.approx(3 / 4)
+
+
+def test_a_pos_task_trains_evaluates_and_predicts_tags_without_entities(tiny_encoder, tokenizer, tmp_path):
+    from manyheads import MultiTaskModel, MultiTaskTrainer, MultiTaskTrainingArguments
+
+    def rows(n, seed):
+        rng = np.random.default_rng(seed)
+        tag_of = {"the": "DT", "red": "JJ", "blue": "JJ", "box": "NN", "item": "NN"}
+        tokens = [list(rng.choice(list(tag_of), size=rng.integers(2, 6))) for _ in range(n)]
+        return Dataset.from_dict({"tokens": tokens, "tags": [[tag_of[w] for w in row] for row in tokens]})
+
+    pos = TokenClassification(name="pos", scheme="none", main_metric="accuracy")
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=40,
+                                      learning_rate=5e-3, report_to="none", save_strategy="no", use_cpu=True)
+    trainer = MultiTaskTrainer(model=MultiTaskModel.from_encoder(tiny_encoder, [pos]), args=args,
+                               train_dataset={"pos": rows(64, 1)}, eval_dataset={"pos": rows(16, 2)},
+                               processing_class=tokenizer)
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_pos_accuracy"] > 0.9
+    assert 0 <= metrics["eval_pos_f1"] <= 1
+    result = MultiTaskPredictor(trainer.model, tokenizer).predict([{"text": "the red box"}])[0]["pos"]
+    assert result["tags"] == ["DT", "JJ", "NN"]
+    assert result["entities"] == []

@@ -48,7 +48,7 @@ from transformers.utils import logging
 from .balancing import build_group_step, build_weighting
 from .callbacks.stalled_heads import StalledHeadsCallback
 from .data.collator import MultiTaskCollator
-from .data.datasets import MultiTaskDataset, as_task_dict, fit_tasks, prepare_split
+from .data.datasets import MultiTaskDataset, as_task_dict, cap_rows, fit_tasks, prepare_split
 from .data.loader import build_train_loader
 from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
@@ -95,7 +95,7 @@ class MultiTaskTrainer(Trainer):
         args = as_multitask_arguments(args)
         self._prepare_task_state(model)
         train_dataset, eval_dataset = self._prepare_datasets(model, train_dataset, eval_dataset,
-                                                             kwargs.get("processing_class"))
+                                                             kwargs.get("processing_class"), args)
         self._check_collator(kwargs, args)
         check_metric_functions(compute_metrics, list(self.tasks))
         # Kept apart from Trainer's own `compute_metrics`, which evaluation_loop would call and whose result it
@@ -124,9 +124,14 @@ class MultiTaskTrainer(Trainer):
         self._resumed_from: str | None = None  # the checkpoint train() resumed from, for the weighting's optimizer
         self._step_tokens = StepTokens()  # generation tasks: target tokens of the current optimizer step
 
-    def _prepare_datasets(self, model: Any, train: Any, evaluation: Any, tokenizer: Any) -> tuple[Any, Any]:
-        """Fit the tasks on raw training data, add the heads that needed it, tokenize raw datasets."""
+    def _prepare_datasets(self, model: Any, train: Any, evaluation: Any, tokenizer: Any,
+                          args: Any = None) -> tuple[Any, Any]:
+        """Cap the training splits (`max_train_samples_per_task`), fit the tasks on raw training data, add the heads
+        that needed it, tokenize raw datasets."""
         train = as_task_dict(train, "train_dataset", self.tasks)
+        if args is not None:
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            train = cap_rows(train, args.max_train_samples_per_task, seed)
         evaluation = as_task_dict(evaluation, "eval_dataset", self.tasks)
         fit_tasks(self.tasks, train)
         model.add_missing_heads()
@@ -191,6 +196,18 @@ class MultiTaskTrainer(Trainer):
         if generating:
             self._step_tokens.count(batches, generating, self.args.world_size, self._reduce_sum, device)
         return batches, num_items
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """Trainer's estimate (6 x tokens x non-embedding parameters), with the parameter count taken once: Trainer
+        recounts every parameter of the model at every micro-batch, which grows with the number of heads."""
+        model = self.model
+        cached = getattr(self, "_flops_params", None)
+        if cached is None or cached[0] is not model:
+            if not hasattr(model, "num_parameters"):
+                return super().floating_point_ops(inputs)
+            cached = self._flops_params = (model, model.num_parameters(exclude_embeddings=True))
+        main_input = getattr(model, "main_input_name", "input_ids")
+        return 6 * inputs[main_input].numel() * cached[1] if main_input in inputs else 0
 
     # ----- loss -----
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,

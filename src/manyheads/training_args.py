@@ -73,6 +73,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(default=None, metadata={
         "help": "Learning rate of the task heads (the fresh layers on the encoder); default: learning_rate. A "
                 "higher rate (e.g. 10x) lets a fresh head catch up with a pretrained encoder in short runs."})
+    max_train_samples_per_task: int | None = field(default=None, metadata={
+        "help": "At most this many training rows per task: a larger task's training split is cut to a seeded random "
+                "subset (data_seed, else seed; the same rows in every run) before fitting and tokenization, so the "
+                "cut also saves preprocessing time. Evaluation splits are never cut. Default: every row."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Round each micro-batch's padded length up to a multiple of this (8 helps tensor cores)."})
 
@@ -123,6 +127,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
             if value is not None and not value > 0:
                 raise ValueError(f"'{key}' is {value}; give a learning rate > 0, or leave it unset to use "
                                  "learning_rate.")
+        cap = self.max_train_samples_per_task
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"'max_train_samples_per_task' is {cap!r}; give a whole number of rows >= 1, or leave "
+                             "it unset to train on every row.")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"'max_nonfinite_steps' is {self.max_nonfinite_steps}; it must be >= 1")
 

@@ -1,5 +1,5 @@
-"""Diagnostics callbacks: update monitor, task-gradient conflict and stalled heads (they observe, never change
-training). `StalledHeadsCallback` is added by `MultiTaskTrainer` itself.
+"""Diagnostics callbacks: update monitor, task-gradient conflict, task affinity (TAG) and stalled heads (they
+observe, never change training). `StalledHeadsCallback` is added by `MultiTaskTrainer` itself.
 
 From a recipe (`diagnostics:` section) `manyheads.recipe.build_trainer` adds them itself. From Python:
 
@@ -13,11 +13,21 @@ attach_callbacks(trainer, [UpdateMonitorCallback(every=50), GradientConflictCall
 ```
 
 `attach_callbacks` adds them and connects them to the trainer's trackers (`report_to`: TensorBoard, MLflow, ...);
+`TaskAffinityCallback(every=100)` draws its own probe batches: pass it in `MultiTaskTrainer(..., callbacks=[...])`.
 `trainer.add_callback` works too, but then only their files get the numbers.
 """
 
 from __future__ import annotations
 
+from .affinity import (
+    AFFINITY_FILE,
+    AFFINITY_SUMMARY,
+    AffinityMeasurement,
+    TaskAffinityCallback,
+    default_every,
+    measure_affinity,
+)
+from .affinity_groups import recommend_groupings
 from .base import (
     CONFLICT_FILE,
     DIAGNOSTICS_DIR,
@@ -33,6 +43,13 @@ from .stalled_heads import STALLED_FILE, StalledHeadsCallback
 from .update_monitor import UpdateMonitorCallback, parameter_groups
 
 __all__ = [
+    "AFFINITY_FILE",
+    "AFFINITY_SUMMARY",
+    "AffinityMeasurement",
+    "TaskAffinityCallback",
+    "default_every",
+    "measure_affinity",
+    "recommend_groupings",
     "CONFLICT_FILE",
     "DIAGNOSTICS_DIR",
     "MONITOR_FILE",

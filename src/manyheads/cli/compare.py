@@ -1,7 +1,8 @@
 """`manyheads compare CONFIG [--seeds 1 2 3] [--jobs N] [--output_dir DIR] [--key value ...]`: does multi-task
 help here?
 
-Trains the config's multi-task model and each task alone, at the same number of training examples per task and
+Trains the config's multi-task model and each task alone (with `--groups`, each group of tasks too; with
+`--finetune`, each task fine-tuned from the multi-task model), at the same number of training examples per task and
 with the same recipe, for each seed; writes `compare.json` and `compare.md` (per task: mean ± sd of the main
 metric, the difference, whether it is beyond the seeds' spread, a verdict; ΔMTL; stored parameters). Running
 the same command again continues an interrupted comparison. See `manyheads.recipe.compare`.
@@ -31,6 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "this process)")
     parser.add_argument("--output_dir", default=None,
                         help="the comparison's folder (default: runs/<config name>-compare); one subfolder per run")
+    parser.add_argument("--groups", nargs="+", default=None, metavar="TASKS",
+                        help="also train each group as one multi-task run per seed, its tasks seeing as many examples "
+                             "as in the all-in-one run: one argument per group, tasks comma-separated ('rte,mrpc' "
+                             "'stsb,cola'), or a file: groups.json ({\"groups\": [[...], ...]}) or affinity.json:K "
+                             "(its recommended grouping into K groups); tasks in no group are trained alone as always")
+    parser.add_argument("--finetune", nargs="?", const="1.0", default=None, metavar="STEPS_OR_MULTIPLE",
+                        help="also fine-tune each task alone from each seed's multi-task model (MT-DNN: its encoder "
+                             "and the task's head). Budget: as many examples of the task as the all-in-one run gave it "
+                             "(the single-task run's steps); an integer is that many optimizer steps instead, a number "
+                             "with a decimal point that multiple of the default (0.5: half). Stored parameters count "
+                             "one encoder per task")
     parser.add_argument("--plan_only", action="store_true",
                         help="print every planned run (optimizer steps, examples per task) and stop: nothing trains")
     parser.set_defaults(accepts_overrides=True)
@@ -41,14 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from ..errors import ConfigError
     from ..recipe.compare import plan_comparison, run_comparison
-    from ..recipe.compare_table import markdown_table
+    from ..recipe.compare_groups import parse_finetune, read_groups
+    from ..recipe.compare_table import configurations_table, markdown_table
     from .common import quiet_libraries
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs: {args.jobs}; give 1 or more runs at a time.")
     quiet_libraries()
     output_dir = args.output_dir or os.path.join("runs", f"{Path(args.config).stem}-compare")
-    comparison = plan_comparison(args.config, extra, args.seeds, output_dir, alone=args.alone)
+    groups = read_groups(args.groups) if args.groups else None
+    comparison = plan_comparison(args.config, extra, args.seeds, output_dir, alone=args.alone, groups=groups,
+                                 finetune=parse_finetune(args.finetune))
     if args.plan_only:
         print("\n".join(plan_lines(comparison)))
         return 0
@@ -56,6 +71,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                              train_here=train_here)
     print()
     print("\n".join(markdown_table(summary)))
+    if summary.get("configurations"):
+        print()
+        print("\n".join(configurations_table(summary["configurations"])))
     print(f"\ncomparison written to {Path(output_dir) / 'compare.json'} and compare.md")
     return 0
 
@@ -83,7 +101,8 @@ def plan_lines(comparison: Any) -> list[str]:
              "| run | optimizer steps | examples per task |", "|---|---:|---|"]
     for run in comparison.runs:
         examples = ", ".join(f"{task} {count}" for task, count in run.examples.items())
-        lines.append(f"| {run.key} | {run.max_steps} | {examples} |")
+        after = f" (from {run.starts_from})" if run.starts_from else ""
+        lines.append(f"| {run.key}{after} | {run.max_steps} | {examples} |")
     steps = sum(run.max_steps for run in comparison.runs)
     lines += ["", f"total: {steps} optimizer steps over {len(comparison.seeds)} seed(s)"]
     return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare, demo, env, evaluate, export, predict, report, serve, train, validate
+from . import affinity, compare, demo, env, evaluate, export, predict, report, serve, train, validate
 from .common import run_command
 
 # Each command module has `add_arguments(parser)`, `run(args, extra) -> int` and a one-line `HELP`.
@@ -20,6 +20,7 @@ COMMANDS = {
     "env": env,
     "report": report,
     "serve": serve,
+    "affinity": affinity,
 }
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # Only `train`, `compare`, `evaluate` and `validate` take free `--key value` overrides of the config.
+    # Only `train`, `affinity`, `compare`, `evaluate` and `validate` take free `--key value` overrides of the config.
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return run_command(COMMANDS[args.command], args, extra)

@@ -9,6 +9,7 @@ is one clear error.
 from __future__ import annotations
 
 import bisect
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -110,6 +111,20 @@ def check_columns(task: Task, dataset: Any, argument: str) -> None:
         raise ValueError(f"{argument}['{task.name}'] has no column '{missing[0]}' (task '{task.name}' reads "
                          f"{task.required_columns()}); its columns are {dataset.column_names}. Rename the column "
                          f"(dataset.rename_column) or set the task's text/label to the column names.")
+
+
+def cap_rows(datasets: dict[str, Any] | None, cap: int | None, seed: int) -> dict[str, Any] | None:
+    """Each dataset longer than `cap` cut to `cap` rows: a random subset, in the dataset's order, that depends only on
+    `seed` and the task's name (not on the other tasks, so adding a task leaves the others' rows alone)."""
+    if datasets is None or cap is None:
+        return datasets
+    out = {}
+    for name, dataset in datasets.items():
+        if len(dataset) > cap:
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+            dataset = dataset.select(np.sort(rng.choice(len(dataset), size=cap, replace=False)).tolist())
+        out[name] = dataset
+    return out
 
 
 def fit_tasks(tasks: dict[str, Task], train: dict[str, Any] | None) -> None:

@@ -41,6 +41,9 @@ class RecipeArguments:
     data_dir: str | None = field(default=None, metadata={
         "help": "Folder that relative data paths start from (default: the config file's folder)."})
     max_length: int = field(default=128, metadata={"help": "max_length of every task that sets none."})
+    init_from: str | None = field(default=None, metadata={
+        "help": "A folder saved by 'manyheads train' (a MultiTaskModel) to start from: its encoder and the heads of "
+                "the tasks it shares with this config replace the fresh ones (e.g. MT-DNN's fine-tuning)."})
 
 
 # Mapping- or list-valued keys, built by `config.py` from their dataclass or task class.

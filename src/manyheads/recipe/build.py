@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoTokenizer, set_seed
 
 from ..callbacks import GradientConflictCallback, UpdateMonitorCallback, attach_callbacks, make_probe_batches
 from ..data.collator import MultiTaskCollator
-from ..data.datasets import fit_tasks, prepare_split
+from ..data.datasets import cap_rows, fit_tasks, prepare_split
 from ..data.samplers import MultiTaskBatchSampler
 from ..errors import ConfigError, ProblemCollector, shown
 from ..modeling.model import MultiTaskModel
@@ -223,6 +223,8 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
     limit = _max_positions(run, tokenizer)
     tasks = dict(tasks) if tasks is not None else run.fresh_tasks()
     raw: dict[str, TaskSplits] = {}
+    cap = run.training.get("max_train_samples_per_task")
+    seed = run.training.get("data_seed") if run.training.get("data_seed") is not None else run.training.get("seed", 42)
     for entry in run.tasks:
         name, task = entry.name, tasks[entry.name]
         if limit is not None and task.max_length > limit:
@@ -230,6 +232,9 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
                          f"({limit}). Set max_length <= {limit}.")
         before = len(problems.problems)
         splits = raw[name] = load_task_splits(name, task, entry.data, run.root, problems)
+        if cap is not None and "train" in splits.splits:
+            # The trainer's cut, made here already: fitting, checks and compare's plan see the rows it trains on.
+            splits.splits["train"] = cap_rows({name: splits.splits["train"]}, cap, seed)[name]
         if "train" in splits.splits:
             problems.problems.extend(task.check_data("train", splits.splits["train"], splits.sources["train"]))
         elif entry.data is not None and before == len(problems.problems):
@@ -256,13 +261,61 @@ def prepare_data(run: RunConfig, tokenizer: Any = None, tokenize: bool = True,
 
 
 def build_model(run: RunConfig, tasks: dict[str, Task], seed: int = 42) -> MultiTaskModel:
-    """The pretrained encoder with fresh heads (seeded), frozen as the config asks."""
+    """The pretrained encoder with fresh heads (seeded), frozen as the config asks; with `init_from`, the encoder
+    and the shared tasks' heads of that saved model instead (`start_from`)."""
     set_seed(seed)
     # `pooling: auto` follows a sentence-transformers checkpoint's own pooling (modules.json).
     apply_checkpoint_pooling(tasks.values(), run.model)
     model = MultiTaskModel.from_encoder(run.model, list(tasks.values()), sharing=run.sharing)
+    if run.init_from:
+        start_from(model, run.init_from)
     model.freeze(run.freeze.encoder, run.freeze.embeddings, run.freeze.layers)
     return model
+
+
+def start_from(model: MultiTaskModel, folder: str) -> list[str]:
+    """Load into `model` the encoder of the `MultiTaskModel` saved in `folder` and the heads (or decoders) of the
+    tasks both have; the other tasks keep their fresh heads. Returns the tasks whose heads were loaded.
+
+    Raises:
+        ConfigError: `folder` holds no saved `MultiTaskModel`, either model uses adapters, the encoders differ, or
+            a shared task has other labels there (its head's outputs would mean other labels).
+    """
+    import json
+
+    from ..modeling.config import MultiTaskConfig
+
+    where = f"init_from: {folder}"
+    try:
+        saved_type = json.loads(open(os.path.join(folder, "config.json"), encoding="utf-8").read()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        saved_type = None
+    if saved_type != MultiTaskConfig.model_type:
+        raise ConfigError(f"{where} holds no model saved by manyheads (config.json with model_type "
+                          f"'{MultiTaskConfig.model_type}' missing). Give the output_dir of a finished "
+                          "'manyheads train'.")
+    saved = MultiTaskModel.from_pretrained(folder)
+    if saved.sharing.adapters or model.sharing.adapters:
+        raise ConfigError(f"{where}: starting from a model with adapters (sharing 'lora' / 'hybrid') is not "
+                          "supported. Use sharing 'hard' on both.")
+    problems = [f"{where}: task '{name}' has labels {saved.tasks[name].label_list} there but "
+                f"{task.label_list} here; its head's outputs would mean other labels. Use the same data and labels."
+                for name, task in model.tasks.items() if name in saved.tasks
+                and saved.tasks[name].label_list != task.label_list]
+    old, new = saved.state_dict(), model.state_dict()
+    loaded = {}
+    for key, value in new.items():
+        if key in old and old[key].shape == value.shape:
+            loaded[key] = old[key]
+        elif key in old or key.startswith("encoder."):
+            problems.append(f"{where}: tensor {key} is {tuple(old[key].shape) if key in old else 'missing'} there "
+                            f"but {tuple(value.shape)} here; the encoders differ. Set 'model' to the encoder the saved "
+                            "model was trained from.")
+            break
+    if problems:
+        raise ConfigError(problems)
+    model.load_state_dict(loaded, strict=False)
+    return [name for name in model.tasks if name in saved.tasks]
 
 
 def build_callbacks(run: RunConfig, prepared: PreparedData, args: Any, trainer: Any = None) -> list[Any]:

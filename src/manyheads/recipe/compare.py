@@ -6,13 +6,15 @@ comparison = plan_comparison("cfg.yaml", ["--max_steps", "200"], seeds=[1, 2, 3]
 summary = run_comparison(comparison, jobs=2)     # also writes compare.json and compare.md there
 ```
 
-Each run (see `compare_plan` for the plan and the equal-examples rule) is an ordinary `manyheads train` in its
-own process and folder, `<output_dir>/<mt | single-TASK>/seed-N/`, with its config (`compare_run.yaml`) and its
-output (`train.log`) beside the model. A run counts as finished once `compare_result.json` is there (written
-after the process exited 0, from its `eval_results.json`). Running the same command again skips finished
-runs, resumes a run from its newest complete checkpoint before its last step (`manyheads train --resume PATH`),
-and trains a run that has none from the start (`--overwrite`, which clears what an interrupted attempt left).
-A folder that holds a comparison of another config, other seeds or other data is refused.
+Each run (see `compare_plan` for the plan and the equal-examples rule) is an ordinary `manyheads train` in its own
+process and folder, `<output_dir>/<mt | single-TASK | group-TASK+TASK | finetune-TASK>/seed-N/`, with its config
+(`compare_run.yaml`) and its output (`train.log`) beside the model. A run counts as finished once
+`compare_result.json` is there (written after the process exited 0, from its `eval_results.json`). Running the same
+command again skips finished runs, resumes a run from its newest complete checkpoint before its last step
+(`manyheads train --resume PATH`), and trains a run that has none from the start (`--overwrite`, which clears what
+an interrupted attempt left). A folder that holds a comparison of another config, other seeds, other data, other
+groups or another fine-tune budget is refused. A fine-tune run starts only once its multi-task run has finished
+(also with `jobs > 1`), and is not started when that run failed.
 
 SIGTERM (a scheduler's preemption) is passed on to the runs in progress, which save a checkpoint and stop;
 the comparison then exits 143 and continues where it stopped when it is run again. The runs' processes die with
@@ -39,17 +41,14 @@ from typing import IO, Any
 import yaml
 
 from ..errors import ConfigError, RunStopped
-from ..report.comparison import COMPARE_FILE, COMPARE_MARKDOWN
 from ..tasks import higher_is_better, main_metric_of
 from ..training.checkpoints import checkpoints, is_complete
 from ..training.output_lock import OutputLock, check_not_locked
 from ..training.preemption import PREEMPTED_EXIT_CODE, Preemption
 from .compare_plan import (
     LOG_FILE,
-    MULTI_TASK,
     RESULT_FILE,
     RUN_CONFIG_FILE,
-    SINGLE_TASK,
     Comparison,
     PlannedRun,
     check_folder,
@@ -57,9 +56,9 @@ from .compare_plan import (
     write_json,
     write_plan,
 )
-from .compare_table import markdown_table, summarize
+from .compare_summary import read_result, write_summary
 
-__all__ = ["plan_comparison", "read_result", "run_comparison", "stored_parameters"]
+__all__ = ["plan_comparison", "read_result", "run_comparison", "stored_parameters", "write_summary"]
 
 POLL_SECONDS = 0.2
 # How long a rerun waits for a run folder that a training process still holds (one dying with a killed
@@ -93,14 +92,6 @@ def stored_parameters(folder: Path) -> int:
         with safe_open(str(path), "pt") as handle:
             total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
     return total
-
-
-def read_result(folder: Path) -> dict[str, Any] | None:
-    """A finished run's result, or None when it has not finished (or its result file is unreadable)."""
-    try:
-        return json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _write_result(comparison: Comparison, planned: PlannedRun, seconds: float, resumed_from: str | None
@@ -189,6 +180,8 @@ def _prepare(comparison: Comparison, planned: PlannedRun) -> _Attempt:
     over (`--overwrite` clears what an attempt without a complete checkpoint left)."""
     folder = comparison.folder(planned)
     config = {**planned.config, "output_dir": str(folder.resolve())}
+    if planned.starts_from:  # a fine-tune run: the finished run's saved model
+        config["init_from"] = str((comparison.output_dir / planned.starts_from).resolve())
     config_file = folder / RUN_CONFIG_FILE
     # Held while the folder is changed (checkpoints removed): no training may be writing there meanwhile. The run
     # itself (`manyheads train`) takes the lock again once this is released.
@@ -245,6 +238,11 @@ class _Progress:
         self.finished += 1
         self.echo(f"[{self.finished}/{self.total}] {planned.label}: finished earlier ({_scores(result)})")
 
+    def blocked(self, planned: PlannedRun) -> None:
+        """A run not started because the run it starts from did not finish."""
+        self.failed.append(planned)
+        self.echo(f"[-/{self.total}] {planned.label}: not started: {planned.starts_from} did not finish")
+
     def started(self, attempt: _Attempt) -> None:
         how = f"resuming from {attempt.resumed_from}" if attempt.resumed_from else "training"
         self.echo(f"      {attempt.planned.label}: {how}")
@@ -264,9 +262,27 @@ class _Progress:
                   f"({_scores(result)})")
 
 
+def _next_ready(comparison: Comparison, todo: list[PlannedRun], progress: _Progress, running: bool
+                ) -> PlannedRun | None:
+    """Take from `todo` the first run that may start: one that starts from no other run, or whose run has
+    finished (a fine-tune run after its multi-task run). A run whose run failed is not started (it fails too); a
+    run whose run is still training waits (None when every remaining run waits)."""
+    failed = {p.key for p in progress.failed}
+    for planned in list(todo):
+        after = planned.starts_from
+        if after is None or read_result(comparison.output_dir / after) is not None:
+            todo.remove(planned)
+            return planned
+        if after in failed or not (running or any(p.key == after for p in todo)):
+            todo.remove(planned)
+            progress.blocked(planned)
+            failed.add(planned.key)
+    return None
+
+
 def _train_in_turn(comparison: Comparison, todo: list[PlannedRun], progress: _Progress, train_here: TrainHere,
                    preemption: Preemption) -> None:
-    for planned in todo:
+    while (planned := _next_ready(comparison, todo, progress, running=False)) is not None:
         if preemption.requested:
             raise _stopped(comparison)
         attempt = _prepare(comparison, planned)
@@ -284,7 +300,10 @@ def _train_side_by_side(comparison: Comparison, todo: list[PlannedRun], progress
     try:
         while todo or running:
             while todo and len(running) < jobs and not preemption.requested:
-                attempt = _prepare(comparison, todo.pop(0))
+                planned = _next_ready(comparison, todo, progress, running=bool(running))
+                if planned is None:
+                    break
+                attempt = _prepare(comparison, planned)
                 attempt.process = subprocess.Popen([sys.executable, "-m", "manyheads.cli.main", *attempt.argv],
                                                    stdout=attempt.log, stderr=subprocess.STDOUT, env=env,
                                                    preexec_fn=die_with_parent)
@@ -361,31 +380,3 @@ def _train_missing(comparison: Comparison, jobs: int, echo: Callable[[str], None
         raise RunStopped(f"{len(progress.failed)} of {progress.total} runs failed "
                          f"({', '.join(p.label for p in progress.failed)}); see the {LOG_FILE} in their folders. Run "
                          "the same command again to retry them; finished runs are kept.", exit_code=1)
-
-
-def write_summary(comparison: Comparison) -> dict[str, Any]:
-    """`compare.json` and `compare.md` from the finished runs' results."""
-    results = [read_result(comparison.folder(p)) for p in comparison.runs]
-    summary = summarize([r for r in results if r is not None])
-    tasks = next(r.tasks for r in comparison.runs if r.kind == MULTI_TASK)
-    summary.update({
-        "config_file": str(comparison.config_path), "config_hash": comparison.config_hash,
-        # Training examples (features) per task and seed; a single-task run rounds up to whole optimizer steps.
-        "examples": {t: {kind: {str(r.seed): r.examples[t] for r in comparison.runs if r.kind == kind
-                                and t in r.examples} for kind in (MULTI_TASK, SINGLE_TASK)} for t in tasks},
-        "runs": [{"folder": f"{p.name}/seed-{p.seed}", "run": p.name, "seed": p.seed, "main": r["main"],
-                  "seconds": r["seconds"], "parameters": r["parameters"], "max_steps": r["max_steps"]}
-                 for p, r in zip(comparison.runs, results) if r is not None],
-    })
-    write_json(comparison.output_dir / COMPARE_FILE, summary)
-    seen = ["| task | examples seen, multi-task | single-task |", "|---|---:|---:|"]
-    for task, kinds in summary["examples"].items():
-        seen.append(f"| {task} | " + " | ".join(", ".join(str(kinds[k].get(str(s), "–")) for s in summary["seeds"])
-                                                for k in (MULTI_TASK, SINGLE_TASK)) + " |")
-    lines = [f"# manyheads compare: {comparison.config_path}", "",
-             f"Main metric per task on its eval split, mean ± sd over seeds {', '.join(map(str, summary['seeds']))}; "
-             "the difference is multi-task minus single-task.", "", *markdown_table(summary), "",
-             "Training examples per task (per seed, in seed order; a single-task run rounds up to whole optimizer "
-             "steps):", "", *seen, ""]
-    (comparison.output_dir / COMPARE_MARKDOWN).write_text("\n".join(lines), encoding="utf-8")
-    return summary

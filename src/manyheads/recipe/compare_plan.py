@@ -1,5 +1,7 @@
 """The plan of `manyheads compare`: which runs, with which configs, and how many examples each task sees.
 
+(`--groups` and `--finetune` add group runs and fine-tune runs: see `compare_groups` for their recipes and budgets.)
+
 For each seed: the recipe's multi-task run as written, and one run per task alone with the same recipe (same
 training arguments, max_length, task settings, data), trained on as many examples of its task as the
 multi-task run feeds it.
@@ -43,6 +45,15 @@ from ..errors import ConfigError, ProblemCollector
 from ..tasks.metrics import best_metric_problem
 from .arguments import normalize
 from .build import prepare_data
+from .compare_groups import (
+    FINE_TUNED,
+    GROUP,
+    GROUPS_FLAG,
+    check_group_sampling,
+    check_groups,
+    finetune_examples,
+    group_name,
+)
 from .config import RunConfig, build_config, path_resolver, read_yaml
 from .task_groups import expand_tasks
 
@@ -57,13 +68,14 @@ LOG_FILE = "train.log"
 class PlannedRun:
     """One training run of a comparison."""
 
-    name: str  # "mt" or "single-<task>"
-    kind: str  # MULTI_TASK or SINGLE_TASK
+    name: str  # "mt", "single-<task>", "group-<task>+<task>..." or "finetune-<task>"
+    kind: str  # MULTI_TASK, SINGLE_TASK, GROUP or FINE_TUNED
     seed: int
     tasks: list[str]
     config: dict[str, Any]  # the raw recipe `manyheads train` gets (output_dir is set when it runs)
     examples: dict[str, int]  # training examples (features) per task over the run
     max_steps: int  # optimizer steps
+    starts_from: str | None = None  # the key of the run whose saved model this one starts from (`init_from`)
 
     @property
     def key(self) -> str:
@@ -84,6 +96,8 @@ class Comparison:
     run: RunConfig  # the multi-task recipe (validated)
     config: dict[str, Any]  # its raw form, overrides applied, data paths absolute
     runs: list[PlannedRun] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)  # `--groups`: the groups of two or more tasks
+    finetune: int | float | None = None  # `--finetune`: steps (int) or a multiple of the default examples
 
     def folder(self, planned: PlannedRun) -> Path:
         return self.output_dir / planned.name / f"seed-{planned.seed}"
@@ -91,8 +105,13 @@ class Comparison:
     @property
     def identity(self) -> dict[str, Any]:
         """What must match for a folder to continue this comparison: config, seeds and planned examples."""
-        return {"config": self.config, "seeds": self.seeds,
-                "runs": {r.key: {"examples": r.examples, "max_steps": r.max_steps} for r in self.runs}}
+        identity = {"config": self.config, "seeds": self.seeds,
+                    "runs": {r.key: {"examples": r.examples, "max_steps": r.max_steps} for r in self.runs}}
+        if self.groups:  # absent without them: the identity (and hash) of a plain comparison is unchanged
+            identity["groups"] = self.groups
+        if self.finetune is not None:
+            identity["finetune"] = self.finetune
+        return identity
 
     @property
     def config_hash(self) -> str:
@@ -119,9 +138,11 @@ def total_steps(args: Any, batches_in_epoch: int) -> int:
     return math.ceil(args.num_train_epochs * steps_per_epoch)
 
 
-def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int) -> tuple[dict[str, int], int]:
-    """Training examples per task that the multi-task run with `seed` draws, and its optimizer steps."""
-    args = run.training_arguments(seed=seed)
+def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int, max_steps: int | None = None
+                       ) -> tuple[dict[str, int], int]:
+    """Training examples per task that the multi-task run with `seed` draws (with `max_steps` instead of the
+    recipe's when given), and its optimizer steps."""
+    args = run.training_arguments(seed=seed, **({"max_steps": max_steps} if max_steps else {}))
     common = {"batch_size": args.train_batch_size, "strategy": args.sampling_strategy,
               "temperature": args.sampling_temperature,
               "seed": args.data_seed if args.data_seed is not None else seed}
@@ -186,21 +207,66 @@ def single_task_config(raw: dict[str, Any], run: RunConfig, task: str, max_steps
     return single
 
 
+def group_config(raw: dict[str, Any], run: RunConfig, tasks: list[str]) -> dict[str, Any]:
+    """The recipe of a group of tasks: only their entries, everything else as written (`max_steps` is set per
+    seed)."""
+    group = copy.deepcopy(raw)
+    group["tasks"] = [copy.deepcopy(t) for t in raw["tasks"] if isinstance(t, dict) and t.get("name") in tasks]
+    if best_metric_problem(group.get("metric_for_best_model"), [run.task(t) for t in tasks], False):
+        group["metric_for_best_model"], group["greater_is_better"] = "eval_average", True
+    return group
+
+
+def _group_run(group: list[str], config: dict[str, Any], group_run: RunConfig, sizes: dict[str, int], seed: int,
+               target: dict[str, int]) -> PlannedRun:
+    """The group's run with `seed`: the fewest steps whose micro-batches hold the examples the all-in-one run gave
+    the group's tasks together, its examples per task counted by the same walk (see `compare_groups`)."""
+    args = group_run.training_arguments(seed=seed)
+    total = sum(target[t] for t in group)
+    steps = max(1, math.ceil(total / (args.train_batch_size * args.gradient_accumulation_steps)))
+    sub = {t: sizes[t] for t in group}
+    while True:
+        examples, _ = multitask_examples(group_run, sub, seed, steps)
+        if sum(examples.values()) >= total:
+            break
+        steps += 1
+    return PlannedRun(group_name(group), GROUP, seed, list(group), {**config, "seed": seed, "max_steps": steps},
+                      examples, steps)
+
+
+def _finetune_run(comparison: Comparison, task: str, size: int, mt: PlannedRun) -> PlannedRun:
+    """The fine-tune run of `task` after `mt`: its budget (see `compare_groups`), the single-task recipe, started
+    from the all-in-one model (`init_from`, set when it runs: the folder is known then)."""
+    args = comparison.run.training_arguments()
+    batch, accumulation = args.train_batch_size, args.gradient_accumulation_steps
+    budget = comparison.finetune
+    target = finetune_examples(budget, mt.examples[task])
+    steps = budget if target is None else single_task_steps(size, target, batch, accumulation)
+    seen = batch * sum(micro_batches_per_epoch(math.ceil(size / batch), accumulation, steps))
+    config = single_task_config(mt.config, comparison.run, task, steps)
+    return PlannedRun(f"finetune-{task}", FINE_TUNED, mt.seed, [task], config, {task: seen}, steps,
+                      starts_from=mt.key)
+
+
 def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], output_dir: str | Path,
-                    alone: list[str] | None = None) -> Comparison:
+                    alone: list[str] | None = None, groups: list[list[str]] | None = None,
+                    finetune: int | float | None = None) -> Comparison:
     """Read and check the recipe and its data, and plan every run (nothing is written).
 
     `alone`: the tasks also trained alone (default: every task). The others are still trained in the multi-task
     run, and only the tasks trained alone get a verdict (e.g. "does QA help question generation?": `["qg"]`).
+    `groups`: task groups, each trained as one more multi-task run per seed; `finetune`: a fine-tune run per task
+    trained alone, started from the multi-task model (both: see `compare_groups`).
 
     Raises:
         ConfigError: a bad config or data (every problem), fewer than two tasks, a task without training or
-            evaluation data, a task that the multi-task run never samples.
+            evaluation data, a task that the multi-task run never samples, bad groups or fine-tune budget.
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: {seeds}; give one or more different seeds, e.g. --seeds 1 2 3.")
     raw = read_recipe(config_path, overrides)
-    run = build_config(raw, config_dir=str(Path(config_path).resolve().parent))
+    config_dir = str(Path(config_path).resolve().parent)
+    run = build_config(raw, config_dir=config_dir)
     names = [e.name for e in run.tasks]
     if len(names) < 2:
         raise ConfigError(f"tasks: compare needs at least two tasks, the config has {names}.")
@@ -208,6 +274,20 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
     unknown = [t for t in alone if t not in names]
     if unknown or not alone or len(set(alone)) != len(alone):
         raise ConfigError(f"--alone: {alone}; give one or more different tasks of the config: {', '.join(names)}.")
+    grouped = check_groups(groups, names) if groups else []
+    args = run.training_arguments()
+    if grouped:
+        check_group_sampling(run.argument("sampling_strategy"))
+    if finetune is not None and run.sharing.adapters:
+        raise ConfigError(f"--finetune: sharing {run.sharing.mode!r}: starting a run from a model with adapters is "
+                          "not supported. Compare fine-tuning with sharing 'hard' (the default).")
+    group_configs = [(g, group_config(raw, run, g)) for g in grouped]
+    group_runs = []
+    for group, config in group_configs:
+        try:
+            group_runs.append(build_config(config, config_dir=config_dir))
+        except ConfigError as err:
+            raise ConfigError(err.problems, where=f"{GROUPS_FLAG} {','.join(group)}") from None
     # Tokenized as the trainer tokenizes it: a question-answering row may be several features.
     prepared = prepare_data(run, tokenized_splits=("train",))
     problems = ProblemCollector()
@@ -218,13 +298,15 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
                              f"'{key}' (or 'data.hub' with that split).")
     problems.raise_if_any()
     sizes = {n: len(prepared.train[n]) for n in names}
-    comparison = Comparison(Path(output_dir), config_path, list(seeds), run, raw)
-    args = run.training_arguments()
+    comparison = Comparison(Path(output_dir), config_path, list(seeds), run, raw, groups=grouped, finetune=finetune)
     batch, accumulation = args.train_batch_size, args.gradient_accumulation_steps
     for seed in seeds:
         with_seed = {**raw, "seed": seed}
         examples, steps = multitask_examples(run, sizes, seed)
-        comparison.runs.append(PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps))
+        mt = PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps)
+        comparison.runs.append(mt)
+        for (group, config), group_run in zip(group_configs, group_runs):
+            comparison.runs.append(_group_run(group, config, group_run, sizes, seed, examples))
         for name in alone:
             if examples[name] == 0:
                 raise ConfigError(f"tasks.{name}: the multi-task run never samples this task (sampling strategy "
@@ -235,6 +317,8 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
             comparison.runs.append(PlannedRun(
                 f"single-{name}", SINGLE_TASK, seed, [name],
                 single_task_config(with_seed, run, name, single_steps), {name: seen}, single_steps))
+        if finetune is not None:
+            comparison.runs.extend(_finetune_run(comparison, name, sizes[name], mt) for name in alone)
     return comparison
 
 
@@ -281,7 +365,8 @@ def write_plan(comparison: Comparison) -> None:
     content = {"config_hash": comparison.config_hash, "config_file": str(comparison.config_path),
                "identity": comparison.identity,
                "runs": [{"run": r.key, "kind": r.kind, "tasks": r.tasks, "seed": r.seed, "examples": r.examples,
-                         "max_steps": r.max_steps} for r in comparison.runs]}
+                         "max_steps": r.max_steps, **({"starts_from": r.starts_from} if r.starts_from else {})}
+                        for r in comparison.runs]}
     write_json(comparison.output_dir / PLAN_FILE, content)
 
 

@@ -217,3 +217,89 @@ def markdown_table(summary: Mapping[str, Any]) -> list[str]:
                      f"({ratio:.2f}x as many).")
     lines.append(f"- Verdict rule: {summary['rule']}")
     return lines
+
+
+# ----- several configurations (`--groups`, `--finetune`) -----
+CONFIGURATION_LABELS = {"multi_task": "multi-task", "fine_tuned": "fine-tuned", "single_task": "single-task"}
+
+
+def _configurations(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[Mapping[str, Any]]]]:
+    """(name, kind, its runs' rows): multi-task, each group (in the order of first appearance), fine-tuned,
+    single-task."""
+    out = [("multi-task", "multi_task", [r for r in rows if r["kind"] == "multi_task"])]
+    groups = list(dict.fromkeys(r["run"] for r in rows if r["kind"] == "group"))
+    out += [(name, "group", [r for r in rows if r["run"] == name]) for name in groups]
+    for kind in ("fine_tuned", "single_task"):
+        chosen = [r for r in rows if r["kind"] == kind]
+        if chosen:
+            out.append((CONFIGURATION_LABELS[kind], kind, chosen))
+    return out
+
+
+def summarize_configurations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per configuration (see `_configurations`), each with one row per task that also trained alone:
+    the configuration's main metric over seeds against single-task's (`task_row`'s verdict), its ΔMTL (percent,
+    from the means over seeds, plus the per-seed values: each seed's runs against the single-task means), and
+    its stored parameters: the sum over its models of the first seed (N encoders and heads for fine-tuned and
+    single-task, one model for multi-task or a group)."""
+    multi = [r for r in rows if r["kind"] == "multi_task"]
+    if not multi:
+        raise ValueError("summarize_configurations needs the results of the multi-task run")
+    names, better = dict(multi[0]["main_metric"]), dict(multi[0]["greater_is_better"])
+    single = {t: [r["main"][t] for r in rows if r["kind"] == "single_task" and t in r["main"]] for t in names}
+    single_means = {t: Stat(v).mean for t, v in single.items() if v}
+    first_seed = min(r["seed"] for r in rows)
+    out = []
+    for name, kind, runs in _configurations(rows):
+        tasks = [t for t in names if t in single_means and any(t in r["main"] for r in runs)]
+        table = []
+        for task in tasks:
+            row = task_row(task, names[task], better[task], [r["main"][task] for r in runs if task in r["main"]],
+                           single[task])
+            table.append({"configuration": name, "score": row.pop("multi_task"), **row})
+        means = {t: Stat([r["main"][t] for r in runs if t in r["main"]]).mean for t in tasks}
+        delta, used = delta_mtl(means, {t: single_means[t] for t in tasks}, better)
+        seeds = sorted({r["seed"] for r in runs})
+        per_seed = []
+        for seed in seeds:
+            values = {t: v for r in runs if r["seed"] == seed for t, v in r["main"].items() if t in tasks}
+            if (d := delta_mtl(values, {t: single_means[t] for t in values}, better)[0]) is not None:
+                per_seed.append(d)
+        first = [r.get("parameters") for r in runs if r["seed"] == first_seed]
+        out.append({"name": name, "kind": kind, "runs": sorted({r["run"] for r in runs}), "tasks": tasks,
+                    "rows": table,
+                    "delta_mtl": {"percent": None if delta is None else 100 * delta, "tasks": used,
+                                  "per_seed_percent": [100 * d for d in per_seed],
+                                  "per_seed_sd_percent": _none_if_nan(100 * Stat(per_seed).sd)
+                                  if len(per_seed) > 1 else None},
+                    "parameters": sum(first) if first and all(isinstance(p, int) for p in first) else None,
+                    "models": len(first)})
+    return out
+
+
+def configurations_table(configurations: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: one row per configuration per task, then ΔMTL and stored parameters per configuration."""
+    lines = ["| configuration | task | main metric | score | single-task | difference | seeds' spread | verdict |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for config in configurations:
+        for row in config["rows"]:
+            arrow = "higher is better" if row["greater_is_better"] else "lower is better"
+            baseline = config["kind"] == "single_task"
+            verdict = "(baseline)" if baseline else f"**{row['verdict']}**"
+            lines.append(f"| {config['name']} | {row['task']} | {row['metric']} ({arrow}) | "
+                         f"{_spread_text(row['score'])} | {_spread_text(row['single_task'])} | "
+                         f"{'–' if baseline else _number(row['difference'], sign=True)} | "
+                         f"{'–' if baseline else row['spread']} | {verdict} |")
+    lines.append("")
+    for config in configurations:
+        delta = config["delta_mtl"]
+        text = f"- {config['name']}: ΔMTL {_number(delta['percent'], 2, sign=True)} %"
+        if delta.get("per_seed_sd_percent") is not None:
+            per_seed = Stat(delta["per_seed_percent"])
+            text += f" (per seed: {per_seed.mean:+.2f} ± {per_seed.sd:.2f} %)"
+        text += f" over {', '.join(delta['tasks']) or 'no task'}"
+        if config.get("parameters"):
+            models = config["models"]
+            text += f"; stored parameters {config['parameters']:,} in {models} model{'s' if models != 1 else ''}"
+        lines.append(text + ".")
+    return lines

@@ -9,7 +9,8 @@ sampling_strategy: temperature
 max_steps: 600
 ```
 
-Top-level keys are `MultiTaskTrainingArguments` fields plus `model`, `data_dir` and `max_length`, parsed by one
+Top-level keys are `MultiTaskTrainingArguments` fields plus `model`, `data_dir`, `max_length` and `init_from`
+(a saved model to start from, see `build.build_model`), parsed by one
 `HfArgumentParser` (YAML gives defaults, flags override them; see `arguments.py`). Each task entry is its task
 class, picked by `type` (a `TASK_TYPES` name or an import path) and built from the entry's keys, plus a `data`
 section (`loading.DataConfig`). `sharing`, `freeze` and `diagnostics` are the arguments of
@@ -98,6 +99,7 @@ class RunConfig:
     sharing: Sharing = field(default_factory=Sharing)
     data_dir: str | None = None
     max_length: int = 128
+    init_from: str | None = None  # a saved MultiTaskModel folder whose weights the built model starts from
     config_dir: str = "."
 
     @property
@@ -210,7 +212,7 @@ def collect_config(raw: Any, problems: ProblemCollector, config_dir: str = ".",
     if model is None:
         problems.add("config: required key 'model' is missing. Add 'model: ...' (a Hub id or a local folder).")
         return None
-    scalars = {key: raw.pop(key) for key in ("data_dir", "max_length") if key in raw}
+    scalars = {key: raw.pop(key) for key in ("data_dir", "max_length", "init_from") if key in raw}
     raw.setdefault("output_dir", default_output_dir(config_path))
     run = RunConfig(model=str(model), tasks=tasks, training=raw, config_dir=config_dir, **scalars, **sections)
     before = len(problems.problems)

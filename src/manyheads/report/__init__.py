@@ -6,7 +6,8 @@ index = build_report("runs/glue")   # runs/glue/report/index.html
 ```
 
 Figures: per-task training loss, per-task evaluation metrics over time, task weights and sampling shares,
-a heatmap of the relative update per parameter group, the gradient-conflict matrix; tables of the last, best
+a heatmap of the relative update per parameter group, the gradient-conflict matrix, the task-affinity matrix
+(`diagnostics/affinity.json`) with the recommended split into two groups; tables of the last, best
 and final metrics; the run's configuration. See `report.data` for the files it reads.
 
 With more than `summary.MANY_TASKS` tasks the figures summarise (`report.many`): median and inter-quartile band
@@ -19,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from .affinity import draw_affinity
 from .comparison import load_comparison
 from .data import RunData, load_run
 from .figures import DRAWERS, Figure, plain_text
@@ -30,7 +32,7 @@ __all__ = ["Figure", "RunData", "build_report", "load_run", "stalled_lines"]
 
 # Section titles, in the order of `DRAWERS` (and of `many.DRAWERS`, their summaries for a run with many tasks).
 SECTIONS = ("Training loss", "Evaluation metrics", "Task weights and sampling", "Relative update per parameter group",
-            "Task-gradient conflict")
+            "Task-gradient conflict", "Task affinity")
 
 
 def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
@@ -55,7 +57,7 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
         return index
     folder.mkdir(parents=True, exist_ok=True)
     with plain_text():  # task names and labels are text, never matplotlib math ("$x$" in a name)
-        drawers = MANY_DRAWERS if many_tasks(data) else DRAWERS
+        drawers = (*(MANY_DRAWERS if many_tasks(data) else DRAWERS), draw_affinity)
         figures = [(section, draw(data, folder)) for section, draw in zip(SECTIONS, drawers)]
     index.write_text(render(data, figures, str(folder), comparison), encoding="utf-8")
     return index

@@ -35,6 +35,35 @@ def comparison_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             for row in summary.get("tasks", [])]
 
 
+def configuration_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """With `--groups` / `--finetune`: one row per configuration per task, each against single-task."""
+    rows = []
+    for config in summary.get("configurations") or []:
+        baseline = config.get("kind") == "single_task"
+        for row in config.get("rows", []):
+            rows.append({"configuration": config["name"], "task": row["task"],
+                         "main metric": f"{row['metric']} ({'higher' if row['greater_is_better'] else 'lower'} is "
+                                        "better)",
+                         "score": _side(row["score"]), "single-task": _side(row["single_task"]),
+                         "difference": "–" if baseline else f"{row['difference']:+.4f}",
+                         "seeds' spread": "–" if baseline else row["spread"],
+                         "verdict": "(baseline)" if baseline else row["verdict"]})
+    return rows
+
+
+def configuration_notes(summary: dict[str, Any]) -> list[str]:
+    """ΔMTL and stored parameters per configuration, as sentences."""
+    notes = []
+    for config in summary.get("configurations") or []:
+        delta, text = config.get("delta_mtl") or {}, config["name"] + ":"
+        if delta.get("percent") is not None and config.get("kind") != "single_task":
+            text += f" ΔMTL {delta['percent']:+.2f} % over {', '.join(delta['tasks'])};"
+        if config.get("parameters"):
+            text += f" {config['parameters']:,} stored parameters in {config['models']} model(s)."
+        notes.append(text.rstrip(";:"))
+    return notes
+
+
 def comparison_notes(summary: dict[str, Any]) -> list[str]:
     """ΔMTL, stored parameters and the verdict rule, as sentences."""
     notes = []
@@ -60,6 +89,13 @@ def comparison_html(summary: dict[str, Any], table: Any) -> str:
              "run.</p>",
              table(comparison_rows(summary), ("task", "main metric", "seeds' spread", "verdict"))]
     parts += [f"<p>{html.escape(note)}</p>" for note in comparison_notes(summary)]
+    if summary.get("configurations"):
+        parts += ["<h3>Every configuration</h3>",
+                  '<p class="caption">Multi-task, each group, fine-tuned (MT-DNN) and single-task, one row per '
+                  "task, each against single-task at equal examples per task.</p>",
+                  table(configuration_rows(summary), ("configuration", "task", "main metric", "seeds' spread",
+                                                      "verdict"))]
+        parts += [f"<p>{html.escape(note)}</p>" for note in configuration_notes(summary)]
     runs = summary.get("runs") or []
     if runs:
         rows = [{"run": f"{r['run']} seed {r['seed']}", "folder": r["folder"], "seconds": r.get("seconds"),

@@ -4,7 +4,7 @@ Sources, each optional but the log history:
 - `trainer_state.json`: the run folder's own (written by `Trainer.save_state()`), else the newest checkpoint's;
 - `config.json`: the saved `MultiTaskModel`'s tasks (names and types);
 - `diagnostics/run.json`, `diagnostics/update_monitor.csv`, `diagnostics/gradient_conflict.jsonl`,
-  `diagnostics/stalled_heads.jsonl` (see `manyheads.callbacks`);
+  `diagnostics/stalled_heads.jsonl`, `diagnostics/affinity.json` (see `manyheads.callbacks`);
 - `eval_results.json`: the evaluation `manyheads train` runs after training.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..callbacks.affinity import AFFINITY_SUMMARY
 from ..callbacks.base import CONFLICT_FILE, DIAGNOSTICS_DIR, MONITOR_FILE, RUN_FILE
 from ..callbacks.stalled_heads import CONSTANT_KEY, STALLED_FILE
 from ..errors import ConfigError
@@ -42,6 +43,7 @@ class RunData:
     final_eval: dict[str, float] | None = None
     stalled: list[dict[str, Any]] = field(default_factory=list)
     main_metrics: dict[str, str] = field(default_factory=dict)  # a task's own `main_metric`, where it set one
+    affinity: dict[str, Any] | None = None  # `TaskAffinityCallback`'s summary
     _found: dict[str, dict[str, list[str]]] = field(default_factory=dict, repr=False, compare=False)
 
     # ----- views of the log history -----
@@ -150,7 +152,9 @@ def load_run(run_dir: str | Path) -> RunData:
                    conflict=_read_conflict(run_dir / DIAGNOSTICS_DIR / CONFLICT_FILE),
                    final_eval=_read_json(final) if final.is_file() else None,
                    stalled=_read_jsonl(run_dir / DIAGNOSTICS_DIR / STALLED_FILE),
-                   main_metrics=_main_metrics(run_dir, state_path))
+                   main_metrics=_main_metrics(run_dir, state_path),
+                   affinity=_read_json(run_dir / DIAGNOSTICS_DIR / AFFINITY_SUMMARY)
+                   if (run_dir / DIAGNOSTICS_DIR / AFFINITY_SUMMARY).is_file() else None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

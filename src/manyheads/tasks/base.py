@@ -53,6 +53,7 @@ from torch import nn
 
 from ..errors import ConfigError, shown
 from .capabilities import StockLayout
+from .fingerprint import map_fingerprint
 from .heads import POOLING, SequenceHead, resolve_pooling
 from .labels import LabelReader, label_key, read_label_names
 
@@ -298,7 +299,10 @@ class TokenizedTask(Task):
             encoded[TASK_COLUMN] = [self.name] * len(encoded["input_ids"])
             return encoded
 
-        return dataset.map(_map, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {self.name}")
+        # The fingerprint is given: datasets would pickle the tokenizer in `_map`'s closure for every task.
+        fingerprint = map_fingerprint(dataset, tokenizer, self, with_labels, _map.__code__)
+        return dataset.map(_map, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {self.name}",
+                           new_fingerprint=fingerprint)
 
 
 @dataclass(kw_only=True)

@@ -1,5 +1,8 @@
 """`token_classification`: one tag per word (NER, POS); cross-entropy per token; seqeval entity F1.
 
+Tags that are not entity spans (POS, `NN`/`VBZ`) take `scheme: none`: f1/precision/recall are then averaged over
+tags (macro) and `accuracy` is per word; entity spans are neither scored nor predicted.
+
 Input is a list of words and a list of tags per row (`text: tokens`, `label: tags`): CoNLL column files
 (`format: conll`) are read into exactly these two columns. Words are split into sub-word tokens; the first
 sub-token of a word carries its tag and the others are ignored by the loss (`label_all_subtokens: true`
@@ -28,7 +31,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 IGNORE = -100
-SCHEMES = ("IOB2", "IOBES")
+SCHEMES = ("IOB2", "IOBES", "none")
+PREFIXES = {"IOB2": ("B", "I"), "IOBES": ("B", "I", "E", "S")}
 
 
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -48,6 +52,24 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     return entities
 
 
+def macro_scores(true_rows: list[list[str]], pred_rows: list[list[str]]) -> dict[str, float]:
+    """Per-tag precision, recall and F1 averaged over the tags seen in either sequence (sklearn's macro)."""
+    true = [t for row in true_rows for t in row]
+    pred = [p for row in pred_rows for p in row]
+    scores = []
+    for tag in sorted(set(true) | set(pred)):
+        hits = sum(t == p == tag for t, p in zip(true, pred))
+        predicted, actual = pred.count(tag), true.count(tag)
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append((precision, recall, f1))
+    if not scores:
+        return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+    precision, recall, f1 = (float(np.mean(column)) for column in zip(*scores))
+    return {"f1": f1, "precision": precision, "recall": recall}
+
+
 @dataclass(kw_only=True)
 class TokenClassification(TokenizedTask, WordLevel):
     """One tag per word.
@@ -56,7 +78,7 @@ class TokenClassification(TokenizedTask, WordLevel):
         text: the column holding a list of words per row.
         label: the column holding one tag per word (names, or indices with `label_names`).
         label_all_subtokens: train continuation sub-tokens too (`B-` becomes `I-`).
-        scheme: `IOB2` or `IOBES`, for entity-level metrics.
+        scheme: `IOB2` or `IOBES`, for entity-level metrics; `none` for tags that are not spans (POS).
         (and every `Task` argument)
 
     A `WordLevel` type: prediction gives `postprocess` each row's words and the word of every token.
@@ -99,7 +121,19 @@ class TokenClassification(TokenizedTask, WordLevel):
             unknown = [t for t in names if declared is not None and t not in declared]
             if unknown:
                 return [f"{where}, column '{tags_col}': {unknown_label_message(self, 'tag', unknown[0])}"]
+            outside = [t for t in names if not self._in_scheme(t)]
+            if outside:
+                return [f"{where}, column '{tags_col}': tag {outside[0]!r} is not an {self.scheme} tag (O, "
+                        f"{', '.join(p + '-TYPE' for p in PREFIXES[self.scheme])}). For tags that are not entity "
+                        "spans (POS tags) set scheme: none; f1 is then averaged over tags and entities are not "
+                        "predicted."]
         return []
+
+    def _in_scheme(self, tag: str) -> bool:
+        if self.scheme == "none" or tag == "O":
+            return True
+        prefix, dash, kind = tag.partition("-")
+        return bool(dash and kind) and prefix in PREFIXES[self.scheme]
 
     def fit(self, train: Dataset | None) -> None:
         labels = self.labels or self.label_names
@@ -162,10 +196,12 @@ class TokenClassification(TokenizedTask, WordLevel):
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray, features: Any = None) -> dict[str, float]:
         true_rows, pred_rows = self._tag_sequences(predictions, labels)
-        scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.scheme]
-        kwargs = {"mode": "strict", "scheme": scheme, "zero_division": 0}
         total = sum(len(r) for r in true_rows)
         correct = sum(t == p for tr, pr in zip(true_rows, pred_rows) for t, p in zip(tr, pr))
+        if self.scheme == "none":
+            return {**macro_scores(true_rows, pred_rows), "accuracy": correct / total if total else 0.0}
+        scheme = {"IOB2": IOB2, "IOBES": IOBES}[self.scheme]
+        kwargs = {"mode": "strict", "scheme": scheme, "zero_division": 0}
         return {
             "f1": float(f1_score(true_rows, pred_rows, **kwargs)),
             "precision": float(precision_score(true_rows, pred_rows, **kwargs)),
@@ -177,22 +213,30 @@ class TokenClassification(TokenizedTask, WordLevel):
         """Per row: one tag per original word and the entity spans (`inputs` give text and token offsets)."""
         if inputs is None:
             raise ValueError("token classification needs the text and token offsets of each row")
+        # Softmax and argmax once over every row's tokens (rows differ in length): per row, they and np.mean per
+        # entity cost more than the encoder pass once a model has tens of token heads.
+        lengths = [len(row) for row in logits]
+        probs = softmax(np.concatenate([np.asarray(row, dtype=np.float64) for row in logits])) if logits else None
+        ends = np.cumsum(lengths).tolist()
+        best = probs.argmax(-1).tolist() if probs is not None else []
+        best_prob = probs.max(-1).tolist() if probs is not None else []
+        labels = self.label_list
         results = []
-        for row_logits, meta in zip(logits, inputs):
+        for row, meta in enumerate(inputs):
             words, spans = meta["words"], meta["spans"]
-            probs = softmax(row_logits.astype(np.float64))
             word_tags, word_scores = ["O"] * len(words), [0.0] * len(words)
             seen = set()
+            start = ends[row] - lengths[row]
+            row_best, row_prob = best[start:ends[row]], best_prob[start:ends[row]]
             for position, word in enumerate(meta["word_ids"]):
-                if word is None or word in seen or position >= len(probs):
+                if word is None or word in seen or position >= len(row_best):
                     continue
                 seen.add(word)
-                best = int(probs[position].argmax())
-                word_tags[word], word_scores[word] = self.label_list[best], float(probs[position, best])
+                word_tags[word], word_scores[word] = labels[row_best[position]], row_prob[position]
             entities = [
                 {"type": kind, "text": meta["text"][spans[a][0]:spans[b - 1][1]], "start": spans[a][0],
-                 "end": spans[b - 1][1], "score": float(np.mean(word_scores[a:b]))}
-                for kind, a, b in entity_spans(word_tags)
+                 "end": spans[b - 1][1], "score": sum(word_scores[a:b]) / (b - a)}
+                for kind, a, b in (entity_spans(word_tags) if self.scheme != "none" else [])
             ]
             results.append({"words": words, "tags": word_tags, "entities": entities})
         return results

@@ -39,10 +39,13 @@ def by_task(datasets: Any) -> dict[str, Any]:
 
 
 def evaluate_task(trainer: Any, name: str, dataset: Any, override: bool, ignore_keys: list[str] | None,
-                  prefix: str) -> TaskEvaluation:
-    """Evaluate task `name` on `dataset` (`override`: a dataset given to `evaluate`, not the run's own split)."""
+                  prefix: str, module: Any = None) -> TaskEvaluation:
+    """Evaluate task `name` on `dataset` (`override`: a dataset given to `evaluate`, not the run's own split).
+    `module`: the unwrapped model, when the caller has it (unwrapping walks every module of the model, which with
+    hundreds of heads costs more than evaluating a small task)."""
     task = trainer.tasks[name]
-    decoder = trainer.accelerator.unwrap_model(trainer.model).task_decoder(name)
+    module = module if module is not None else trainer.accelerator.unwrap_model(trainer.model)
+    decoder = module.task_decoder(name)
     loader = trainer.get_eval_dataloader(dataset if override else name)
     # Generation tasks: the teacher-forced loss here (their logits are vocabulary-sized), the text below.
     output = trainer.evaluation_loop(loader, description=f"Evaluation {name}",
@@ -75,8 +78,9 @@ def evaluate_tasks(trainer: Any, datasets: dict[str, Any], override: bool, ignor
     start = time.time()
     metrics: dict[str, float] = {}
     main_scores, losses = {}, []
+    module = trainer.accelerator.unwrap_model(trainer.model)  # once, not once per task
     for name, dataset in datasets.items():
-        result = evaluate_task(trainer, name, dataset, override, ignore_keys, prefix)
+        result = evaluate_task(trainer, name, dataset, override, ignore_keys, prefix, module)
         metrics.update(result.metrics)
         # Read by StalledHeadsCallback: 1.0 when every row got the same prediction.
         metrics[f"{prefix}_{name}_{CONSTANT_KEY}"] = float(result.constant)
