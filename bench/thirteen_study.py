@@ -28,6 +28,16 @@ THIRTEEN = ROOT / "examples" / "thirteen_tasks.yaml"
 FIVE = ROOT / "bench" / "five_of_thirteen.yaml"
 
 
+PROTOCOL = """Protocol (the recipes' own settings, a reduced CPU budget): each task's first 1000 training rows and
+500 eval rows (QNLI: its dev.tsv only, the last 20% held out; CoNLL tasks evaluated on test.txt; SQuAD split by
+article), 2 epochs at batch 32, lr 1e-4, warmup 6%, proportional sampling, max_length 128 (SQuAD 256, stride 64),
+fp32 (the recipes set no bf16), no model selection (the last step is evaluated). Single-task runs see as many
+examples of their task as the multi-task run gave it (`manyheads compare`). The 5-task comparison reuses the
+13-task comparison's single-task runs of its five tasks (same entries, seeds, steps and examples, checked before
+linking). `--publish` prints the tables of finished comparisons; the runs trained two at a time (`--jobs 2`), so
+the durations in their logs are of a shared machine."""
+
+
 def compare(config: Path, out: Path, args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "manyheads.cli.main", "compare", str(config), "--data_dir", args.data_dir,
                "--model", args.model, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs),
@@ -117,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.publish:
         invocation = bc.Invocation.of("thirteen_study.py", argv)
         header = invocation.header("13 real tasks on one MiniLM vs each alone, and the same 5 GLUE tasks at 5 tasks")
-        bc.append_results(ROOT / "bench" / "RESULTS.md", "\n".join(header) + "\n\n" + "\n\n".join(sections))
+        bc.append_results(ROOT / "bench" / "RESULTS.md", "\n".join([*header, "", PROTOCOL]) + "\n\n" +
+                          "\n\n".join(sections))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,17 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     return entities
 
 
+def first_tokens(meta: dict[str, Any]) -> list[tuple[int, int]]:
+    """(word, position of its first token) for each word of a prediction row; kept in the row's meta dict, which
+    every token head of one prediction reads (worked out once per row, not once per head)."""
+    firsts = meta.get("_first_tokens")
+    if firsts is None:
+        seen: set[int] = set()
+        firsts = meta["_first_tokens"] = [(word, position) for position, word in enumerate(meta["word_ids"])
+                                          if word is not None and not (word in seen or seen.add(word))]
+    return firsts
+
+
 def macro_scores(true_rows: list[list[str]], pred_rows: list[list[str]]) -> dict[str, float]:
     """Per-tag precision, recall and F1 averaged over the tags seen in either sequence (sklearn's macro)."""
     true = [t for row in true_rows for t in row]
@@ -225,14 +236,10 @@ class TokenClassification(TokenizedTask, WordLevel):
         for row, meta in enumerate(inputs):
             words, spans = meta["words"], meta["spans"]
             word_tags, word_scores = ["O"] * len(words), [0.0] * len(words)
-            seen = set()
             start = ends[row] - lengths[row]
-            row_best, row_prob = best[start:ends[row]], best_prob[start:ends[row]]
-            for position, word in enumerate(meta["word_ids"]):
-                if word is None or word in seen or position >= len(row_best):
-                    continue
-                seen.add(word)
-                word_tags[word], word_scores[word] = labels[row_best[position]], row_prob[position]
+            for word, position in first_tokens(meta):
+                if position < lengths[row]:
+                    word_tags[word], word_scores[word] = labels[best[start + position]], best_prob[start + position]
             entities = [
                 {"type": kind, "text": meta["text"][spans[a][0]:spans[b - 1][1]], "start": spans[a][0],
                  "end": spans[b - 1][1], "score": sum(word_scores[a:b]) / (b - a)}
