@@ -46,6 +46,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, 
 from transformers.utils import logging
 
 from .balancing import build_group_step, build_weighting
+from .callbacks.best_heads import BestHeadsCallback
 from .callbacks.stalled_heads import StalledHeadsCallback
 from .data.collator import MultiTaskCollator
 from .data.datasets import MultiTaskDataset, as_task_dict, cap_rows, fit_tasks, prepare_split
@@ -112,6 +113,8 @@ class MultiTaskTrainer(Trainer):
         self._prepare_balancing(model, weighting, aggregator)
         if not any(isinstance(cb, StalledHeadsCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(StalledHeadsCallback())  # warns when a head stays at its trivial baseline
+        if self.args.best_head_per_task:
+            self.add_callback(BestHeadsCallback(lambda: self._resumed_from))
 
     def _prepare_task_state(self, model: Any) -> None:
         if not hasattr(model, "tasks"):

@@ -77,6 +77,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
         "help": "At most this many training rows per task: a larger task's training split is cut to a seeded random "
                 "subset (data_seed, else seed; the same rows in every run) before fitting and tokenization, so the "
                 "cut also saves preprocessing time. Evaluation splits are never cut. Default: every row."})
+    best_head_per_task: bool = field(default=False, metadata={
+        "help": "After training, each task's head (and its own adapter) is the one from the evaluation where that "
+                "task's main metric was best, the encoder the last step's; best_heads.json in output_dir names the "
+                "step of each. Needs evaluations during training (eval_strategy steps or epoch)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Round each micro-batch's padded length up to a multiple of this (8 helps tensor cores)."})
 
@@ -131,6 +135,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ValueError(f"'max_train_samples_per_task' is {cap!r}; give a whole number of rows >= 1, or leave "
                              "it unset to train on every row.")
+        if self.best_head_per_task and str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no":
+            raise ValueError("'best_head_per_task' is True but 'eval_strategy' is 'no': the best head of each task is "
+                             "picked at evaluations during training. Set eval_strategy to 'steps' or 'epoch' (with "
+                             "an eval_dataset), or best_head_per_task to False.")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"'max_nonfinite_steps' is {self.max_nonfinite_steps}; it must be >= 1")
 

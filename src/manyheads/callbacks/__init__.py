@@ -38,6 +38,7 @@ from .base import (
     diagnostics_dir,
     reporting_callbacks,
 )
+from .best_heads import BEST_FILE, BestHeadsCallback
 from .conflict import ConflictMeasurement, GradientConflictCallback, make_probe_batches, measure_conflict
 from .stalled_heads import STALLED_FILE, StalledHeadsCallback
 from .update_monitor import UpdateMonitorCallback, parameter_groups
@@ -46,6 +47,8 @@ __all__ = [
     "AFFINITY_FILE",
     "AFFINITY_SUMMARY",
     "AffinityMeasurement",
+    "BEST_FILE",
+    "BestHeadsCallback",
     "TaskAffinityCallback",
     "default_every",
     "measure_affinity",
