@@ -64,6 +64,14 @@ def test_each_task_keeps_its_best_evaluations_head_and_the_encoder_is_the_last_s
         if name.startswith("encoder."):
             assert torch.equal(params[name], value), name
     assert written["colors"]["metric"] == "micro_f1"
+    # An evaluation after training (the user's) does not replace the picks, even one that scores higher.
+    from manyheads.callbacks import BestHeadsCallback
+
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, BestHeadsCallback))
+    picked = json.dumps(callback.best)
+    perfect = {f"eval_{task}_{metric}": 1.0 for task, (metric, _) in MAIN.items()}
+    trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics=perfect)
+    assert json.dumps(callback.best) == picked
 
 
 def test_a_resumed_run_picks_the_same_heads(new_encoder, tokenizer, tmp_path):

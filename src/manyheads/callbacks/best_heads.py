@@ -7,8 +7,9 @@ evaluation it keeps a CPU copy of the parameters only a task updates (its head, 
 `sharing: lora`/`hybrid`, `MultiTaskModel.task_parameters`) when the task's main metric is its best so far;
 when training ends it puts every task's best copy back into the model, and writes `best_heads.json` (task ->
 the step its parameters come from, the metric and its value) into `output_dir`. The shared encoder stays the
-last step's: the heads picked from earlier steps read features of an encoder that has moved on since, so a task
-whose best step is early can score below its logged best (re-evaluate to see it).
+last step's (or, with `load_best_model_at_end`, the best checkpoint's, which Trainer loads first): the heads
+picked from earlier steps read features of an encoder that has moved on since, so a task whose best step is
+early can score below its logged best (re-evaluate to see it).
 
 Datasets that share a head (`Task.head`) are one unit: the mean of their main metrics picks its step. Each
 checkpoint holds the copies (`best_heads.safetensors`, `best_heads.json`), so a resumed run picks as the
@@ -44,6 +45,7 @@ class BestHeadsCallback(TrainerCallback):
         self.resumed_from = resumed_from or (lambda: None)
         self.best: dict[str, dict[str, Any]] = {}  # unit -> {"step", "metric", "value", "tasks"}
         self.weights: dict[str, torch.Tensor] = {}  # parameter name -> CPU copy, for every unit in `best`
+        self.training = False  # evaluations after train() (the user's) must not replace the picks
 
     @staticmethod
     def units(model: Any) -> dict[str, list[str]]:
@@ -51,7 +53,7 @@ class BestHeadsCallback(TrainerCallback):
         return dict(unwrap(model).head_groups)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.best, self.weights = {}, {}
+        self.best, self.weights, self.training = {}, {}, True
         folder = self.resumed_from()
         if folder and os.path.isfile(os.path.join(folder, BEST_FILE)):
             self.best = json.loads(open(os.path.join(folder, BEST_FILE), encoding="utf-8").read())["heads"]
@@ -60,7 +62,7 @@ class BestHeadsCallback(TrainerCallback):
 
     def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None, metrics: Any = None,
                     **kwargs: Any) -> None:
-        if model is None or not metrics:
+        if model is None or not metrics or not self.training:
             return
         module = unwrap(model)
         for unit, tasks in self.units(module).items():
@@ -86,6 +88,7 @@ class BestHeadsCallback(TrainerCallback):
             self._write(folder, with_weights=True)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.training = False
         if model is None or not self.best:
             return
         module = unwrap(model)
