@@ -102,6 +102,31 @@ def five_vs_thirteen(five_out: Path, thirteen_out: Path) -> list[str]:
     return lines
 
 
+def averages(five_out: Path, thirteen_out: Path) -> list[str]:
+    """Per seed, the mean of the main metrics (x100; higher is better for every task here), then mean ± sd over
+    seeds and Welch's p against single-task: the five shared tasks at 5 and 13 tasks, and all 13 tasks."""
+    from manyheads.recipe.compare_table import welch_p_value
+
+    def per_seed(rows: list[dict], side: str) -> list[float]:
+        seeds = len(rows[0][side]["values"])
+        return [100 * statistics.mean(r[side]["values"][k] for r in rows) for k in range(seeds)]
+
+    def text(values: list[float]) -> str:
+        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+    five, thirteen = (json.loads((p / "compare.json").read_text())["tasks"] for p in (five_out, thirteen_out))
+    shared = [r["task"] for r in five]
+    thirteen_shared = [r for r in thirteen if r["task"] in shared]
+    single = per_seed(five, "single_task")
+    lines = ["| tasks averaged | single-task | multi-task | Welch p |", "|---|---:|---:|---:|"]
+    for label, rows, base in (("5 shared, trained in the 5-task run", five, single),
+                              ("5 shared, trained in the 13-task run", thirteen_shared, single),
+                              ("all 13, the 13-task run", thirteen, per_seed(thirteen, "single_task"))):
+        multi = per_seed(rows, "multi_task")
+        lines.append(f"| {label} | {text(base)} | {text(multi)} | {welch_p_value(multi, base):.3f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = bc.parser(__doc__)
     parser.add_argument("--data_dir", default=str(ROOT / "bench" / "out" / "thirteen" / "data"),
@@ -122,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         lend_single_runs(five_out, thirteen_out, args)
         compare(FIVE, five_out, args)
     sections = [(thirteen_out / "compare.md").read_text(), (five_out / "compare.md").read_text(),
-                "\n".join(five_vs_thirteen(five_out, thirteen_out))]
+                "\n".join(five_vs_thirteen(five_out, thirteen_out)), "\n".join(averages(five_out, thirteen_out))]
     print("\n\n".join(sections))
     if args.publish:
         invocation = bc.Invocation.of("thirteen_study.py", argv)
