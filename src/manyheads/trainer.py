@@ -128,13 +128,12 @@ class MultiTaskTrainer(Trainer):
         self._step_tokens = StepTokens()  # generation tasks: target tokens of the current optimizer step
 
     def _prepare_datasets(self, model: Any, train: Any, evaluation: Any, tokenizer: Any,
-                          args: Any = None) -> tuple[Any, Any]:
+                          args: Any) -> tuple[Any, Any]:
         """Cap the training splits (`max_train_samples_per_task`), fit the tasks on raw training data, add the heads
         that needed it, tokenize raw datasets."""
         train = as_task_dict(train, "train_dataset", self.tasks)
-        if args is not None:
-            seed = args.data_seed if args.data_seed is not None else args.seed
-            train = cap_rows(train, args.max_train_samples_per_task, seed)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        train = cap_rows(train, args.max_train_samples_per_task, seed)
         evaluation = as_task_dict(evaluation, "eval_dataset", self.tasks)
         fit_tasks(self.tasks, train)
         model.add_missing_heads()

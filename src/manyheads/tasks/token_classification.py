@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2, IOBES
+from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
 from ..errors import shown
@@ -67,18 +68,10 @@ def macro_scores(true_rows: list[list[str]], pred_rows: list[list[str]]) -> dict
     """Per-tag precision, recall and F1 averaged over the tags seen in either sequence (sklearn's macro)."""
     true = [t for row in true_rows for t in row]
     pred = [p for row in pred_rows for p in row]
-    scores = []
-    for tag in sorted(set(true) | set(pred)):
-        hits = sum(t == p == tag for t, p in zip(true, pred))
-        predicted, actual = pred.count(tag), true.count(tag)
-        precision = hits / predicted if predicted else 0.0
-        recall = hits / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores.append((precision, recall, f1))
-    if not scores:
+    if not true:
         return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
-    precision, recall, f1 = (float(np.mean(column)) for column in zip(*scores))
-    return {"f1": f1, "precision": precision, "recall": recall}
+    precision, recall, f1, _ = precision_recall_fscore_support(true, pred, average="macro", zero_division=0)
+    return {"f1": float(f1), "precision": float(precision), "recall": float(recall)}
 
 
 @dataclass(kw_only=True)
