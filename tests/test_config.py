@@ -27,7 +27,7 @@ def deprecations(caplog) -> list[str]:
     ("sampling_strategy", "uniform"), ("sampling_temperature", 3.0), ("group_by_length", False),
     ("loss_weighting", "dwa"), ("loss_weighting_kwargs", {"temperature": 3.0}), ("max_nonfinite_steps", 5),
     ("pad_to_multiple_of", 8), ("head_learning_rate", 1e-3), ("max_steps", 7), ("eval_strategy", "no"),
-    ("lr_scheduler_kwargs", {"num_cycles": 2}),
+    ("lr_scheduler_kwargs", {"num_cycles": 2}), ("head_learning_rate_scaling", "share"),
 ])
 def test_a_top_level_key_is_the_argument_field_of_that_name(key, value):
     extra = {"loss_weighting": "dwa"} if key == "loss_weighting_kwargs" else {}

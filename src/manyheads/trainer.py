@@ -55,7 +55,7 @@ from .data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from .data.strategies import SamplingStrategy, resolve_strategy
 from .modeling.decoders import generation_tasks
 from .modeling.model_card import render_card, write_card
-from .modeling.param_groups import apply_own_rates
+from .modeling.param_groups import apply_own_rates, head_step_shares
 from .tasks import GROUP_COLUMN, TASK_COLUMN
 from .tasks.metrics import best_metric_problem, check_metric_functions
 from .training.checkpoints import load_balancing, mark_complete, save_balancing
@@ -322,8 +322,10 @@ class MultiTaskTrainer(Trainer):
         user_supplied = self.optimizer is not None
         optimizer = super().create_optimizer(model)
         if not user_supplied:
-            for warning in apply_own_rates(optimizer, self.accelerator.unwrap_model(self.model),
-                                           self.args.adapter_learning_rate, self.args.head_learning_rate):
+            model = self.accelerator.unwrap_model(self.model)
+            shares = (head_step_shares(self._batch_sampler(), model)
+                      if self.args.head_learning_rate_scaling == "share" and self.train_dataset is not None else None)
+            for warning in apply_own_rates(optimizer, model, self.args, shares):
                 logger.warning("manyheads: %s", warning)
         params = [p for p in self.weighting.parameters() if p.requires_grad]
         if params and user_supplied:

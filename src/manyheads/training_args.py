@@ -20,6 +20,8 @@ from . import hardware
 from .balancing import AGGREGATORS, WEIGHTINGS, check_choice, choice_problems
 from .data.strategies import SAMPLING_STRATEGIES
 
+HEAD_RATE_SCALINGS = ("none", "share")  # how the heads' rate is set: one for all, or per share of steps
+
 logger = logging.getLogger(__name__)
 
 # TrainingArguments names of earlier transformers versions (or tutorials) -> what to write instead.
@@ -73,6 +75,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(default=None, metadata={
         "help": "Learning rate of the task heads (the fresh layers on the encoder); default: learning_rate. A "
                 "higher rate (e.g. 10x) lets a fresh head catch up with a pretrained encoder in short runs."})
+    head_learning_rate_scaling: str = field(default="none", metadata={
+        "help": "'share': each head's rate (head_learning_rate, else learning_rate) is divided by the head's share "
+                "of the training steps, so a head trained on 1/5 of the steps gets 5x and a single task 1x. A head "
+                "is updated only on its own task's steps while the encoder moves on every step. 'none' (default): "
+                "one rate for every head."})
     max_train_samples_per_task: int | None = field(default=None, metadata={
         "help": "At most this many training rows per task: a larger task's training split is cut to a seeded random "
                 "subset (data_seed, else seed; the same rows in every run) before fitting and tokenization, so the "
@@ -112,6 +119,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
 
     def _check_multitask(self) -> None:
         check_choice("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES)
+        if self.head_learning_rate_scaling not in HEAD_RATE_SCALINGS:
+            raise ValueError(f"'head_learning_rate_scaling' is {self.head_learning_rate_scaling!r}; valid choices: "
+                             f"{', '.join(HEAD_RATE_SCALINGS)} ('share': each head's rate over its share of steps)")
         problems = choice_problems(self.loss_weighting, self.gradient_aggregator, self.task_group_size)
         if problems:
             raise ValueError("; ".join(problems))

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if summary is None:
         print(f"no affinity measured: training ended (step {trainer.state.global_step}) before step "
               f"{callback.start}. Give a larger --max_steps or a smaller --every / --start.")
-        return 0
+        return 1  # nothing measured: a script chaining `compare --groups affinity.json:K` must not go on
     print(f"task affinity (TAG), mean of {summary['measurements']} measurement(s) at steps "
           f"{summary['steps'][0]}..{summary['steps'][-1]}: the relative drop of the column task's loss after a "
           "step on the row task alone (positive: it helps)")

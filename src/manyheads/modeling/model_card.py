@@ -24,7 +24,8 @@ _HUB_TASKS = {"classification": "text-classification", "multilabel": "text-class
               "regression": "text-classification", "token_classification": "token-classification",
               "question_answering": "question-answering"}
 # Settings of the training arguments worth showing; the whole set is in training_args.bin.
-_TRAINING_KEYS = ("learning_rate", "head_learning_rate", "adapter_learning_rate", "per_device_train_batch_size",
+_TRAINING_KEYS = ("learning_rate", "head_learning_rate", "head_learning_rate_scaling", "adapter_learning_rate",
+                  "per_device_train_batch_size",
                   "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay",
                   "seed", "bf16", "fp16", "sampling_strategy", "sampling_temperature", "group_by_length",
                   "loss_weighting", "gradient_aggregator")

@@ -1,5 +1,5 @@
 """Optimizer groups at their own learning rate: the task adapters (`adapter_learning_rate`) and the task heads
-(`head_learning_rate`).
+(`head_learning_rate`, and `head_learning_rate_scaling="share"`: each head's rate divided by its share of steps).
 
 Both are set on the optimizer `Trainer.create_optimizer` built, before `Trainer.create_scheduler` wraps it: the
 scheduler scales each group's own rate, so warm-up and decay apply to them as to the encoder.
@@ -8,6 +8,7 @@ scheduler scales each group's own rate, so warm-up and decay apply to them as to
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,14 +42,44 @@ def move_to_own_rate(optimizer: torch.optim.Optimizer, module: nn.Module, select
     return True
 
 
-def apply_own_rates(optimizer: torch.optim.Optimizer, module: nn.Module, adapter_lr: float | None,
-                    head_lr: float | None) -> list[str]:
-    """Give adapters and heads their own rates where set; returns a warning per rate that matched nothing."""
+def head_step_shares(sampler: Any, module: nn.Module) -> dict[str, float]:
+    """Each head's share of the optimizer steps that train it, from the training batch sampler's per-epoch counts
+    of micro-batches per task (datasets sharing a head add up). With task-group steps (a gradient aggregator) a
+    step holds `group_size` of the tasks, so a task's share is `group_size` times its share of batches, at most 1."""
+    counts = [float(c) for c in sampler.counts]
+    in_step = float(getattr(sampler, "group_size", 1))
+    shares: dict[str, float] = {}
+    for name, count in zip(sampler.names, counts):
+        head = module.head_of(name)
+        shares[head] = shares.get(head, 0.0) + count / sum(counts)
+    return {head: min(1.0, in_step * share) for head, share in shares.items()}
+
+
+def apply_own_rates(optimizer: torch.optim.Optimizer, module: nn.Module, args: Any,
+                    head_shares: dict[str, float] | None = None) -> list[str]:
+    """Give adapters and heads their own rates where set (`args.adapter_learning_rate`, `args.head_learning_rate`;
+    with `head_shares`, each head's rate is divided by its share of steps); returns a warning per rate that matched
+    nothing."""
     unused = []
+    adapter_lr, head_lr = args.adapter_learning_rate, args.head_learning_rate
     if adapter_lr is not None and not move_to_own_rate(optimizer, module, is_adapter_parameter, adapter_lr):
         unused.append(f"adapter_learning_rate is set but the model has no adapters (sharing "
                       f"'{module.sharing.mode}'); it is unused.")
-    if head_lr is not None and not move_to_own_rate(optimizer, module, is_head_parameter, head_lr):
+    if head_shares is not None:
+        # A head sees a gradient on about `share` of the steps while the encoder moves on every one; Adam's step
+        # size hardly depends on the gradient's scale, so dividing the rate by the share evens out how far each
+        # head can travel over the run.
+        base = head_lr if head_lr is not None else args.learning_rate
+        moved = [move_to_own_rate(optimizer, module, _in_head(head), base / max(share, 1e-12))
+                 for head, share in head_shares.items()]
+        if not any(moved):
+            unused.append("head_learning_rate_scaling is 'share' but the model has no trainable task heads; it is "
+                          "unused.")
+    elif head_lr is not None and not move_to_own_rate(optimizer, module, is_head_parameter, head_lr):
         unused.append("head_learning_rate is set but the model has no trainable task heads (generation tasks "
                       "use their pretrained decoder); it is unused.")
     return unused
+
+
+def _in_head(head: str) -> Callable[[str], bool]:
+    return lambda name: name.startswith(f"heads.{head}.")

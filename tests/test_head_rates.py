@@ -1,0 +1,87 @@
+"""`head_learning_rate_scaling="share"`: each head's rate divided by its share of the training steps."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from manyheads import Classification, MultiTaskModel, MultiTaskTrainer, MultiTaskTrainingArguments, Regression
+
+from .conftest import require, review_rows
+
+
+def data(sizes: dict[str, int]) -> dict[str, Dataset]:
+    rows = review_rows(max(sizes.values()), 4)
+    out = {}
+    for name, n in sizes.items():
+        label = "score" if name == "score" else "sentiment"
+        out[name] = Dataset.from_dict({"text": [r["text"] for r in rows[:n]], "label": [r[label] for r in rows[:n]]})
+    return out
+
+
+def trainer_for(encoder, tokenizer, tmp_path, sizes: dict[str, int], shared_head: bool = False, **args):
+    tasks = [Regression(name=n) if n == "score" else
+             Classification(name=n, head="sentiment" if shared_head else None) for n in sizes]
+    arguments = MultiTaskTrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-4, max_steps=6,
+        warmup_steps=0, lr_scheduler_type="constant", report_to="none", use_cpu=True, save_strategy="no",
+        sampling_strategy="proportional", **args)
+    model = MultiTaskModel.from_encoder(encoder, tasks)
+    return MultiTaskTrainer(model=model, args=arguments, train_dataset=data(sizes), processing_class=tokenizer)
+
+
+def rates(trainer) -> dict[str, float]:
+    """Every trainable parameter's rate, by name."""
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    return {names[id(p)]: group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+
+
+def head_rates(trainer) -> dict[str, float]:
+    found: dict[str, set[float]] = {}
+    for name, lr in rates(trainer).items():
+        if name.startswith("heads."):
+            found.setdefault(name.split(".")[1], set()).add(lr)
+    assert all(len(v) == 1 for v in found.values()), found  # one rate per head, weights and biases alike
+    return {head: lr.pop() for head, lr in found.items()}
+
+
+def test_each_head_gets_the_rate_over_its_share_of_steps(tiny_encoder, tokenizer, tmp_path):
+    # 64, 32 and 32 rows at batch 8, proportional: 8, 4 and 4 of every 16 steps.
+    trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, {"big": 64, "small": 32, "score": 32},
+                          head_learning_rate_scaling="share")
+    trainer.train()
+    assert head_rates(trainer) == pytest.approx({"big": 2e-4, "small": 4e-4, "score": 4e-4})
+    encoder = {lr for n, lr in rates(trainer).items() if not n.startswith("heads.")}
+    assert encoder == {1e-4}
+    assert set(rates(trainer)) == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_the_rule_scales_head_learning_rate_and_a_shared_head_sums_its_datasets(tiny_encoder, tokenizer, tmp_path):
+    trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, {"big": 64, "small": 32, "score": 32},
+                          shared_head=True, head_learning_rate=1e-3, head_learning_rate_scaling="share")
+    trainer.create_optimizer()
+    assert head_rates(trainer) == pytest.approx({"sentiment": 1e-3 / 0.75, "score": 1e-3 / 0.25})
+
+
+def test_one_task_keeps_its_rate_and_none_is_the_default(new_encoder, tokenizer, tmp_path):
+    alone = trainer_for(new_encoder(), tokenizer, tmp_path / "a", {"big": 64}, head_learning_rate_scaling="share")
+    alone.create_optimizer()
+    assert head_rates(alone) == pytest.approx({"big": 1e-4})
+    default = trainer_for(new_encoder(), tokenizer, tmp_path / "b", {"big": 64, "small": 32}, head_learning_rate=3e-4)
+    default.create_optimizer()
+    assert default.args.head_learning_rate_scaling == "none"
+    assert head_rates(default) == pytest.approx({"big": 3e-4, "small": 3e-4})
+
+
+def test_with_task_group_steps_the_share_is_of_steps_that_hold_the_task(tiny_encoder, tokenizer, tmp_path):
+    require("torchjd")
+    # Two of three tasks per step, drawn by share 0.5 / 0.25 / 0.25: a task is in min(1, 2 x share) of the steps.
+    trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, {"big": 64, "small": 32, "score": 32},
+                          gradient_aggregator="mean", task_group_size=2, head_learning_rate_scaling="share")
+    trainer.create_optimizer()
+    assert head_rates(trainer) == pytest.approx({"big": 1e-4, "small": 2e-4, "score": 2e-4})
+
+
+def test_an_unknown_scaling_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"'head_learning_rate_scaling' is 'inverse'; valid choices: none, share"):
+        MultiTaskTrainingArguments(output_dir=str(tmp_path), head_learning_rate_scaling="inverse")
