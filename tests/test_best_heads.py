@@ -72,6 +72,14 @@ def test_each_task_keeps_its_best_evaluations_head_and_the_encoder_is_the_last_s
     perfect = {f"eval_{task}_{metric}": 1.0 for task, (metric, _) in MAIN.items()}
     trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics=perfect)
     assert json.dumps(callback.best) == picked
+    # The saved model's card names each head's step.
+    trainer.save_model()
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "## Heads from their best evaluation" in card and '"best_head_per_task": true' in card
+    for task, (metric, _) in MAIN.items():
+        assert f"| {task} | {task} | {expected[task]} | {metric} | {written[task]['value']:.4f} |" in card
+    plain.save_model()
+    assert "best evaluation" not in (tmp_path / "plain" / "README.md").read_text()
 
 
 def test_a_resumed_run_picks_the_same_heads(new_encoder, tokenizer, tmp_path):

@@ -232,3 +232,36 @@ def test_an_interrupted_comparison_with_groups_resumes_and_finetunes_after_its_m
     assert main(["compare", str(finished["config"]), "--seeds", *SEEDS, "--output_dir", str(out), "--groups",
                  "score,red", "--finetune"]) == 2
     assert "holds a comparison of a different config" in capsys.readouterr().err
+
+
+def test_with_best_head_per_task_each_one_task_model_is_its_best_evaluations(tiny_model_dir, tmp_path):
+    """Single-task and fine-tune runs keep their whole model from their best evaluation; the multi-task run names
+    each head's step."""
+    config = write_config(tmp_path, tiny_model_dir)
+    best = ["--best_head_per_task", "true", "--eval_strategy", "steps", "--eval_steps", "2", "--max_steps", "30",
+            "--learning_rate", "1e-2"]
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["compare", str(config), "--seeds", "1", "--output_dir", str(tmp_path / "out"), "--finetune",
+                     *best])
+    assert code == 0, printed.getvalue()
+    out = tmp_path / "out"
+    assert set(result(out, "mt", "1")["best_steps"]) == set(TASKS)
+    moved = 0
+    for run, task in [(f"{kind}-{task}", task) for kind in ("finetune", "single") for task in TASKS]:
+        tuned = result(out, run, "1")
+        folder = out / run / "seed-1"
+        state = json.loads((folder / "trainer_state.json").read_text())
+        metric = tuned["main_metric"][task]
+        history = state["log_history"]
+        during = history[:next(i for i, e in enumerate(history) if "train_runtime" in e)]  # not the final evaluate
+        logged = {e["step"]: e[f"eval_{task}_{metric}"] for e in during if "eval_average" in e}
+        pick = max if tuned["greater_is_better"][task] else min
+        step = next(s for s, v in sorted(logged.items()) if v == pick(logged.values()))
+        assert tuned["best_steps"] == {task: step}
+        assert state["best_global_step"] == step
+        # The saved model (evaluated after training) is that step's, encoder and head.
+        assert tuned["main"][task] == pytest.approx(logged[step], abs=1e-6)
+        moved += logged[step] != logged[max(logged)]
+    assert moved, "every best value was the last one's: the test cannot tell the best model from the last one"
+    assert "| finetune-red | 1 | red " in (out / "compare.md").read_text()

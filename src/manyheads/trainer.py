@@ -377,7 +377,8 @@ class MultiTaskTrainer(Trainer):
     def _card_details(self, **options: Any) -> dict[str, Any]:
         # The newest evaluation's metrics (one log entry holds every task's, plus eval_average).
         latest = next((entry for entry in reversed(self.state.log_history) if "eval_average" in entry), {})
-        return {"metrics": latest, "training": self.args.to_dict(), **options}
+        best = next((cb.best for cb in self.callback_handler.callbacks if isinstance(cb, BestHeadsCallback)), None)
+        return {"metrics": latest, "training": self.args.to_dict(), "best_heads": best or None, **options}
 
     def _write_card(self, folder: str, **options: Any) -> None:
         module = self.accelerator.unwrap_model(self.model)

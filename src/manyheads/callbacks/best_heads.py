@@ -99,8 +99,9 @@ class BestHeadsCallback(TrainerCallback):
         if args.should_save:
             self._write(args.output_dir, with_weights=False)
         picked = ", ".join(f"{unit} (step {entry['step']})" for unit, entry in self.best.items())
+        encoder = "the best checkpoint's" if args.load_best_model_at_end else "the last step's"
         logger.warning("manyheads: best_head_per_task: each head is its task's best evaluation's: %s; the encoder "
-                       "is the last step's. Details in %s.", picked, BEST_FILE)
+                       "is %s. Details in %s.", picked, encoder, BEST_FILE)
 
     def _write(self, folder: str, with_weights: bool) -> None:
         os.makedirs(folder, exist_ok=True)

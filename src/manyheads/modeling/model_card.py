@@ -25,10 +25,9 @@ _HUB_TASKS = {"classification": "text-classification", "multilabel": "text-class
               "question_answering": "question-answering"}
 # Settings of the training arguments worth showing; the whole set is in training_args.bin.
 _TRAINING_KEYS = ("learning_rate", "head_learning_rate", "head_learning_rate_scaling", "adapter_learning_rate",
-                  "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay",
-                  "seed", "bf16", "fp16", "sampling_strategy", "sampling_temperature", "group_by_length",
-                  "loss_weighting", "gradient_aggregator")
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
+                  "warmup_steps", "weight_decay", "seed", "bf16", "fp16", "sampling_strategy", "sampling_temperature",
+                  "group_by_length", "loss_weighting", "gradient_aggregator", "best_head_per_task")
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -60,7 +59,7 @@ def _table(header: list[str], rows: Iterable[list[Any]]) -> str:
 def render_card(tasks: dict[str, Any], encoder: dict[str, Any], metrics: dict[str, Any] | None = None,
                 training: dict[str, Any] | None = None, model_name: str | None = None, license: str | None = None,
                 base_model: str | None = None, language: str | list[str] | None = None,
-                extra_tags: Iterable[str] = ()) -> str:
+                extra_tags: Iterable[str] = (), best_heads: dict[str, dict[str, Any]] | None = None) -> str:
     """The card's text.
 
     Args:
@@ -69,6 +68,7 @@ def render_card(tasks: dict[str, Any], encoder: dict[str, Any], metrics: dict[st
         metrics: flat evaluation metrics (`eval_<task>_<metric>`, `eval_average`), when known.
         training: training arguments as a dict (`args.to_dict()`), when known.
         license: the licence field (default "other": say which when you publish).
+        best_heads: `best_head_per_task`'s picks (head -> step, metric, value, tasks), named in the card.
     """
     metrics = metrics or {}
     base_model = base_model or _hub_id(encoder.get("_name_or_path"))
@@ -110,6 +110,15 @@ def render_card(tasks: dict[str, Any], encoder: dict[str, Any], metrics: dict[st
                          f"{float(metrics['eval_average']):.4f}")
     else:
         parts += ["## Evaluation", "No evaluation results were recorded with this model."]
+    if best_heads:
+        parts += ["## Heads from their best evaluation",
+                  "Trained with `best_head_per_task`: each head was put back from the evaluation where its main metric "
+                  "was best; the shared encoder is the last step's (or the best checkpoint's under "
+                  "`load_best_model_at_end`). An evaluation logged before training ended scored the model before "
+                  "the heads were put back.",
+                  _table(["head", "tasks", "step", "metric", "value there"],
+                         [[head, ", ".join(e["tasks"]), e["step"], e["metric"], float(e["value"])]
+                          for head, e in best_heads.items()])]
     if training:
         shown = {k: training[k] for k in _TRAINING_KEYS if training.get(k) not in (None, False, -1, 0.0)}
         parts += ["## Training", "```json\n" + json.dumps(shown, indent=2, default=str) + "\n```"]

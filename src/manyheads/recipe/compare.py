@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import yaml
 
+from ..callbacks.best_heads import BEST_FILE
 from ..errors import ConfigError, RunStopped
 from ..tasks import higher_is_better, main_metric_of
 from ..training.checkpoints import checkpoints, is_complete
@@ -106,6 +107,9 @@ def _write_result(comparison: Comparison, planned: PlannedRun, seconds: float, r
               "main": {n: float(metrics[f"eval_{n}_{m}"]) for n, m in names.items()},
               "metrics": metrics, "examples": planned.examples, "max_steps": planned.max_steps,
               "parameters": stored_parameters(folder), "seconds": round(seconds, 1), "resumed_from": resumed_from}
+    if (folder / BEST_FILE).is_file():  # best_head_per_task: the step each task's head (fine-tuned: model) is from
+        heads = json.loads((folder / BEST_FILE).read_text(encoding="utf-8"))["heads"]
+        result["best_steps"] = {task: entry["step"] for entry in heads.values() for task in entry["tasks"]}
     write_json(folder / RESULT_FILE, result)
     return result
 

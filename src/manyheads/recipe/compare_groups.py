@@ -22,6 +22,12 @@ counts are in `compare.json`). A user's strategy (a function of all sizes) may n
 of the task that the all-in-one run gave it (the single-task run's steps); an integer (`--finetune 50`) is that
 many optimizer steps instead; a number with a decimal point (`--finetune 0.5`) is that multiple of the default
 examples. Fine-tuning yields one model per task: its stored parameters are N encoders and their heads.
+
+With `best_head_per_task: true` in the recipe, the multi-task and group runs keep each task's head from its best
+evaluation (the encoder the last step's), and every run that yields one model per task (single-task and fine-tune
+runs) keeps its whole model, encoder and head, from the evaluation where its task's main metric was best
+(`load_best_model_at_end` on that metric, a checkpoint at each evaluation): each configuration is judged as a
+user would keep it. The steps are in each run's `best_heads.json`, its result and `compare.md`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..tasks import higher_is_better, main_metric_of
 
 GROUP, FINE_TUNED = "group", "fine_tuned"
 BUILT_IN_STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
@@ -152,3 +159,17 @@ def describe_finetune(budget: int | float | None) -> str | None:
     if budget == 1.0:
         return "as many examples of each task as the all-in-one run gave it"
     return f"{budget:g} x the examples of each task that the all-in-one run gave it"
+
+
+def best_step_config(config: dict[str, Any], name: str, task: Any) -> dict[str, Any]:
+    """A one-task run's recipe (single-task, fine-tune) with `best_head_per_task`: Trainer's
+    `load_best_model_at_end` on the task's main metric, with a checkpoint at every evaluation (the last and the best
+    kept), so the encoder comes from the step whose head `best_head_per_task` picks (both keep the first of equal
+    values). Unchanged without it."""
+    if not config.get("best_head_per_task"):
+        return config
+    metric = main_metric_of(task)
+    steps = {"save_steps": config["eval_steps"]} if config.get("eval_steps") else {}
+    return {**config, "load_best_model_at_end": True, "metric_for_best_model": f"eval_{name}_{metric}",
+            "greater_is_better": higher_is_better(task, metric), "save_strategy": config.get("eval_strategy"),
+            "save_total_limit": 1, **steps}

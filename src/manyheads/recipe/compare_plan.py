@@ -49,6 +49,7 @@ from .compare_groups import (
     FINE_TUNED,
     GROUP,
     GROUPS_FLAG,
+    best_step_config,
     check_group_sampling,
     check_groups,
     finetune_examples,
@@ -204,7 +205,7 @@ def single_task_config(raw: dict[str, Any], run: RunConfig, task: str, max_steps
     single["max_steps"] = max_steps
     if best_metric_problem(single.get("metric_for_best_model"), [run.task(task)], False):
         single["metric_for_best_model"], single["greater_is_better"] = "eval_average", True
-    return single
+    return best_step_config(single, task, run.task(task))
 
 
 def group_config(raw: dict[str, Any], run: RunConfig, tasks: list[str]) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def write_summary(comparison: Comparison) -> dict[str, Any]:
         "examples": {t: {kind: {str(r.seed): r.examples[t] for r in comparison.runs if r.kind == kind
                                 and t in r.examples} for kind in kinds} for t in tasks},
         "runs": [{"folder": f"{p.name}/seed-{p.seed}", "run": p.name, "seed": p.seed, "main": r["main"],
-                  "seconds": r["seconds"], "parameters": r["parameters"], "max_steps": r["max_steps"]}
+                  "seconds": r["seconds"], "parameters": r["parameters"], "max_steps": r["max_steps"],
+                  **({"best_steps": r["best_steps"]} if "best_steps" in r else {})}
                  for p, r in zip(comparison.runs, results) if r is not None],
     })
     if more:
@@ -67,6 +68,13 @@ def write_summary(comparison: Comparison) -> dict[str, Any]:
                   + (f"Fine-tuned (MT-DNN): each task trained alone from the multi-task model, "
                      f"{describe_finetune(comparison.finetune)}." if comparison.finetune is not None else ""), "",
                   *configurations_table(summary["configurations"]), ""]
+    picked = [run for run in summary["runs"] if "best_steps" in run]
+    if picked:
+        lines += ["Steps the heads come from (`best_head_per_task`: each task's head from its best evaluation, the "
+                  "encoder the last step's; a fine-tuned run keeps its whole model from that step):", "",
+                  "| run | seed | step of each task's best evaluation |", "|---|---:|---|",
+                  *[f"| {r['run']} | {r['seed']} | " + ", ".join(f"{t} {s}" for t, s in r["best_steps"].items()) + " |"
+                    for r in picked], ""]
     lines += ["Training examples per task (per seed, in seed order; a single-task run rounds up to whole optimizer "
               "steps):", "", *seen, ""]
     (comparison.output_dir / COMPARE_MARKDOWN).write_text("\n".join(lines), encoding="utf-8")
