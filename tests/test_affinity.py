@@ -29,7 +29,7 @@ from manyheads.callbacks.affinity_groups import group_score
 from manyheads.cli.main import main
 from manyheads.errors import ConfigError
 
-from .conftest import base_config, make_encoder, review_rows
+from .conftest import base_config, make_encoder, require, review_rows
 from .run_helpers import REVIEW_TASKS, assert_same_model_state, new_trainer
 from .test_report import render_in_chromium
 
@@ -101,11 +101,17 @@ def test_measurement_restores_the_model_exactly(review_trainer):
     assert model.training
 
 
-def test_a_run_with_the_callback_ends_with_the_same_weights(new_encoder, tokenizer, tmp_path):
+@pytest.mark.parametrize("balancing", [{}, {"loss_weighting": "uncertainty"}, {"loss_weighting": "dwa"},
+                                       {"gradient_aggregator": "upgrad"}], ids=["equal", "uncertainty", "dwa", "upgrad"])
+def test_a_run_with_the_callback_ends_with_the_same_weights(new_encoder, tokenizer, tmp_path, balancing):
+    if "gradient_aggregator" in balancing:
+        require("torchjd")
+
     def run(folder, callbacks):
-        # Dropout on: had the measurements drawn from the training RNG stream, the runs would part.
+        # Dropout on: had the measurements drawn from the training RNG stream, the runs would part. With a loss
+        # weighting or a gradient aggregator the lookahead still uses the plain task losses and leaves no trace.
         trainer = new_trainer(make_encoder(dropout=0.2), tokenizer, tmp_path / folder, max_steps=4,
-                              trainer_kwargs={"callbacks": callbacks})
+                              trainer_kwargs={"callbacks": callbacks}, **balancing)
         trainer.train()
         return trainer
 
@@ -243,6 +249,12 @@ def test_command_prints_groupings_and_the_report_shows_them(tiny_model_dir, data
     assert main(["affinity", str(config)]) == 2
     assert "sharing: 'lora' shares no parameter" in capsys.readouterr().err
     assert not (tmp_path / "lora").exists()
+
+    # A run that ends before the first measurement fails: a script would otherwise go on without affinity.json.
+    config.write_text(yaml.safe_dump(dict(raw, output_dir=str(tmp_path / "short"))), encoding="utf-8")
+    assert main(["affinity", str(config), "--every", "3", "--max_steps", "2"]) == 1
+    assert "no affinity measured: training ended (step 2) before step 3" in capsys.readouterr().out
+    assert not (tmp_path / "short" / "diagnostics" / AFFINITY_SUMMARY).exists()
 
 
 DDP_WORKER = '''
