@@ -85,3 +85,29 @@ def test_with_task_group_steps_the_share_is_of_steps_that_hold_the_task(tiny_enc
 def test_an_unknown_scaling_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"'head_learning_rate_scaling' is 'inverse'; valid choices: none, share"):
         MultiTaskTrainingArguments(output_dir=str(tmp_path), head_learning_rate_scaling="inverse")
+
+
+def test_compare_plans_the_rates_the_trainer_sets_on_both_sides(tiny_model_dir, tmp_path, capsys):
+    from manyheads.cli.main import main
+    from manyheads.recipe import build_config, build_trainer
+    from manyheads.recipe.compare_plan import plan_comparison
+
+    from .test_compare_groups import write_config
+
+    config = write_config(tmp_path, tiny_model_dir)  # 48, 24 and 32 rows at batch 8: 6, 3 and 4 of 13 batches
+    plan = plan_comparison(str(config), ["--head_learning_rate_scaling", "share"], [1], tmp_path / "cmp",
+                           groups=[["sentiment", "score"]], finetune=1.0)
+    runs = {r.name: r for r in plan.runs}
+    lr = 1e-3
+    assert runs["mt"].head_rates == pytest.approx({"sentiment": lr * 13 / 6, "score": lr * 13 / 3, "red": lr * 13 / 4})
+    assert runs["group-sentiment+score"].head_rates == pytest.approx({"sentiment": lr * 9 / 6, "score": lr * 9 / 3})
+    for name in ("single-red", "finetune-red"):
+        assert runs[name].head_rates == pytest.approx({"red": lr})
+    trainer = build_trainer(build_config(runs["mt"].config, config_dir=str(tmp_path)))
+    trainer.create_optimizer()
+    assert head_rates(trainer) == pytest.approx(runs["mt"].head_rates)
+    assert main(["compare", str(config), "--seeds", "1", "--output_dir", str(tmp_path / "cmp"), "--plan_only",
+                 "--head_learning_rate_scaling", "share"]) == 0
+    printed = capsys.readouterr().out
+    assert "| heads' learning rate |" in printed and "| single-red/seed-1 | " in printed
+    assert "sentiment 0.00217, score 0.00433, red 0.00325 |" in printed

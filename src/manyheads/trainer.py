@@ -323,7 +323,7 @@ class MultiTaskTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if not user_supplied:
             model = self.accelerator.unwrap_model(self.model)
-            shares = (head_step_shares(self._batch_sampler(), model)
+            shares = (head_step_shares(self._batch_sampler(), model.head_of)
                       if self.args.head_learning_rate_scaling == "share" and self.train_dataset is not None else None)
             for warning in apply_own_rates(optimizer, model, self.args, shares):
                 logger.warning("manyheads: %s", warning)

@@ -97,12 +97,18 @@ def train_here(argv: list[str], log: IO[str]) -> int:
 
 def plan_lines(comparison: Any) -> list[str]:
     """The planned runs as a Markdown table: one row per run, with its optimizer steps and examples per task."""
+    training = comparison.run.training_arguments()
+    # The heads' rates are shown when they are not simply learning_rate: both sides follow the same rule.
+    rates = training.head_learning_rate is not None or training.head_learning_rate_scaling != "none"
     lines = [f"{len(comparison.runs)} runs planned in {comparison.output_dir} (nothing trained: --plan_only)", "",
-             "| run | optimizer steps | examples per task |", "|---|---:|---|"]
+             "| run | optimizer steps | examples per task |" + (" heads' learning rate |" if rates else ""),
+             "|---|---:|---|" + ("---|" if rates else "")]
     for run in comparison.runs:
         examples = ", ".join(f"{task} {count}" for task, count in run.examples.items())
         after = f" (from {run.starts_from})" if run.starts_from else ""
-        lines.append(f"| {run.key}{after} | {run.max_steps} | {examples} |")
+        rate = (" " + ", ".join(f"{task} {value:.3g}" for task, value in run.head_rates.items()) + " |") \
+            if rates else ""
+        lines.append(f"| {run.key}{after} | {run.max_steps} | {examples} |{rate}")
     steps = sum(run.max_steps for run in comparison.runs)
     lines += ["", f"total: {steps} optimizer steps over {len(comparison.seeds)} seed(s)"]
     return lines

@@ -42,15 +42,16 @@ def move_to_own_rate(optimizer: torch.optim.Optimizer, module: nn.Module, select
     return True
 
 
-def head_step_shares(sampler: Any, module: nn.Module) -> dict[str, float]:
+def head_step_shares(sampler: Any, head_of: Callable[[str], str]) -> dict[str, float]:
     """Each head's share of the optimizer steps that train it, from the training batch sampler's per-epoch counts
-    of micro-batches per task (datasets sharing a head add up). With task-group steps (a gradient aggregator) a
-    step holds `group_size` of the tasks, so a task's share is `group_size` times its share of batches, at most 1."""
+    of micro-batches per task (datasets sharing a head, `head_of(task)`, add up). With task-group steps (a gradient
+    aggregator) a step holds `group_size` of the tasks, so a task's share is `group_size` times its share of
+    batches, at most 1."""
     counts = [float(c) for c in sampler.counts]
     in_step = float(getattr(sampler, "group_size", 1))
     shares: dict[str, float] = {}
     for name, count in zip(sampler.names, counts):
-        head = module.head_of(name)
+        head = head_of(name)
         shares[head] = shares.get(head, 0.0) + count / sum(counts)
     return {head: min(1.0, in_step * share) for head, share in shares.items()}
 

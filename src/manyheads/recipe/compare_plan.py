@@ -42,6 +42,7 @@ from typing import Any
 
 from ..data.samplers import MultiTaskBatchSampler, TaskGroupBatchSampler
 from ..errors import ConfigError, ProblemCollector
+from ..modeling.param_groups import head_step_shares
 from ..tasks.metrics import best_metric_problem
 from .arguments import normalize
 from .build import prepare_data
@@ -77,6 +78,7 @@ class PlannedRun:
     examples: dict[str, int]  # training examples (features) per task over the run
     max_steps: int  # optimizer steps
     starts_from: str | None = None  # the key of the run whose saved model this one starts from (`init_from`)
+    head_rates: dict[str, float] = field(default_factory=dict)  # each task's head learning rate, as the run sets it
 
     @property
     def key(self) -> str:
@@ -144,12 +146,8 @@ def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int, max_ste
     """Training examples per task that the multi-task run with `seed` draws (with `max_steps` instead of the
     recipe's when given), and its optimizer steps."""
     args = run.training_arguments(seed=seed, **({"max_steps": max_steps} if max_steps else {}))
-    common = {"batch_size": args.train_batch_size, "strategy": args.sampling_strategy,
-              "temperature": args.sampling_temperature,
-              "seed": args.data_seed if args.data_seed is not None else seed}
     group = args.gradient_aggregator is not None
-    sampler = (TaskGroupBatchSampler(sizes, group_size=args.task_group_size, **common) if group
-               else MultiTaskBatchSampler(sizes, **common))
+    sampler = _sampler(args, sizes, seed)
     steps = total_steps(args, len(sampler))
     counts = dict.fromkeys(sizes, 0)
     for epoch, taken in enumerate(micro_batches_per_epoch(len(sampler), args.gradient_accumulation_steps, steps)):
@@ -161,6 +159,29 @@ def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int, max_ste
             for t in sampler.task_order(epoch)[:taken]:
                 counts[sampler.names[t]] += args.train_batch_size
     return counts, steps
+
+
+def _sampler(args: Any, sizes: dict[str, int], seed: int) -> MultiTaskBatchSampler:
+    """The training batch sampler `MultiTaskTrainer` builds for these arguments and task sizes."""
+    common = {"batch_size": args.train_batch_size, "strategy": args.sampling_strategy,
+              "temperature": args.sampling_temperature,
+              "seed": args.data_seed if args.data_seed is not None else seed}
+    if args.gradient_aggregator is not None:
+        return TaskGroupBatchSampler(sizes, group_size=args.task_group_size, **common)
+    return MultiTaskBatchSampler(sizes, **common)
+
+
+def head_rates(run: RunConfig, sizes: dict[str, int], seed: int) -> dict[str, float]:
+    """Each task's head learning rate in a run of the tasks in `sizes`, as `MultiTaskTrainer` sets it
+    (`head_learning_rate`, else `learning_rate`; over the head's share of steps with `head_learning_rate_scaling:
+    share`, 1 for a task alone), so that `--plan_only` shows both sides get the same rule."""
+    args = run.training_arguments(seed=seed)
+    base = args.head_learning_rate if args.head_learning_rate is not None else args.learning_rate
+    if args.head_learning_rate_scaling != "share":
+        return dict.fromkeys(sizes, base)
+    head_of = {t: run.task(t).head or t for t in sizes}
+    shares = head_step_shares(_sampler(args, sizes, seed), head_of.__getitem__)
+    return {t: base / shares[head_of[t]] for t in sizes}
 
 
 def single_task_steps(size: int, examples: int, batch_size: int, accumulation: int) -> int:
@@ -304,10 +325,13 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
     for seed in seeds:
         with_seed = {**raw, "seed": seed}
         examples, steps = multitask_examples(run, sizes, seed)
-        mt = PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps)
+        mt = PlannedRun("mt", MULTI_TASK, seed, names, with_seed, examples, steps,
+                        head_rates=head_rates(run, sizes, seed))
         comparison.runs.append(mt)
         for (group, config), group_run in zip(group_configs, group_runs):
-            comparison.runs.append(_group_run(group, config, group_run, sizes, seed, examples))
+            planned = _group_run(group, config, group_run, sizes, seed, examples)
+            planned.head_rates = head_rates(group_run, {t: sizes[t] for t in group}, seed)
+            comparison.runs.append(planned)
         for name in alone:
             if examples[name] == 0:
                 raise ConfigError(f"tasks.{name}: the multi-task run never samples this task (sampling strategy "
@@ -317,9 +341,12 @@ def plan_comparison(config_path: str, overrides: list[str], seeds: list[int], ou
             seen = batch * sum(micro_batches_per_epoch(math.ceil(sizes[name] / batch), accumulation, single_steps))
             comparison.runs.append(PlannedRun(
                 f"single-{name}", SINGLE_TASK, seed, [name],
-                single_task_config(with_seed, run, name, single_steps), {name: seen}, single_steps))
+                single_task_config(with_seed, run, name, single_steps), {name: seen}, single_steps,
+                head_rates=head_rates(run, {name: sizes[name]}, seed)))
         if finetune is not None:
-            comparison.runs.extend(_finetune_run(comparison, name, sizes[name], mt) for name in alone)
+            for name in alone:
+                comparison.runs.append(_finetune_run(comparison, name, sizes[name], mt))
+                comparison.runs[-1].head_rates = head_rates(run, {name: sizes[name]}, seed)
     return comparison
 
 
