@@ -102,7 +102,8 @@ def test_measurement_restores_the_model_exactly(review_trainer):
 
 
 @pytest.mark.parametrize("balancing", [{}, {"loss_weighting": "uncertainty"}, {"loss_weighting": "dwa"},
-                                       {"gradient_aggregator": "upgrad"}], ids=["equal", "uncertainty", "dwa", "upgrad"])
+                                       {"gradient_aggregator": "upgrad"}],
+                         ids=["equal", "uncertainty", "dwa", "upgrad"])
 def test_a_run_with_the_callback_ends_with_the_same_weights(new_encoder, tokenizer, tmp_path, balancing):
     if "gradient_aggregator" in balancing:
         require("torchjd")

@@ -234,6 +234,24 @@ def test_an_interrupted_comparison_with_groups_resumes_and_finetunes_after_its_m
     assert "holds a comparison of a different config" in capsys.readouterr().err
 
 
+def test_best_head_per_task_checkpoints_one_task_runs_at_every_evaluation(tiny_model_dir, tmp_path):
+    from manyheads.recipe import build_config
+
+    config = write_config(tmp_path, tiny_model_dir)
+    # Without eval_steps Trainer evaluates every logging_steps: the checkpoints must follow, or the best step
+    # would never be saved (or TrainingArguments would refuse save_steps that are no multiple of it).
+    plan = plan_comparison(str(config), ["--best_head_per_task", "true", "--eval_strategy", "steps",
+                                         "--save_steps", "5"], [1], tmp_path / "c", finetune=1.0)
+    for run in (r for r in plan.runs if r.kind in ("single_task", "fine_tuned")):
+        assert (run.config["save_steps"], run.config["logging_steps"]) == (3, 3)
+        metric = run.config["tasks"][0].get("main_metric", "accuracy")
+        assert run.config["metric_for_best_model"] == f"eval_{run.tasks[0]}_{metric}"
+        args = build_config(run.config, config_dir=str(tmp_path)).training_arguments()
+        assert args.load_best_model_at_end and args.save_steps == args.eval_steps == 3
+    mt = next(r for r in plan.runs if r.kind == "multi_task")
+    assert "load_best_model_at_end" not in mt.config and mt.config["save_steps"] == 5
+
+
 def test_with_best_head_per_task_each_one_task_model_is_its_best_evaluations(tiny_model_dir, tmp_path):
     """Single-task and fine-tune runs keep their whole model from their best evaluation; the multi-task run names
     each head's step."""

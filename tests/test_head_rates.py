@@ -19,7 +19,8 @@ def data(sizes: dict[str, int]) -> dict[str, Dataset]:
     return out
 
 
-def trainer_for(encoder, tokenizer, tmp_path, sizes: dict[str, int], shared_head: bool = False, **args):
+def trainer_for(encoder, tokenizer, tmp_path, sizes: dict[str, int], shared_head: bool = False, sampling=None,
+                **args):
     tasks = [Regression(name=n) if n == "score" else
              Classification(name=n, head="sentiment" if shared_head else None) for n in sizes]
     arguments = MultiTaskTrainingArguments(
@@ -27,7 +28,8 @@ def trainer_for(encoder, tokenizer, tmp_path, sizes: dict[str, int], shared_head
         warmup_steps=0, lr_scheduler_type="constant", report_to="none", use_cpu=True, save_strategy="no",
         sampling_strategy="proportional", **args)
     model = MultiTaskModel.from_encoder(encoder, tasks)
-    return MultiTaskTrainer(model=model, args=arguments, train_dataset=data(sizes), processing_class=tokenizer)
+    return MultiTaskTrainer(model=model, args=arguments, train_dataset=data(sizes), processing_class=tokenizer,
+                            sampling=sampling)
 
 
 def rates(trainer) -> dict[str, float]:
@@ -73,13 +75,40 @@ def test_one_task_keeps_its_rate_and_none_is_the_default(new_encoder, tokenizer,
     assert head_rates(default) == pytest.approx({"big": 3e-4, "small": 3e-4})
 
 
-def test_with_task_group_steps_the_share_is_of_steps_that_hold_the_task(tiny_encoder, tokenizer, tmp_path):
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_with_task_group_steps_the_share_is_of_steps_that_hold_the_task(new_encoder, tokenizer, tmp_path, group_size):
     require("torchjd")
-    # Two of three tasks per step, drawn by share 0.5 / 0.25 / 0.25: a task is in min(1, 2 x share) of the steps.
-    trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, {"big": 64, "small": 32, "score": 32},
-                          gradient_aggregator="mean", task_group_size=2, head_learning_rate_scaling="share")
+    trainer = trainer_for(new_encoder(), tokenizer, tmp_path, {"big": 64, "small": 32, "score": 32},
+                          gradient_aggregator="mean", task_group_size=group_size, head_learning_rate_scaling="share")
     trainer.create_optimizer()
-    assert head_rates(trainer) == pytest.approx({"big": 1e-4, "small": 2e-4, "score": 2e-4})
+    shares = {head: 1e-4 / rate for head, rate in head_rates(trainer).items()}
+    if group_size is None:  # every step holds every task: every head trains on every step
+        assert shares == pytest.approx({"big": 1.0, "small": 1.0, "score": 1.0})
+    else:  # two of the three tasks in each step: the shares add up to 2, the big task (half the batches) in most
+        assert sum(shares.values()) == pytest.approx(2.0)
+        assert 1.0 >= shares["big"] > max(shares["small"], shares["score"]) > 0
+
+
+def test_with_accumulation_a_step_trains_every_head_it_holds(new_encoder, tokenizer, tmp_path):
+    sizes = {"big": 64, "small": 32, "score": 32}  # 16 micro-batches an epoch
+    whole = trainer_for(new_encoder(), tokenizer, tmp_path / "a", sizes, gradient_accumulation_steps=16,
+                        head_learning_rate_scaling="share")
+    whole.create_optimizer()
+    assert head_rates(whole) == pytest.approx({"big": 1e-4, "small": 1e-4, "score": 1e-4})  # one step holds all
+    two = trainer_for(new_encoder(), tokenizer, tmp_path / "b", sizes, gradient_accumulation_steps=2,
+                      head_learning_rate_scaling="share")
+    two.create_optimizer()
+    shares = {head: 1e-4 / rate for head, rate in head_rates(two).items()}
+    # 8 steps of 2 micro-batches: at least the batch share (8, 4, 4 of 16), at most twice it.
+    for head, batches in (("big", 0.5), ("small", 0.25), ("score", 0.25)):
+        assert batches <= shares[head] <= 2 * batches and shares[head] * 8 == pytest.approx(round(shares[head] * 8))
+
+
+def test_a_task_never_sampled_keeps_the_base_rate(tiny_encoder, tokenizer, tmp_path):
+    trainer = trainer_for(tiny_encoder, tokenizer, tmp_path, {"big": 64, "small": 32, "score": 32},
+                          sampling=lambda sizes: [1.0, 1.0, 0.0], head_learning_rate_scaling="share")
+    trainer.create_optimizer()
+    assert head_rates(trainer) == pytest.approx({"big": 2e-4, "small": 2e-4, "score": 1e-4})
 
 
 def test_an_unknown_scaling_names_the_choices(tmp_path):

@@ -377,7 +377,9 @@ class MultiTaskTrainer(Trainer):
     def _card_details(self, **options: Any) -> dict[str, Any]:
         # The newest evaluation's metrics (one log entry holds every task's, plus eval_average).
         latest = next((entry for entry in reversed(self.state.log_history) if "eval_average" in entry), {})
-        best = next((cb.best for cb in self.callback_handler.callbacks if isinstance(cb, BestHeadsCallback)), None)
+        # The picks are in the model once training has ended (a checkpoint's card would misname its heads).
+        best = next((cb.best for cb in self.callback_handler.callbacks
+                     if isinstance(cb, BestHeadsCallback) and not cb.training), None)
         return {"metrics": latest, "training": self.args.to_dict(), "best_heads": best or None, **options}
 
     def _write_card(self, folder: str, **options: Any) -> None:

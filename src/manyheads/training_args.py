@@ -86,8 +86,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
                 "cut also saves preprocessing time. Evaluation splits are never cut. Default: every row."})
     best_head_per_task: bool = field(default=False, metadata={
         "help": "After training, each task's head (and its own adapter) is the one from the evaluation where that "
-                "task's main metric was best, the encoder the last step's; best_heads.json in output_dir names the "
-                "step of each. Needs evaluations during training (eval_strategy steps or epoch)."})
+                "task's main metric was best, the encoder the last step's (the best checkpoint's with "
+                "load_best_model_at_end); best_heads.json in output_dir names the step of each. Needs evaluations "
+                "during training (eval_strategy steps or epoch)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Round each micro-batch's padded length up to a multiple of this (8 helps tensor cores)."})
 

@@ -43,17 +43,16 @@ def move_to_own_rate(optimizer: torch.optim.Optimizer, module: nn.Module, select
 
 
 def head_step_shares(sampler: Any, head_of: Callable[[str], str]) -> dict[str, float]:
-    """Each head's share of the optimizer steps that train it, from the training batch sampler's per-epoch counts
-    of micro-batches per task (datasets sharing a head, `head_of(task)`, add up). With task-group steps (a gradient
-    aggregator) a step holds `group_size` of the tasks, so a task's share is `group_size` times its share of
-    batches, at most 1."""
-    counts = [float(c) for c in sampler.counts]
-    in_step = float(getattr(sampler, "group_size", 1))
-    shares: dict[str, float] = {}
-    for name, count in zip(sampler.names, counts):
-        head = head_of(name)
-        shares[head] = shares.get(head, 0.0) + count / sum(counts)
-    return {head: min(1.0, in_step * share) for head, share in shares.items()}
+    """Each head's share of the optimizer steps that train it: the fraction of the first epoch's steps in the
+    training batch sampler's schedule holding one of its tasks (datasets sharing a head, `head_of(task)`, count
+    together). A step is `accumulation` micro-batches, each of one task, or of `group_size` tasks with task-group
+    steps (a gradient aggregator), so a step can train several heads."""
+    units = sampler.groups(0) if hasattr(sampler, "groups") else [[t] for t in sampler.task_order(0)]
+    size = max(1, int(getattr(sampler, "accumulation", 1)))
+    steps = [{head_of(sampler.names[t]) for unit in units[i:i + size] for t in unit}
+             for i in range(0, len(units), size)]
+    heads = dict.fromkeys(head_of(name) for name in sampler.names)
+    return {head: sum(head in step for step in steps) / len(steps) for head in heads}
 
 
 def apply_own_rates(optimizer: torch.optim.Optimizer, module: nn.Module, args: Any,
@@ -71,8 +70,8 @@ def apply_own_rates(optimizer: torch.optim.Optimizer, module: nn.Module, args: A
         # size hardly depends on the gradient's scale, so dividing the rate by the share evens out how far each
         # head can travel over the run.
         base = head_lr if head_lr is not None else args.learning_rate
-        moved = [move_to_own_rate(optimizer, module, _in_head(head), base / max(share, 1e-12))
-                 for head, share in head_shares.items()]
+        moved = [move_to_own_rate(optimizer, module, _in_head(head), base / share if share > 0 else base)
+                 for head, share in head_shares.items()]  # share 0: a head never trained keeps the base rate
         if not any(moved):
             unused.append("head_learning_rate_scaling is 'share' but the model has no trainable task heads; it is "
                           "unused.")

@@ -169,7 +169,8 @@ def best_step_config(config: dict[str, Any], name: str, task: Any) -> dict[str, 
     if not config.get("best_head_per_task"):
         return config
     metric = main_metric_of(task)
-    steps = {"save_steps": config["eval_steps"]} if config.get("eval_steps") else {}
+    # A checkpoint at every evaluation: Trainer evaluates every eval_steps, else every logging_steps (500).
+    steps = {"save_steps": config.get("eval_steps") or config.get("logging_steps") or 500}
     return {**config, "load_best_model_at_end": True, "metric_for_best_model": f"eval_{name}_{metric}",
             "greater_is_better": higher_is_better(task, metric), "save_strategy": config.get("eval_strategy"),
             "save_total_limit": 1, **steps}

@@ -164,7 +164,7 @@ def multitask_examples(run: RunConfig, sizes: dict[str, int], seed: int, max_ste
 def _sampler(args: Any, sizes: dict[str, int], seed: int) -> MultiTaskBatchSampler:
     """The training batch sampler `MultiTaskTrainer` builds for these arguments and task sizes."""
     common = {"batch_size": args.train_batch_size, "strategy": args.sampling_strategy,
-              "temperature": args.sampling_temperature,
+              "temperature": args.sampling_temperature, "accumulation": args.gradient_accumulation_steps,
               "seed": args.data_seed if args.data_seed is not None else seed}
     if args.gradient_aggregator is not None:
         return TaskGroupBatchSampler(sizes, group_size=args.task_group_size, **common)
@@ -181,7 +181,7 @@ def head_rates(run: RunConfig, sizes: dict[str, int], seed: int) -> dict[str, fl
         return dict.fromkeys(sizes, base)
     head_of = {t: run.task(t).head or t for t in sizes}
     shares = head_step_shares(_sampler(args, sizes, seed), head_of.__getitem__)
-    return {t: base / shares[head_of[t]] for t in sizes}
+    return {t: base / shares[head_of[t]] if shares[head_of[t]] > 0 else base for t in sizes}
 
 
 def single_task_steps(size: int, examples: int, batch_size: int, accumulation: int) -> int:

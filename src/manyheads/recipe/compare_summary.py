@@ -70,8 +70,9 @@ def write_summary(comparison: Comparison) -> dict[str, Any]:
                   *configurations_table(summary["configurations"]), ""]
     picked = [run for run in summary["runs"] if "best_steps" in run]
     if picked:
-        lines += ["Steps the heads come from (`best_head_per_task`: each task's head from its best evaluation, the "
-                  "encoder the last step's; a fine-tuned run keeps its whole model from that step):", "",
+        lines += ["Steps the heads come from (`best_head_per_task`: in multi-task and group runs each task's head "
+                  "from its best evaluation, the encoder the last step's; single-task and fine-tuned runs keep their "
+                  "whole model from that step):", "",
                   "| run | seed | step of each task's best evaluation |", "|---|---:|---|",
                   *[f"| {r['run']} | {r['seed']} | " + ", ".join(f"{t} {s}" for t, s in r["best_steps"].items()) + " |"
                     for r in picked], ""]
