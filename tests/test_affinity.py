@@ -134,7 +134,8 @@ def test_a_copy_helps_and_shuffled_labels_do_not(tokenizer, new_encoder, tmp_pat
     tasks = [Classification(name=name, label="label", labels=["neg", "pos"], max_length=32) for name in data]
     callback = TaskAffinityCallback(every=3, probe_batch_size=16)
     trainer = new_trainer(new_encoder(), tokenizer, tmp_path / "out", tasks=tasks, train=data, max_steps=12,
-                          lr_scheduler_type="constant", learning_rate=3e-3, trainer_kwargs={"callbacks": [callback]})
+                          lr_scheduler_type="constant", learning_rate=3e-3, trainer_kwargs={"callbacks": [callback]},
+                          head_learning_rate_scaling="none")  # the toy's heads tuned at one rate
     trainer.train()
     mean = torch.tensor([m.matrix for m in callback.history]).mean(dim=0)  # rows: step on; columns: onto
     real, copy_, noise = 0, 1, 2

@@ -65,14 +65,18 @@ def test_the_rule_scales_head_learning_rate_and_a_shared_head_sums_its_datasets(
     assert head_rates(trainer) == pytest.approx({"sentiment": 1e-3 / 0.75, "score": 1e-3 / 0.25})
 
 
-def test_one_task_keeps_its_rate_and_none_is_the_default(new_encoder, tokenizer, tmp_path):
-    alone = trainer_for(new_encoder(), tokenizer, tmp_path / "a", {"big": 64}, head_learning_rate_scaling="share")
+def test_one_task_keeps_its_rate_share_is_the_default_and_none_turns_it_off(new_encoder, tokenizer, tmp_path):
+    alone = trainer_for(new_encoder(), tokenizer, tmp_path / "a", {"big": 64})
     alone.create_optimizer()
+    assert alone.args.head_learning_rate_scaling == "share"
     assert head_rates(alone) == pytest.approx({"big": 1e-4})
     default = trainer_for(new_encoder(), tokenizer, tmp_path / "b", {"big": 64, "small": 32}, head_learning_rate=3e-4)
     default.create_optimizer()
-    assert default.args.head_learning_rate_scaling == "none"
-    assert head_rates(default) == pytest.approx({"big": 3e-4, "small": 3e-4})
+    assert head_rates(default) == pytest.approx({"big": 3e-4 * 3 / 2, "small": 3e-4 * 3})
+    off = trainer_for(new_encoder(), tokenizer, tmp_path / "c", {"big": 64, "small": 32}, head_learning_rate=3e-4,
+                      head_learning_rate_scaling="none")
+    off.create_optimizer()
+    assert head_rates(off) == pytest.approx({"big": 3e-4, "small": 3e-4})
 
 
 @pytest.mark.parametrize("group_size", [None, 2])

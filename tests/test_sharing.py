@@ -129,7 +129,7 @@ def optimizer_rates(trainer) -> dict[str, float]:
 
 def test_adapter_learning_rate_gets_its_own_optimizer_groups(tiny_encoder, tokenizer, tmp_path):
     trainer = train(tiny_encoder, tokenizer, tmp_path, "hybrid", steps=2, learning_rate=1e-4,
-                    adapter_learning_rate=2e-3)
+                    adapter_learning_rate=2e-3, head_learning_rate_scaling="none")
     trainer.create_optimizer()
     rates = optimizer_rates(trainer)
     assert rates and all(rate == (2e-3 if is_adapter_parameter(n) else 1e-4) for n, rate in rates.items())
@@ -138,7 +138,8 @@ def test_adapter_learning_rate_gets_its_own_optimizer_groups(tiny_encoder, token
 
 def test_head_learning_rate_with_adapters_and_through_the_scheduler(tiny_encoder, tokenizer, tmp_path):
     trainer = train(tiny_encoder, tokenizer, tmp_path, "hybrid", steps=10, learning_rate=1e-4,
-                    adapter_learning_rate=2e-3, head_learning_rate=5e-3, warmup_steps=4, weight_decay=0.01)
+                    adapter_learning_rate=2e-3, head_learning_rate=5e-3, warmup_steps=4, weight_decay=0.01,
+                    head_learning_rate_scaling="none")  # one rate for both heads
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     rates = optimizer_rates(trainer)
     expected = {n: 5e-3 if n.startswith("heads.") else 2e-3 if is_adapter_parameter(n) else 1e-4 for n in rates}

