@@ -118,15 +118,19 @@ def welch(a: list[float], b: list[float]) -> str:
 def rate_table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> list[str]:
     seeds = args.seeds
     lines = ["| head rate | side | " + " | ".join(TASKS) + " | average (mean ± sd over seeds) | Δ multi − single "
-             "| Welch p |", "|---|---|" + "---:|" * (len(TASKS) + 3)]
+             f"| Welch p | Welch p vs {BASELINE}, same side |", "|---|---|" + "---:|" * (len(TASKS) + 4)]
+    base = {kind: averages(scores(results[BASELINE], kind), seeds) for kind in ("single_task", "multi_task")} \
+        if BASELINE in results else {}
     for setting in args.settings:
         single, multi = (scores(results[setting], kind) for kind in ("single_task", "multi_task"))
         s_avg, m_avg = averages(single, seeds), averages(multi, seeds)
-        for side, by_task, avg in (("multi", multi, m_avg), ("single", single, s_avg)):
+        for side, kind, by_task, avg in (("multi", "multi_task", multi, m_avg), ("single", "single_task", single,
+                                                                                s_avg)):
             cells = [spread([by_task[t][s] for s in seeds]) for t in TASKS]
             extra = (f"{statistics.mean(m_avg) - statistics.mean(s_avg):+.1f} | {welch(m_avg, s_avg)}"
                      if side == "multi" else " | ")
-            lines.append(f"| {setting} | {side} | " + " | ".join(cells) + f" | {spread(avg)} | {extra} |")
+            versus = welch(avg, base[kind]) if base and setting != BASELINE else ""
+            lines.append(f"| {setting} | {side} | " + " | ".join(cells) + f" | {spread(avg)} | {extra} | {versus} |")
     return lines
 
 
@@ -134,8 +138,9 @@ def config_table(args: argparse.Namespace, results: list[dict[str, Any]], groups
     seeds = args.seeds
     alone = averages(scores(results, "single_task"), seeds)
     lines = [f"Groups (from `manyheads affinity`, seed {seeds[0]}): " + " | ".join(", ".join(g) for g in groups), "",
-             "| configuration | " + " | ".join(TASKS) + " | average | Welch p vs each alone | stored parameters |",
-             "|---|" + "---:|" * (len(TASKS) + 3)]
+             "| configuration | " + " | ".join(TASKS) + " | average | Welch p vs each alone | Welch p vs all five "
+             "together | stored parameters |", "|---|" + "---:|" * (len(TASKS) + 4)]
+    together = averages(scores(results, "multi_task"), seeds)
     for kind, name in CONFIGS.items():
         by_task = scores(results, kind)
         if kind == "group":  # tasks in no group of two or more are trained alone, as compare does
@@ -149,7 +154,7 @@ def config_table(args: argparse.Namespace, results: list[dict[str, Any]], groups
         avg = averages(by_task, seeds)
         lines.append(f"| {name} | " + " | ".join(spread([by_task[t][s] for s in seeds]) for t in TASKS)
                      + f" | {spread(avg)} | {welch(avg, alone) if kind != 'single_task' else ''} | "
-                     f"{stored / 1e6:.1f} M |")
+                     f"{welch(avg, together) if kind != 'multi_task' else ''} | {stored / 1e6:.1f} M |")
     return lines
 
 
